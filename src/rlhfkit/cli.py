@@ -1,0 +1,111 @@
+"""The `rlhfkit` command line: one Typer app, one command per stage.
+
+Stage commands are built from their pydantic config: every config field is a flag with the field's
+description as help, `--config FILE.yaml` supplies a base, and flags given on the command line win.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, Optional
+
+import typer
+from pydantic import BaseModel
+
+from rlhfkit.config import ConfigError, SFTConfig, load_config
+
+app = typer.Typer(
+    help="rlhfkit: InstructGPT end to end. SFT on demonstrations, a reward model from rankings, "
+    "PPO-ptx against it, and evaluation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """rlhfkit: InstructGPT end to end."""
+
+
+def _cli_type(annotation) -> tuple[type, str]:
+    """The type Typer should parse a config field as, and extra help text (the allowed values)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        return _cli_type(non_none[0]) if len(non_none) == 1 else (str, "")
+    if origin is Literal:
+        return str, " One of: " + ", ".join(map(str, args)) + "."
+    if origin is list:
+        return list[args[0]], ""
+    return annotation, ""
+
+
+def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], None], help: str) -> None:
+    params = [
+        inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+            default=typer.Option(None, "--config", "-c", help="YAML file of options; flags given here override it."),
+        )
+    ]
+    own = list(cls.__annotations__)  # the stage's own options first, then the shared training ones
+    ordered = sorted(cls.model_fields.items(), key=lambda kv: (kv[0] not in own, 0))
+    for field_name, field in ordered:
+        kind, extra = _cli_type(field.annotation)
+        flag = "--" + field_name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        default = field.default if field.default_factory is None else field.default_factory()
+        params.append(
+            inspect.Parameter(
+                field_name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                default=typer.Option(None, *decls, help=f"{field.description}{extra} [default: {default}]",
+                                     show_default=False),
+            )
+        )
+
+    def command(**kwargs):
+        config_path = kwargs.pop("config")
+        cfg = load_config(cls, config_path, kwargs)
+        run(cfg)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = name
+    app.command(name, help=help)(command)
+
+
+def _run_sft(cfg: SFTConfig) -> None:
+    from rlhfkit.train.sft import train_sft
+
+    train_sft(cfg)
+
+
+config_command(
+    "sft", SFTConfig, _run_sft,
+    help="Step 1: supervised fine-tuning on demonstrations. Writes a HF model folder to --output-dir. "
+    "Data-parallel with: accelerate launch --num_processes 2 -m rlhfkit sft ...",
+)
+
+
+def main() -> None:
+    from rich.markup import escape
+
+    from rlhfkit.data import DataError
+    from rlhfkit.models import ModelLoadError, ModelNotAvailable
+    from rlhfkit.train.common import NonFiniteLoss, RunExists, console
+
+    try:
+        app()
+    except (ConfigError, DataError, ModelLoadError, ModelNotAvailable, NonFiniteLoss, RunExists, ValueError) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted.[/yellow] Rerun the same command with --resume to continue "
+                      "from the last checkpoint.")
+        sys.exit(130)

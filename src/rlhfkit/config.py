@@ -1,0 +1,101 @@
+"""Stage configs: pydantic models, loadable from YAML, overridable from the command line.
+
+Each field's description is its `--help` text: cli.py turns every field into a flag
+(`max_length` -> `--max-length`), so a config file and the flags always name the same things.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+C = TypeVar("C", bound="StageConfig")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+class TrainConfig(StageConfig):
+    """What every trainer shares: optimiser, schedule, precision, checkpoints, logs."""
+
+    output_dir: str = Field("runs/sft", description="Run folder: final model, checkpoints/, logs/, config.yaml.")
+    seed: int = Field(0, description="Seed for data order, splits and initialisation.")
+    dtype: Dtype = Field("auto", description="Compute precision: auto = bf16 autocast where the hardware "
+                         "supports it, else fp32. Master weights stay fp32.")
+    lr: float = Field(2e-5, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, description="AdamW beta1.")
+    adam_beta2: float = Field(0.95, description="AdamW beta2.")
+    warmup_ratio: float = Field(0.05, description="Share of steps spent warming the learning rate up linearly.")
+    min_lr_ratio: float = Field(0.1, description="The cosine schedule decays to lr * min_lr_ratio.")
+    max_grad_norm: float = Field(1.0, description="Clip the global gradient norm to this (0 = no clipping).")
+    batch_size: int = Field(4, ge=1, description="Rows per micro-batch on each process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training data (ignored if --max-steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    eval_every: int = Field(50, ge=0, description="Evaluate every N steps (0 = only at the end).")
+    save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent step checkpoints to keep.")
+    log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
+    resume: bool = Field(False, description="Continue from the latest checkpoint in --output-dir.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    lora_r: int = Field(0, ge=0, description="LoRA rank; 0 trains all weights.")
+    lora_alpha: int = Field(16, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, description="Dropout on the LoRA path.")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Module names LoRA adapts, e.g. q_proj v_proj; all-linear adapts every linear layer.",
+    )
+    merge_lora: bool = Field(True, description="Merge LoRA adapters into the weights of the final model.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class SFTConfig(TrainConfig):
+    model: str = Field("smollm2-135m", description="Starting model: a Hugging Face folder or smollm2-135m.")
+    data: str | None = Field(None, description="Demonstrations: JSONL or Parquet with prompt/response, "
+                             "prompt/completion, messages, or instruction/input/output records.")
+    eval_data: str | None = Field(None, description="Held-out demonstrations (default: split off --eval-fraction).")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="Share of --data held out for eval loss "
+                                 "when --eval-data is not given.")
+    skip_invalid: bool = Field(False, description="Skip bad records (counted) instead of stopping.")
+    max_length: int = Field(512, ge=8, description="Tokens per packed row; longer examples are "
+                            "truncated or dropped.")
+    truncation: Literal["truncate", "drop"] = Field(
+        "truncate", description="What to do with an example longer than --max-length: cut the response, or drop it."
+    )
+
+
+def load_config(cls: type[C], path: str | Path | None, overrides: dict[str, Any]) -> C:
+    """Defaults < YAML file < command-line overrides (only flags actually given)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read config: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of option names to values")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        source = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{source}option '{where}': {err['msg']}") from None

@@ -1,0 +1,30 @@
+"""Records, readers/writers, tokenization and batching."""
+
+from rlhfkit.data.collate import PackedBatch, collate_packed, pack, shifted_targets
+from rlhfkit.data.io import (
+    DataError,
+    ReadResult,
+    append_jsonl,
+    read_demonstrations,
+    read_prompts,
+    read_records,
+    write_jsonl,
+)
+from rlhfkit.data.records import (
+    METADATA_FLAGS,
+    Demonstration,
+    Message,
+    Prompt,
+    PromptText,
+    Ranking,
+    as_messages,
+    prompt_text,
+)
+from rlhfkit.data.tokenize import IGNORE, Example, TokenizeStats, encode_demonstrations, encode_prompt
+
+__all__ = [
+    "DataError", "Demonstration", "Example", "IGNORE", "METADATA_FLAGS", "Message", "PackedBatch", "Prompt",
+    "PromptText", "Ranking", "ReadResult", "TokenizeStats", "append_jsonl", "as_messages", "collate_packed",
+    "encode_demonstrations", "encode_prompt", "pack", "prompt_text", "read_demonstrations", "read_prompts",
+    "read_records", "shifted_targets", "write_jsonl",
+]

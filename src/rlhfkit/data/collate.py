@@ -1,0 +1,80 @@
+"""Packing examples into rows without waste.
+
+Several examples share one row; each restarts its `position_ids` at 0. With no attention mask given,
+transformers reads the restarts as sequence boundaries and builds a block-diagonal causal mask, so no
+token attends across examples (tests/test_collate.py checks the logits match the unpacked ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.tokenize import IGNORE, Example
+
+
+def pack(examples: list[Example], row_length: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing: lists of example indices, each list fitting in `row_length`."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(examples[i].input_ids)
+        if n > row_length:
+            raise ValueError(f"example {i} has {n} tokens, more than the row length {row_length}")
+        for r, free in enumerate(room):
+            if free >= n:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(row_length - n)
+    return rows
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # (R, L)
+    position_ids: torch.Tensor  # (R, L), restarting at 0 for every example
+    labels: torch.Tensor  # (R, L), IGNORE on prompts and padding
+    n_tokens: int  # real (non-pad) tokens
+    n_padding: int
+
+    def to(self, device: torch.device) -> PackedBatch:
+        return PackedBatch(
+            self.input_ids.to(device), self.position_ids.to(device), self.labels.to(device),
+            self.n_tokens, self.n_padding,
+        )
+
+
+def collate_packed(rows: list[list[Example]], pad_id: int) -> PackedBatch:
+    """Stack rows of examples, padded to the longest row. Padding is its own segment (positions from 0)."""
+    length = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids, pos, labels = [], [], []
+    n_tokens = 0
+    for row in rows:
+        r_ids, r_pos, r_lab = [], [], []
+        for e in row:
+            r_ids += e.input_ids
+            r_pos += range(len(e.input_ids))
+            r_lab += e.labels
+        n_tokens += len(r_ids)
+        pad = length - len(r_ids)
+        ids.append(r_ids + [pad_id] * pad)
+        pos.append(r_pos + list(range(pad)))
+        labels.append(r_lab + [IGNORE] * pad)
+    return PackedBatch(
+        torch.tensor(ids), torch.tensor(pos), torch.tensor(labels),
+        n_tokens=n_tokens, n_padding=len(rows) * length - n_tokens,
+    )
+
+
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Targets for next-token prediction: position t predicts labels[t+1]; the last position none.
+
+    Packing needs no special care: the first token of each example is a prompt token (IGNORE), so
+    no position is trained to predict across an example boundary.
+    """
+    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE)], dim=1)

@@ -1,0 +1,191 @@
+"""Readers and writers for record files.
+
+Readers accept the shapes users already have (JSONL, `.jsonl.gz`, Parquet when pyarrow is there):
+  {"prompt", "response"}   {"prompt", "completion"}   {"messages": [...]}
+  Alpaca-style {"instruction", "input", "output"}
+A bad line raises `DataError` naming the file, line and field, before any training starts; with
+`skip_invalid=True` it is skipped and counted instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from rlhfkit.data.records import Demonstration, Prompt
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class DataError(ValueError):
+    """A record that cannot be read: the message names file, line and field."""
+
+
+@dataclass
+class ReadResult(Generic[T]):
+    records: list[T]
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few messages of skipped lines
+
+
+def iter_raw(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON value) for each non-blank line; Parquet rows count from 1."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from e
+        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield i, row
+        return
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield lineno, DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+
+
+def _describe(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "record"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"field '{where}': {msg}"
+
+
+def read_records(
+    path: str | Path, to_record: Callable[[dict], T], skip_invalid: bool = False
+) -> ReadResult[T]:
+    """Read every line of `path` through `to_record` (which raises ValueError/ValidationError)."""
+    result: ReadResult[T] = ReadResult(records=[])
+    for lineno, raw in iter_raw(path):
+        try:
+            if isinstance(raw, DataError):
+                raise raw
+            if not isinstance(raw, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
+            try:
+                result.records.append(to_record(raw))
+            except ValidationError as e:
+                raise DataError(f"{path}:{lineno}: {_describe(e)}") from None
+            except (ValueError, TypeError, KeyError) as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            result.skipped += 1
+            if len(result.errors) < 5:
+                result.errors.append(str(e))
+    return result
+
+
+def _content(value: Any, name: str) -> str:
+    """A response given as text or as a list with one assistant message (TRL's conversational form)."""
+    if isinstance(value, list):
+        if len(value) != 1 or not isinstance(value[0], dict) or "content" not in value[0]:
+            raise ValueError(f"field '{name}': expected text or one assistant message")
+        return value[0]["content"]
+    return value
+
+
+def _alpaca_prompt(raw: dict) -> str:
+    instruction, extra = raw.get("instruction"), raw.get("input") or ""
+    if not isinstance(instruction, str) or not isinstance(extra, str):
+        raise ValueError("field 'instruction': expected text (and 'input' text or empty)")
+    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+
+
+_META_KEYS = {"prompt", "response", "completion", "messages", "instruction", "input", "output", "id", "meta"}
+
+
+def _common(raw: dict) -> dict:
+    meta = dict(raw.get("meta") or {})
+    meta.update({k: v for k, v in raw.items() if k not in _META_KEYS})
+    rid = raw.get("id")
+    return {"id": None if rid is None else str(rid), "meta": meta}
+
+
+def to_demonstration(raw: dict) -> Demonstration:
+    if "messages" in raw:
+        msgs = raw["messages"]
+        if not isinstance(msgs, list) or len(msgs) < 2:
+            raise ValueError("field 'messages': expected a list of at least a user and an assistant turn")
+        last = msgs[-1]
+        if not isinstance(last, dict) or last.get("role") != "assistant":
+            raise ValueError("field 'messages': the last message must be the assistant's response")
+        return Demonstration(prompt=msgs[:-1], response=last.get("content"), **_common(raw))
+    if "prompt" in raw and ("response" in raw or "completion" in raw):
+        key = "response" if "response" in raw else "completion"
+        return Demonstration(prompt=raw["prompt"], response=_content(raw[key], key), **_common(raw))
+    if "instruction" in raw and "output" in raw:
+        return Demonstration(prompt=_alpaca_prompt(raw), response=raw["output"], **_common(raw))
+    raise ValueError(
+        "no demonstration fields: expected {prompt, response}, {prompt, completion}, {messages} or "
+        f"{{instruction, input, output}}; got keys {sorted(raw)}"
+    )
+
+
+def to_prompt(raw: dict) -> Prompt:
+    if "messages" in raw:
+        msgs = raw["messages"]
+        # A full conversation is accepted as a prompt by dropping its final assistant answer.
+        if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
+            msgs = msgs[:-1]
+        return Prompt(prompt=msgs, **_common(raw))
+    if "prompt" in raw:
+        return Prompt(prompt=raw["prompt"], **_common(raw))
+    if "instruction" in raw:
+        return Prompt(prompt=_alpaca_prompt(raw), **_common(raw))
+    raise ValueError(f"no prompt field: expected 'prompt', 'messages' or 'instruction'; got keys {sorted(raw)}")
+
+
+def read_demonstrations(path: str | Path, skip_invalid: bool = False) -> ReadResult[Demonstration]:
+    return read_records(path, to_demonstration, skip_invalid)
+
+
+def read_prompts(path: str | Path, skip_invalid: bool = False) -> ReadResult[Prompt]:
+    return read_records(path, to_prompt, skip_invalid)
+
+
+def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> None:
+    """Write records atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                row = r.model_dump(exclude_none=True) if isinstance(r, BaseModel) else r
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> None:
+    """Append whole lines and fsync, so a killed run leaves every earlier line intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for r in records:
+            row = r.model_dump(exclude_none=True) if isinstance(r, BaseModel) else r
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

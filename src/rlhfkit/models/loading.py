@@ -1,0 +1,128 @@
+"""Loading and saving causal LMs as Hugging Face folders (safetensors only), device and precision."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from rlhfkit.models import smollm2
+
+hf_logging.disable_progress_bar()  # our own progress bars say what is happening
+
+# Used when a tokenizer has no chat template of its own (e.g. GPT-2 style test tokenizers).
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A local folder, or the bundled model's converted folder for the name `smollm2-135m`."""
+    if str(name_or_path).lower() == smollm2.NAME:
+        return smollm2.smollm2_path()
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"{path}: not a model folder. Give a local Hugging Face folder or '{smollm2.NAME}' "
+            "(models are never downloaded at run time)."
+        )
+    return path
+
+
+def load_tokenizer(name_or_path: str | Path):
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError(f"{path}: the tokenizer has no EOS token; responses need one to end")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_causal_lm(
+    name_or_path: str | Path, dtype: torch.dtype = torch.float32, trainable_adapters: bool = False
+) -> tuple[PreTrainedModel, object]:
+    """(model, tokenizer) from a HF folder, a LoRA adapter folder, or the name `smollm2-135m`.
+
+    Weights are read from safetensors only; pickled `.bin` checkpoints are refused.
+    """
+    path = resolve_model_path(name_or_path)
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.exists():
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        model, tokenizer = load_causal_lm(base, dtype)
+        model = PeftModel.from_pretrained(model, path, is_trainable=trainable_adapters)
+        return model, load_tokenizer(path) if (path / "tokenizer_config.json").exists() else tokenizer
+    if not any(path.glob("*.safetensors")):
+        raise ModelLoadError(f"{path}: no .safetensors weights (rlhfkit never unpickles .bin files)")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, attn_implementation="sdpa"
+    )
+    tokenizer = load_tokenizer(path)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def apply_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float, targets: list[str]):
+    from peft import LoraConfig, get_peft_model
+
+    target = "all-linear" if targets == ["all-linear"] else targets
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = False) -> None:
+    """Save as a HF folder (safetensors). A LoRA model saves its adapters, or merged weights if asked."""
+    out_dir = Path(out_dir)
+    if is_peft(model) and merge_lora:
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+# ---- device and precision ----------------------------------------------------------------------
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_fast_bf16()
+
+
+def mixed_precision(dtype: str, device: torch.device) -> str:
+    """Accelerate's mixed_precision setting for a --dtype choice: 'bf16', 'fp16' or 'no'."""
+    if dtype == "auto":
+        return "bf16" if bf16_supported(device) else "no"
+    if dtype == "fp16" and device.type != "cuda":
+        raise ValueError("--dtype fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[dtype]

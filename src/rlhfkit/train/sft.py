@@ -1,0 +1,280 @@
+"""Step 1: supervised fine-tuning on demonstrations.
+
+    demonstrations -> chat-template tokens (loss on the response only) -> packed rows
+    -> AdamW with warmup + cosine, gradient accumulation, clipping -> eval loss every N steps
+    -> best checkpoint by eval loss (or by your own `select` hook) -> HF folder in --output-dir
+
+Data order is a pure function of (seed, step): every process computes the same global schedule and
+takes its own slice, so a resumed run sees exactly the rows it would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlhfkit.config import SFTConfig
+from rlhfkit.data import (
+    IGNORE,
+    Example,
+    collate_packed,
+    encode_demonstrations,
+    pack,
+    read_demonstrations,
+    shifted_targets,
+)
+from rlhfkit.losses import sft_loss
+from rlhfkit.models import apply_lora, is_peft, load_causal_lm, save_model
+from rlhfkit.train.common import (
+    Checkpoints,
+    MetricsLog,
+    check_finite,
+    console,
+    make_accelerator,
+    make_optimizer,
+    make_progress,
+    prepare_run_dir,
+    publish_model,
+    warmup_cosine,
+)
+
+
+class ResponseNLL(nn.Module):
+    """One forward for DDP: the decoder over packed rows, then the LM head only where a response token
+    is predicted (prompt positions never need logits; on a 49k vocabulary that is a real saving)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, targets, normalizer: float) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.model.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        keep = targets != IGNORE
+        logits = self.model.get_output_embeddings()(hidden[keep])
+        return sft_loss(logits, targets[keep], normalizer), keep.sum()
+
+
+@dataclass
+class Rows:
+    """Packed rows of examples and the response tokens each row trains on."""
+
+    rows: list[list[Example]]
+    targets: list[int]
+
+    @classmethod
+    def build(cls, examples: list[Example], row_length: int) -> Rows:
+        rows = [[examples[i] for i in idx] for idx in pack(examples, row_length)]
+        targets = [sum(sum(t != IGNORE for t in e.labels) for e in row) for row in rows]
+        return cls(rows, targets)
+
+
+def step_rows(n_rows: int, rows_per_step: int, seed: int, step: int) -> list[int]:
+    """Global row indices of optimiser step `step` (0-based): a fresh permutation each epoch; the last
+    step of an epoch wraps around to the start of the same permutation to fill up."""
+    steps_per_epoch = math.ceil(n_rows / rows_per_step)
+    epoch, i = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    return [perm[(i * rows_per_step + j) % n_rows] for j in range(rows_per_step)]
+
+
+def split_eval(demos: list, fraction: float, seed: int) -> tuple[list, list]:
+    if fraction <= 0 or len(demos) < 2:
+        return demos, []
+    n_eval = max(1, round(len(demos) * fraction))
+    perm = torch.randperm(len(demos), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(perm[:n_eval])
+    return [d for i, d in enumerate(demos) if i not in held], [d for i, d in enumerate(demos) if i in held]
+
+
+@dataclass
+class SFTResult:
+    output_dir: Path
+    steps: int
+    best_metric: float | None
+    final_loss: float | None
+
+
+def train_sft(
+    cfg: SFTConfig,
+    select: Callable[[nn.Module, object], float] | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> SFTResult:
+    """Run SFT as configured.
+
+    select(model, tokenizer) -> score (higher is better) picks the final model among evaluations;
+    by default the score is -eval_loss. InstructGPT picked its SFT model by reward-model score on a
+    validation set: pass a function that samples and scores with an RM to do the same.
+    on_step(step, metrics) is called after every optimiser step (and its checkpoint, if any).
+    """
+    if cfg.data is None:
+        raise ValueError("no training data: pass --data FILE (or data: in the config)")
+    acc = make_accelerator(cfg)
+    run_dir = prepare_run_dir(cfg, acc)
+    checkpoints = Checkpoints(run_dir, acc, cfg.keep_checkpoints)
+    resume_from = checkpoints.latest() if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        console.print(f"[yellow]--resume: no checkpoint in {run_dir}, starting from the beginning")
+
+    # ---- data: read everything and fail on a bad line before any model work ----
+    read = read_demonstrations(cfg.data, cfg.skip_invalid)
+    if read.skipped:
+        console.print(f"[yellow]skipped {read.skipped} invalid records in {cfg.data}; first: {read.errors[0]}")
+    if cfg.eval_data:
+        eval_read = read_demonstrations(cfg.eval_data, cfg.skip_invalid)
+        train_demos, eval_demos = read.records, eval_read.records
+    else:
+        train_demos, eval_demos = split_eval(read.records, cfg.eval_fraction, cfg.seed)
+
+    torch.manual_seed(cfg.seed)
+    model_source = resume_from / "model" if resume_from else cfg.model
+    model, tokenizer = load_causal_lm(model_source, trainable_adapters=True)
+    if cfg.lora_r and not is_peft(model):
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    train_examples, stats = encode_demonstrations(tokenizer, train_demos, cfg.max_length, cfg.truncation)
+    eval_examples, _ = encode_demonstrations(tokenizer, eval_demos, cfg.max_length, cfg.truncation)
+    if not train_examples:
+        raise ValueError(f"{cfg.data}: no demonstration fits in --max-length {cfg.max_length}")
+    train = Rows.build(train_examples, cfg.max_length)
+    evals = Rows.build(eval_examples, cfg.max_length) if eval_examples else None
+
+    world, rank = acc.num_processes, acc.process_index
+    rows_per_step = cfg.batch_size * cfg.grad_accum * world
+    steps_per_epoch = math.ceil(len(train.rows) / rows_per_step)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    n_tokens = sum(len(e.input_ids) for e in train_examples)
+    padding = 1 - n_tokens / (len(train.rows) * cfg.max_length)
+    console.print(
+        f"sft: {len(train_examples)} examples ({stats.truncated} truncated, {stats.dropped} dropped) in "
+        f"{len(train.rows)} rows of {cfg.max_length} tokens ({padding:.1%} padding before trimming), "
+        f"{len(eval_examples)} eval; {total_steps} steps of {rows_per_step} rows on {world} process(es), "
+        f"mixed precision: {acc.mixed_precision}"
+    )
+
+    wrapped = ResponseNLL(model)
+    optimizer = make_optimizer(wrapped.parameters(), cfg)
+    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+    wrapped, optimizer = acc.prepare(wrapped, optimizer)
+
+    step, best = 0, None
+    if resume_from is not None:
+        state, info = checkpoints.load_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, best = info["step"], info.get("best_metric")
+        console.print(f"resumed from {resume_from} at step {step}")
+    log = MetricsLog(run_dir, acc, resume_step=step)
+    unwrapped = acc.unwrap_model(wrapped).model
+
+    def write_resume_model(folder: Path) -> None:
+        save_model(unwrapped, tokenizer, folder, merge_lora=False)
+
+    def write_export_model(folder: Path) -> None:
+        save_model(unwrapped, tokenizer, folder, merge_lora=cfg.merge_lora)
+
+    def evaluate() -> float:
+        wrapped.eval()
+        nll = torch.zeros((), device=acc.device)
+        count = torch.zeros((), device=acc.device)
+        mine = evals.rows[rank::world]
+        with torch.no_grad(), acc.autocast():
+            for i in range(0, len(mine), cfg.batch_size):
+                batch = collate_packed(mine[i : i + cfg.batch_size], tokenizer.pad_token_id).to(acc.device)
+                loss, n = wrapped(batch.input_ids, batch.position_ids, shifted_targets(batch.labels), 1.0)
+                nll += loss.float()
+                count += n
+        wrapped.train()
+        nll, count = acc.reduce(nll, "sum"), acc.reduce(count, "sum")
+        return (nll / count.clamp(min=1)).item()
+
+    def save_step() -> None:
+        checkpoints.save(
+            f"step-{step}", write_resume_model,
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            {"step": step, "best_metric": best, "total_steps": total_steps},
+        )
+
+    last_loss = None
+    wrapped.train()
+    with make_progress(cfg.progress and acc.is_main_process) as progress:
+        task = progress.add_task("sft", total=total_steps, completed=step, metrics="")
+        while step < total_steps:
+            t0 = time.perf_counter()
+            rows = step_rows(len(train.rows), rows_per_step, cfg.seed, step)
+            normalizer = sum(train.targets[r] for r in rows) / world  # DDP averages over processes
+            step_loss = torch.zeros((), device=acc.device)
+            tokens = padded = 0
+            for micro in range(cfg.grad_accum):
+                start = (micro * world + rank) * cfg.batch_size
+                batch = collate_packed([train.rows[r] for r in rows[start : start + cfg.batch_size]],
+                                       tokenizer.pad_token_id).to(acc.device)
+                tokens, padded = tokens + batch.n_tokens, padded + batch.n_padding
+                sync = micro == cfg.grad_accum - 1
+                with acc.no_sync(wrapped) if not sync else nullcontext():  # all-reduce once per step
+                    with acc.autocast():
+                        loss, _ = wrapped(batch.input_ids, batch.position_ids, shifted_targets(batch.labels),
+                                          normalizer)
+                    acc.backward(loss)
+                step_loss += loss.detach()
+            step_loss = acc.reduce(step_loss, "sum") / world
+            grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm or float("inf"))
+            check_finite(step_loss.item(), "the loss", step + 1, checkpoints.latest())
+            check_finite(float(grad_norm), "the gradient norm", step + 1, checkpoints.latest())
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            seconds = time.perf_counter() - t0
+            counts = acc.reduce(torch.tensor([tokens, padded], device=acc.device), "sum").tolist()
+            last_loss = step_loss.item()
+            metrics = {
+                "loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                "tokens_per_s": counts[0] / seconds, "padding": counts[1] / max(1, sum(counts)),
+                "epoch": step / steps_per_epoch,
+            }
+            last = step == total_steps
+            if evals is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                metrics["eval_loss"] = evaluate()
+                score = select(unwrapped, tokenizer) if select else -metrics["eval_loss"]
+                metrics["select_score"] = score
+                if best is None or score > best:
+                    best = score
+                    checkpoints.save("best", write_export_model, {}, {"step": step, "score": score},
+                                     update_latest=False)
+            if step % cfg.log_every == 0 or last or "eval_loss" in metrics:
+                log.log(step, metrics)
+            if (cfg.save_every and step % cfg.save_every == 0) or last:
+                save_step()
+            progress.update(task, completed=step, metrics=_short(metrics))
+            if on_step is not None:
+                on_step(step, metrics)
+
+    # ---- the final model: the best evaluation, else the last step ----
+    chosen = checkpoints.root / "best"
+    if not (chosen / "trainer_state.json").exists():
+        chosen = checkpoints.save("final", write_export_model, {}, {"step": step}, update_latest=False)
+    if acc.is_main_process:
+        publish_model(chosen / "model", run_dir)
+    acc.wait_for_everyone()
+    log.close()
+    console.print(f"sft: done, {step} steps; model in {run_dir} (from {chosen.name})")
+    return SFTResult(run_dir, step, best, last_loss)
+
+
+def _short(m: dict) -> str:
+    parts = [f"loss {m['loss']:.3f}", f"lr {m['lr']:.1e}", f"{m['tokens_per_s']:.0f} tok/s"]
+    if "eval_loss" in m:
+        parts.append(f"eval {m['eval_loss']:.3f}")
+    return "  ".join(parts)
