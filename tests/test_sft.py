@@ -1,0 +1,137 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rlhfkit.cli import app
+from rlhfkit.config import SFTConfig, load_config
+from rlhfkit.data import encode_prompt
+from rlhfkit.models import load_causal_lm
+from rlhfkit.train.common import NonFiniteLoss, RunExists
+from rlhfkit.train.sft import train_sft
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def greedy(model, tok, prompt, n=12):
+    ids = torch.tensor([encode_prompt(tok, prompt)])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def cfg(tmp_path, model, data, **kw):
+    base = dict(model=str(model), data=str(data), output_dir=str(tmp_path / "run"), max_length=64, batch_size=2,
+                lr=3e-3, warmup_ratio=0.0, eval_every=0, save_every=0, progress=False, dtype="fp32")
+    return SFTConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kind", ["tiny_llama", "tiny_gpt2"])
+def test_loss_falls_and_model_memorises(tmp_path, demos_file, kind, request):
+    folder = request.getfixturevalue(kind)
+    result = train_sft(cfg(tmp_path, folder, demos_file, max_steps=200, eval_fraction=0.0, dtype="auto", lr=1e-2))
+    losses = [m["loss"] for m in metrics(result.output_dir)]
+    assert losses[-1] < 0.25 * losses[0]
+    model, tok = load_causal_lm(result.output_dir)  # the run folder is a plain HF model folder
+    assert greedy(model, tok, "What colour is the sky?") == "The sky is blue."
+
+
+def test_resume_gives_the_same_losses(tmp_path, tiny_llama, demos_file):
+    straight = train_sft(cfg(tmp_path / "a", tiny_llama, demos_file, max_steps=6, batch_size=1, grad_accum=2))
+
+    def kill_after_3(step, _):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    resumed_cfg = cfg(tmp_path / "b", tiny_llama, demos_file, max_steps=6, batch_size=1, grad_accum=2, save_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(resumed_cfg, on_step=kill_after_3)
+    with pytest.raises(RunExists):  # a second run into the same folder never overwrites it
+        train_sft(resumed_cfg)
+    resumed = train_sft(resumed_cfg.model_copy(update={"resume": True}))
+    a, b = metrics(straight.output_dir), metrics(resumed.output_dir)
+    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "lr", "grad_norm"):
+        assert [m[key] for m in a] == pytest.approx([m[key] for m in b], rel=1e-5, abs=1e-6)
+
+
+def test_eval_keeps_best_and_hook_selects(tmp_path, tiny_llama, demos_file):
+    picks = []
+
+    def select(model, tok):  # a stand-in for "RM score on a validation set": prefer the earliest model
+        picks.append(1)
+        return -len(picks)
+
+    result = train_sft(cfg(tmp_path, tiny_llama, demos_file, max_steps=4, eval_every=2, eval_fraction=0.25),
+                       select=select)
+    logged = [m for m in metrics(result.output_dir) if "eval_loss" in m]
+    assert [m["step"] for m in logged] == [2, 4] and len(picks) == 2
+    best = json.loads((result.output_dir / "checkpoints" / "best" / "trainer_state.json").read_text())
+    assert best["step"] == 2
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_llama, demos_file, monkeypatch):
+    import rlhfkit.train.sft as sft
+
+    calls = {"n": 0}
+    real = sft.sft_loss
+
+    def poisoned(logits, targets, normalizer):
+        calls["n"] += 1
+        loss = real(logits, targets, normalizer)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"step 3: the loss is nan.*step-2.*intact"):
+        train_sft(cfg(tmp_path, tiny_llama, demos_file, max_steps=5, save_every=1, eval_fraction=0.0))
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step-2"
+    load_causal_lm(ckpt / "step-2" / "model")
+
+
+def test_lora_merged_and_adapter_outputs(tmp_path, tiny_llama, demos_file):
+    merged = train_sft(cfg(tmp_path / "m", tiny_llama, demos_file, max_steps=3, lora_r=4, eval_fraction=0.0))
+    assert not (merged.output_dir / "adapter_config.json").exists()
+    load_causal_lm(merged.output_dir)
+    adapter = train_sft(cfg(tmp_path / "a", tiny_llama, demos_file, max_steps=3, lora_r=4, merge_lora=False,
+                            save_every=2, eval_fraction=0.0))
+    assert (adapter.output_dir / "adapter_config.json").exists()
+    model, _ = load_causal_lm(adapter.output_dir)
+    assert hasattr(model, "peft_config")
+    # resuming a LoRA run continues on the adapters
+    more = cfg(tmp_path / "a", tiny_llama, demos_file, max_steps=4, lora_r=4, merge_lora=False, resume=True,
+               eval_fraction=0.0)
+    assert train_sft(more).steps == 4
+
+
+def test_config_yaml_then_flags(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 0.1\nbatch_size: 3\nmodel: m\n")
+    c = load_config(SFTConfig, tmp_path / "c.yaml", {"lr": 0.5, "epochs": None})
+    assert (c.lr, c.batch_size, c.model, c.epochs) == (0.5, 3, "m", 2.0)
+    (tmp_path / "bad.yaml").write_text("batch_size: many\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: option 'batch_size'"):
+        load_config(SFTConfig, tmp_path / "bad.yaml", {})
+
+
+def test_cli_help_and_errors(tmp_path, tiny_llama):
+    runner = CliRunner()
+    out = runner.invoke(app, ["sft", "--help"]).output
+    for field in SFTConfig.model_fields:
+        assert "--" + field.replace("_", "-") in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    result = runner.invoke(app, ["sft", "--model", str(tiny_llama), "--data", str(bad),
+                                 "--output-dir", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code != 0 and "bad.jsonl:2" in str(result.exception)
+
+
+def test_cli_trains(tmp_path, tiny_llama, demos_file):
+    (tmp_path / "sft.yaml").write_text(f"model: {tiny_llama}\ndata: {demos_file}\nmax_length: 64\nlr: 0.003\n")
+    result = CliRunner().invoke(app, ["sft", "-c", str(tmp_path / "sft.yaml"), "--max-steps", "2",
+                                      "--output-dir", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "max_steps: 2" in saved and "lr: 0.003" in saved

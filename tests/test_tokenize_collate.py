@@ -1,0 +1,63 @@
+import torch
+
+from rlhfkit.data import IGNORE, Demonstration, collate_packed, encode_demonstrations, encode_prompt, pack
+from rlhfkit.data.collate import shifted_targets
+from rlhfkit.data.tokenize import Example
+from rlhfkit.models import load_causal_lm
+
+
+def test_loss_only_on_response_with_eos(tiny_llama):
+    _, tok = load_causal_lm(tiny_llama)
+    demo = Demonstration(prompt="What colour is the sky?", response="The sky is blue.")
+    (ex,), stats = encode_demonstrations(tok, [demo], max_length=128)
+    prompt_ids = encode_prompt(tok, demo.prompt)
+    n = len(prompt_ids)
+    assert ex.input_ids[:n] == prompt_ids and ex.labels[:n] == [IGNORE] * n
+    assert ex.labels[n:] == ex.input_ids[n:] and ex.input_ids[-1] == tok.eos_token_id
+    assert tok.decode(ex.input_ids[n:-1]) == "The sky is blue."
+    # The prompt ends with the assistant header the model continues from.
+    assert tok.decode(prompt_ids).endswith("<|im_start|>assistant\n")
+    assert stats.as_dict() == {"kept": 1, "truncated": 0, "dropped": 0}
+
+
+def test_truncation_is_explicit_and_counted(tiny_llama):
+    _, tok = load_causal_lm(tiny_llama)
+    demos = [Demonstration(prompt="Say yes.", response="yes " * 100), Demonstration(prompt="Say no.", response="no")]
+    kept, stats = encode_demonstrations(tok, demos, max_length=40, truncation="truncate")
+    assert len(kept) == 2 and len(kept[0].input_ids) == 40 and stats.truncated == 1
+    kept, stats = encode_demonstrations(tok, demos, max_length=40, truncation="drop")
+    assert len(kept) == 1 and stats.dropped == 1
+
+
+def test_pack_first_fit_decreasing():
+    examples = [Example([1] * n, [IGNORE] * n) for n in (7, 5, 4, 3, 3, 2, 1)]
+    rows = pack(examples, 10)
+    assert sorted(i for r in rows for i in r) == list(range(7))
+    assert all(sum(len(examples[i].input_ids) for i in r) <= 10 for r in rows)
+    assert len(rows) == 3  # 25 tokens in rows of 10: optimal
+
+
+def test_shifted_targets_never_cross_examples():
+    a = Example([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8])
+    b = Example([9, 10, 11], [IGNORE, 10, 11])
+    batch = collate_packed([[a, b], [b]], pad_id=0)
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3]]
+    assert (batch.n_tokens, batch.n_padding) == (10, 4)
+    t = shifted_targets(batch.labels)
+    assert t[0].tolist() == [IGNORE, 7, 8, IGNORE, 10, 11, IGNORE]  # position 3 (a's last) predicts nothing
+
+
+def test_packed_attention_is_isolated(tiny_llama, tiny_gpt2):
+    for folder in (tiny_llama, tiny_gpt2):
+        model, tok = load_causal_lm(folder)
+        model.eval()
+        a = Example(tok("the cat sat on the mat")["input_ids"], [])
+        b = Example(tok("a dog ran to the river and back")["input_ids"], [])
+        batch = collate_packed([[a, b]], pad_id=tok.pad_token_id)
+        with torch.no_grad():
+            packed = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+            alone_b = model(input_ids=torch.tensor([b.input_ids])).logits
+            alone_a = model(input_ids=torch.tensor([a.input_ids])).logits
+        n = len(a.input_ids)
+        torch.testing.assert_close(packed[0, :n], alone_a[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(packed[0, n:], alone_b[0], atol=1e-5, rtol=1e-4)
