@@ -101,6 +101,7 @@ class SFTResult:
     steps: int
     best_metric: float | None
     final_loss: float | None
+    model: nn.Module  # the model as it ended training (not necessarily the published best)
 
 
 def train_sft(
@@ -184,17 +185,20 @@ def train_sft(
         save_model(unwrapped, tokenizer, folder, merge_lora=cfg.merge_lora)
 
     def evaluate() -> float:
-        wrapped.eval()
+        # The bare module, not the DDP wrapper: processes may run different numbers of eval batches,
+        # and DDP's forward would wait on collectives that never come.
+        plain = acc.unwrap_model(wrapped)
+        plain.eval()
         nll = torch.zeros((), device=acc.device)
         count = torch.zeros((), device=acc.device)
         mine = evals.rows[rank::world]
         with torch.no_grad(), acc.autocast():
             for i in range(0, len(mine), cfg.batch_size):
                 batch = collate_packed(mine[i : i + cfg.batch_size], tokenizer.pad_token_id).to(acc.device)
-                loss, n = wrapped(batch.input_ids, batch.position_ids, shifted_targets(batch.labels), 1.0)
+                loss, n = plain(batch.input_ids, batch.position_ids, shifted_targets(batch.labels), 1.0)
                 nll += loss.float()
                 count += n
-        wrapped.train()
+        plain.train()
         nll, count = acc.reduce(nll, "sum"), acc.reduce(count, "sum")
         return (nll / count.clamp(min=1)).item()
 
@@ -270,7 +274,7 @@ def train_sft(
     acc.wait_for_everyone()
     log.close()
     console.print(f"sft: done, {step} steps; model in {run_dir} (from {chosen.name})")
-    return SFTResult(run_dir, step, best, last_loss)
+    return SFTResult(run_dir, step, best, last_loss, unwrapped)
 
 
 def _short(m: dict) -> str:

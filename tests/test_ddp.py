@@ -1,0 +1,47 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from rlhfkit.config import SFTConfig
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def run_worker(cfg: SFTConfig, tmp_path: Path, processes: int) -> None:
+    cfg_file = tmp_path / f"cfg-{processes}.json"
+    cfg_file.write_text(cfg.model_dump_json())
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if processes > 1:
+        launch += ["--multi_gpu", "--main_process_port", "29517"]  # accelerate's flag for DDP, gloo on CPU
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(launch + [str(WORKER), str(cfg_file)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, tiny_llama, demos_file):
+    base = dict(model=str(tiny_llama), data=str(demos_file), max_length=64, lr=3e-3, max_steps=4, warmup_ratio=0,
+                eval_every=2, eval_fraction=0.25, save_every=2, progress=False, dtype="fp32")
+    two = SFTConfig(**base, batch_size=1, output_dir=str(tmp_path / "two"))
+    one = SFTConfig(**base, batch_size=2, output_dir=str(tmp_path / "one"))  # same rows per step
+    run_worker(two, tmp_path, 2)
+    run_worker(one, tmp_path, 1)
+
+    rank0 = load_file(tmp_path / "two" / "weights-rank0.safetensors")
+    rank1 = load_file(tmp_path / "two" / "weights-rank1.safetensors")
+    assert rank0.keys() == rank1.keys()
+    assert all((rank0[k] == rank1[k]).all() for k in rank0), "ranks diverged"
+
+    def losses(run):
+        return [json.loads(line) for line in (tmp_path / run / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+    two_log, one_log = losses("two"), losses("one")
+    assert [m["loss"] for m in two_log] == pytest.approx([m["loss"] for m in one_log], rel=1e-4)
+    evals = [(m["step"], m["eval_loss"]) for m in two_log if "eval_loss" in m]
+    assert [s for s, _ in evals] == [2, 4]
+    assert [e for _, e in evals] == pytest.approx([m["eval_loss"] for m in one_log if "eval_loss" in m], rel=1e-4)
