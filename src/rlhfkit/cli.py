@@ -50,7 +50,7 @@ def _cli_type(annotation) -> tuple[type, str]:
 def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], None], help: str) -> None:
     params = [
         inspect.Parameter(
-            "config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+            "config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
             default=typer.Option(None, "--config", "-c", help="YAML file of options; flags given here override it."),
         )
     ]
@@ -63,7 +63,7 @@ def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], N
         default = field.default if field.default_factory is None else field.default_factory()
         params.append(
             inspect.Parameter(
-                field_name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                field_name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],  # noqa: UP045 (kind is a runtime value)
                 default=typer.Option(None, *decls, help=f"{field.description}{extra} [default: {default}]",
                                      show_default=False),
             )
