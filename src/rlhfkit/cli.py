@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import typer
 from pydantic import BaseModel
 
-from rlhfkit.config import ConfigError, SFTConfig, load_config
+from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, load_config
 
 app = typer.Typer(
     help="rlhfkit: InstructGPT end to end. SFT on demonstrations, a reward model from rankings, "
@@ -93,6 +93,63 @@ config_command(
 )
 
 
+def _run_sample(cfg: SampleConfig) -> None:
+    from rlhfkit.sampling import sample_rankings
+
+    sample_rankings(cfg)
+
+
+config_command(
+    "sample", SampleConfig, _run_sample,
+    help="Step 2a: sample K distinct responses per prompt from a policy, written as Ranking-ready JSONL "
+    "for labelers (the labeling service or simulated ones).",
+)
+
+
+def _run_rm(cfg: RMConfig) -> None:
+    from rlhfkit.train.reward import train_reward
+
+    train_reward(cfg)
+
+
+config_command(
+    "rm", RMConfig, _run_rm,
+    help="Step 2b: train a reward model on rankings (every pair of a ranking, one forward per response). "
+    "Writes the RM folder to --output-dir and a held-out report (accuracy, by K, calibration).",
+)
+
+eval_app = typer.Typer(help="Evaluate policies and reward models.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("elo")
+def eval_elo(
+    rankings: Path = typer.Argument(..., help="Rankings whose responses carry sources[i].policy (JSONL)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the table as JSON here."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples of whole rankings for the 95% intervals."),
+    seed: int = typer.Option(0, help="Seed for the bootstrap."),
+) -> None:
+    """Bradley-Terry strengths (Elo scale) with bootstrap 95% intervals, and online Elo, per policy."""
+    import json
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from rlhfkit.data.rankings import read_rankings
+    from rlhfkit.evaluation.elo import compare_policies
+    from rlhfkit.train.common import console
+
+    scores = compare_policies(read_rankings(rankings).records, bootstrap, seed)
+    table = Table("policy", "Bradley-Terry (Elo scale)", "95% interval", "online Elo", "games", "win rate",
+                  title=f"policies compared in {rankings}")
+    for s in scores:
+        table.add_row(s.policy, f"{s.bt_elo:.0f}", f"{s.ci_low:.0f} to {s.ci_high:.0f}", f"{s.online_elo:.0f}",
+                      str(s.games), f"{s.win_rate:.1%}")
+    console.print(table)
+    if output is not None:
+        output.write_text(json.dumps([asdict(s) for s in scores], indent=2))
+
+
 def main() -> None:
     from rich.markup import escape
 
@@ -102,7 +159,8 @@ def main() -> None:
 
     try:
         app()
-    except (ConfigError, DataError, ModelLoadError, ModelNotAvailable, NonFiniteLoss, RunExists, ValueError) as e:
+    except (ConfigError, DataError, ModelLoadError, ModelNotAvailable, NonFiniteLoss, RunExists, ValueError,
+            FileExistsError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:

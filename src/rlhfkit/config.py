@@ -99,3 +99,39 @@ def load_config(cls: type[C], path: str | Path | None, overrides: dict[str, Any]
         where = ".".join(str(p) for p in err["loc"])
         source = f"{path}: " if path is not None else ""
         raise ConfigError(f"{source}option '{where}': {err['msg']}") from None
+
+
+class RMConfig(TrainConfig):
+    model: str = Field("runs/sft", description="Causal LM to start the reward model from (by default the "
+                       "SFT output); its unembedding is dropped and a scalar head added.")
+    data: str | None = Field(None, description="Rankings: ours, scored lists, pairwise prompt/chosen/rejected, "
+                             "HH-RLHF transcripts or OpenAssistant trees (JSONL or Parquet).")
+    eval_data: str | None = Field(None, description="Held-out rankings (default: split off --eval-fraction).")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data held out when --eval-data is not given.")
+    demos: str | None = Field(None, description="Demonstrations: after training, shift the head's bias so "
+                              "they score 0 on average (InstructGPT's normalisation).")
+    skip_invalid: bool = Field(False, description="Skip bad records (counted) instead of stopping.")
+    max_length: int = Field(1024, ge=8, description="Tokens per prompt+response; longer responses are cut.")
+    output_dir: str = Field("runs/rm", description="Run folder: final reward model, checkpoints/, logs/, config.yaml.")
+    batch_size: int = Field(8, ge=1, description="Rankings per micro-batch on each process (all K responses "
+                            "of a ranking go in together).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the rankings (InstructGPT: 1; more overfits).")
+    lr: float = Field(1e-5, description="Peak learning rate (AdamW).")
+
+
+class SampleConfig(StageConfig):
+    model: str = Field("runs/sft", description="Policy to sample from: a HF folder or smollm2-135m.")
+    prompts: str | None = Field(None, description="Prompts: JSONL or Parquet with prompt, messages or instruction.")
+    output: str = Field("runs/samples.jsonl", description="Ranking-ready JSONL: prompt, K responses, sources.")
+    k: int = Field(4, ge=2, le=9, description="Distinct responses per prompt (InstructGPT: 4 to 9).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy, which gives one response).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set of this mass.")
+    max_new_tokens: int = Field(128, ge=1, description="Longest response, in tokens.")
+    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+    max_attempts: int = Field(3, ge=1, description="Sampling rounds to find K distinct responses before "
+                              "writing fewer (at least 2).")
+    seed: int = Field(0, description="Seed for sampling.")
+    dtype: Dtype = Field("auto", description="auto = bf16 autocast where supported, else fp32.")
+    resume: bool = Field(False, description="Append to --output, skipping prompts already written.")
+    skip_invalid: bool = Field(False, description="Skip bad prompt records (counted) instead of stopping.")
+    progress: bool = Field(True, description="Show a progress bar.")

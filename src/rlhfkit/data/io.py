@@ -71,9 +71,10 @@ def _describe(e: ValidationError, rename: dict[str, str] | None = None) -> str:
 
 
 def read_records(
-    path: str | Path, to_record: Callable[[dict], T], skip_invalid: bool = False
+    path: str | Path, to_record: Callable[[dict], T | list[T]], skip_invalid: bool = False
 ) -> ReadResult[T]:
-    """Read every line of `path` through `to_record` (which raises ValueError/ValidationError)."""
+    """Read every line of `path` through `to_record` (which raises ValueError/ValidationError, and may
+    return several records for one line)."""
     result: ReadResult[T] = ReadResult(records=[])
     for lineno, raw in iter_raw(path):
         try:
@@ -82,7 +83,8 @@ def read_records(
             if not isinstance(raw, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
             try:
-                result.records.append(to_record(raw))
+                record = to_record(raw)
+                result.records.extend(record if isinstance(record, list) else [record])
             except ValidationError as e:
                 raise DataError(f"{path}:{lineno}: {_describe(e)}") from None
             except (ValueError, TypeError, KeyError) as e:

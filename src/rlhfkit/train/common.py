@@ -19,6 +19,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -232,3 +233,130 @@ def make_progress(enabled: bool) -> Progress:
         TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
         console=console, disable=not enabled,
     )
+
+
+# ---- data order --------------------------------------------------------------------------------
+
+def step_items(n_items: int, items_per_step: int, seed: int, step: int) -> list[int]:
+    """Global item indices of optimiser step `step` (0-based): a fresh permutation each epoch; the last
+    step of an epoch wraps around to the start of the same permutation to fill up. A pure function of
+    its arguments, so every process agrees on it and a resumed run sees exactly the same data."""
+    steps_per_epoch = math.ceil(n_items / items_per_step)
+    epoch, i = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    return [perm[(i * items_per_step + j) % n_items] for j in range(items_per_step)]
+
+
+def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held out): a seeded random `fraction` of the items held out."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    n_eval = max(1, round(len(items) * fraction))
+    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(perm[:n_eval])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+@dataclass
+class StepOutput:
+    """What a trainer's step function returns after forward and backward over its micro-batches."""
+
+    loss: torch.Tensor  # this process's share: summed over processes and divided by their number it is the step loss
+    counts: dict[str, float] = field(default_factory=dict)  # summed over processes (e.g. tokens, padding)
+
+
+class TrainLoop:
+    """The optimiser-step loop every trainer shares: clip, NaN guard, step, schedule, logs, eval, best model,
+    atomic checkpoints and resume. A trainer supplies `step_fn(step)` (forward + backward) and `evaluate()`."""
+
+    def __init__(self, cfg: TrainConfig, acc: Accelerator, run_dir: Path, module, optimizer, scheduler,
+                 total_steps: int, steps_per_epoch: int, name: str,
+                 write_resume_model: Callable[[Path], None], write_export_model: Callable[[Path], None]):
+        self.cfg, self.acc, self.run_dir, self.name = cfg, acc, run_dir, name
+        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.write_resume_model, self.write_export_model = write_resume_model, write_export_model
+        self.checkpoints = Checkpoints(run_dir, acc, cfg.keep_checkpoints)
+        self.step, self.best = 0, None
+        self.last_metrics: dict = {}
+
+    def resume(self, path: Path) -> None:
+        state, info = self.checkpoints.load_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best = info["step"], info.get("best_metric")
+        console.print(f"resumed from {path} at step {self.step}")
+
+    def save_step(self) -> None:
+        self.checkpoints.save(
+            f"step-{self.step}", self.write_resume_model,
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            {"step": self.step, "best_metric": self.best, "total_steps": self.total_steps},
+        )
+
+    def run(self, step_fn: Callable[[int], StepOutput], evaluate: Callable[[], dict] | None,
+            score: Callable[[dict], float], on_step: Callable[[int, dict], None] | None = None) -> dict:
+        cfg, acc = self.cfg, self.acc
+        log = MetricsLog(self.run_dir, acc, resume_step=self.step)
+        self.module.train()
+        with make_progress(cfg.progress and acc.is_main_process) as progress:
+            task = progress.add_task(self.name, total=self.total_steps, completed=self.step, metrics="")
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                out = step_fn(self.step)
+                loss = (acc.reduce(out.loss.detach().float(), "sum") / acc.num_processes).item()
+                grad_norm = float(acc.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm or float("inf")))
+                check_finite(loss, "the loss", self.step + 1, self.checkpoints.latest())
+                check_finite(grad_norm, "the gradient norm", self.step + 1, self.checkpoints.latest())
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+
+                seconds = time.perf_counter() - t0
+                keys = sorted(out.counts)
+                summed = acc.reduce(torch.tensor([float(out.counts[k]) for k in keys], device=acc.device), "sum")
+                metrics = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                           **dict(zip(keys, summed.tolist(), strict=True)), "step_seconds": seconds,
+                           "epoch": self.step / self.steps_per_epoch}
+                if "tokens" in metrics:
+                    metrics["tokens_per_s"] = metrics["tokens"] / seconds
+                last = self.step == self.total_steps
+                if evaluate is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
+                    metrics.update(evaluate())
+                    metrics["select_score"] = s = score(metrics)
+                    if self.best is None or s > self.best:
+                        self.best = s
+                        self.checkpoints.save("best", self.write_export_model, {}, {"step": self.step, "score": s},
+                                              update_latest=False)
+                if self.step % cfg.log_every == 0 or last or "select_score" in metrics:
+                    log.log(self.step, metrics)
+                if (cfg.save_every and self.step % cfg.save_every == 0) or last:
+                    self.save_step()
+                self.last_metrics = metrics
+                progress.update(task, completed=self.step, metrics=_short(metrics))
+                if on_step is not None:
+                    on_step(self.step, metrics)
+        log.close()
+        return self.last_metrics
+
+    def publish(self) -> Path:
+        """The final model in the run folder: the best evaluation if there was one, else the last step."""
+        chosen = self.checkpoints.root / "best"
+        if not (chosen / "trainer_state.json").exists():
+            chosen = self.checkpoints.save("final", self.write_export_model, {}, {"step": self.step},
+                                           update_latest=False)
+        if self.acc.is_main_process:
+            publish_model(chosen / "model", self.run_dir)
+        self.acc.wait_for_everyone()
+        return chosen
+
+
+def _short(m: dict) -> str:
+    parts = [f"loss {m['loss']:.3f}", f"lr {m['lr']:.1e}"]
+    if "tokens_per_s" in m:
+        parts.append(f"{m['tokens_per_s']:.0f} tok/s")
+    parts += [f"{k.removeprefix('eval_')} {v:.3f}" for k, v in m.items() if k.startswith("eval_")]
+    return "  ".join(parts)

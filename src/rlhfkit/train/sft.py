@@ -11,7 +11,6 @@ takes its own slice, so a resumed run sees exactly the rows it would have seen.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,14 +33,14 @@ from rlhfkit.losses import sft_loss
 from rlhfkit.models import apply_lora, is_peft, load_causal_lm, save_model
 from rlhfkit.train.common import (
     Checkpoints,
-    MetricsLog,
-    check_finite,
+    StepOutput,
+    TrainLoop,
     console,
     make_accelerator,
     make_optimizer,
-    make_progress,
     prepare_run_dir,
-    publish_model,
+    split_holdout,
+    step_items,
     warmup_cosine,
 )
 
@@ -75,24 +74,6 @@ class Rows:
         rows = [[examples[i] for i in idx] for idx in pack(examples, row_length)]
         targets = [sum(sum(t != IGNORE for t in e.labels) for e in row) for row in rows]
         return cls(rows, targets)
-
-
-def step_rows(n_rows: int, rows_per_step: int, seed: int, step: int) -> list[int]:
-    """Global row indices of optimiser step `step` (0-based): a fresh permutation each epoch; the last
-    step of an epoch wraps around to the start of the same permutation to fill up."""
-    steps_per_epoch = math.ceil(n_rows / rows_per_step)
-    epoch, i = divmod(step, steps_per_epoch)
-    perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
-    return [perm[(i * rows_per_step + j) % n_rows] for j in range(rows_per_step)]
-
-
-def split_eval(demos: list, fraction: float, seed: int) -> tuple[list, list]:
-    if fraction <= 0 or len(demos) < 2:
-        return demos, []
-    n_eval = max(1, round(len(demos) * fraction))
-    perm = torch.randperm(len(demos), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(perm[:n_eval])
-    return [d for i, d in enumerate(demos) if i not in held], [d for i, d in enumerate(demos) if i in held]
 
 
 @dataclass
@@ -133,7 +114,7 @@ def train_sft(
         eval_read = read_demonstrations(cfg.eval_data, cfg.skip_invalid)
         train_demos, eval_demos = read.records, eval_read.records
     else:
-        train_demos, eval_demos = split_eval(read.records, cfg.eval_fraction, cfg.seed)
+        train_demos, eval_demos = split_holdout(read.records, cfg.eval_fraction, cfg.seed)
 
     torch.manual_seed(cfg.seed)
     model_source = resume_from / "model" if resume_from else cfg.model
@@ -167,24 +148,34 @@ def train_sft(
     optimizer = make_optimizer(wrapped.parameters(), cfg)
     scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
     wrapped, optimizer = acc.prepare(wrapped, optimizer)
-
-    step, best = 0, None
-    if resume_from is not None:
-        state, info = checkpoints.load_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, best = info["step"], info.get("best_metric")
-        console.print(f"resumed from {resume_from} at step {step}")
-    log = MetricsLog(run_dir, acc, resume_step=step)
     unwrapped = acc.unwrap_model(wrapped).model
+    loop = TrainLoop(
+        cfg, acc, run_dir, wrapped, optimizer, scheduler, total_steps, steps_per_epoch, "sft",
+        write_resume_model=lambda folder: save_model(unwrapped, tokenizer, folder, merge_lora=False),
+        write_export_model=lambda folder: save_model(unwrapped, tokenizer, folder, merge_lora=cfg.merge_lora),
+    )
+    if resume_from is not None:
+        loop.resume(resume_from)
 
-    def write_resume_model(folder: Path) -> None:
-        save_model(unwrapped, tokenizer, folder, merge_lora=False)
+    def step_fn(step: int) -> StepOutput:
+        rows = step_items(len(train.rows), rows_per_step, cfg.seed, step)
+        normalizer = sum(train.targets[r] for r in rows) / world  # DDP averages gradients over processes
+        total = torch.zeros((), device=acc.device)
+        tokens = padded = 0
+        for micro in range(cfg.grad_accum):
+            start = (micro * world + rank) * cfg.batch_size
+            batch = collate_packed([train.rows[r] for r in rows[start : start + cfg.batch_size]],
+                                   tokenizer.pad_token_id).to(acc.device)
+            tokens, padded = tokens + batch.n_tokens, padded + batch.n_padding
+            last = micro == cfg.grad_accum - 1
+            with acc.no_sync(wrapped) if not last else nullcontext():  # all-reduce once per step
+                with acc.autocast():
+                    loss, _ = wrapped(batch.input_ids, batch.position_ids, shifted_targets(batch.labels), normalizer)
+                acc.backward(loss)
+            total += loss.detach()
+        return StepOutput(total, {"tokens": tokens, "padding_tokens": padded})
 
-    def write_export_model(folder: Path) -> None:
-        save_model(unwrapped, tokenizer, folder, merge_lora=cfg.merge_lora)
-
-    def evaluate() -> float:
+    def evaluate() -> dict:
         # The bare module, not the DDP wrapper: processes may run different numbers of eval batches,
         # and DDP's forward would wait on collectives that never come.
         plain = acc.unwrap_model(wrapped)
@@ -200,85 +191,15 @@ def train_sft(
                 count += n
         plain.train()
         nll, count = acc.reduce(nll, "sum"), acc.reduce(count, "sum")
-        return (nll / count.clamp(min=1)).item()
+        metrics = {"eval_loss": (nll / count.clamp(min=1)).item()}
+        if select is not None:
+            metrics["eval_select"] = select(unwrapped, tokenizer)
+        return metrics
 
-    def save_step() -> None:
-        checkpoints.save(
-            f"step-{step}", write_resume_model,
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            {"step": step, "best_metric": best, "total_steps": total_steps},
-        )
+    def score(metrics: dict) -> float:
+        return metrics["eval_select"] if select is not None else -metrics["eval_loss"]
 
-    last_loss = None
-    wrapped.train()
-    with make_progress(cfg.progress and acc.is_main_process) as progress:
-        task = progress.add_task("sft", total=total_steps, completed=step, metrics="")
-        while step < total_steps:
-            t0 = time.perf_counter()
-            rows = step_rows(len(train.rows), rows_per_step, cfg.seed, step)
-            normalizer = sum(train.targets[r] for r in rows) / world  # DDP averages over processes
-            step_loss = torch.zeros((), device=acc.device)
-            tokens = padded = 0
-            for micro in range(cfg.grad_accum):
-                start = (micro * world + rank) * cfg.batch_size
-                batch = collate_packed([train.rows[r] for r in rows[start : start + cfg.batch_size]],
-                                       tokenizer.pad_token_id).to(acc.device)
-                tokens, padded = tokens + batch.n_tokens, padded + batch.n_padding
-                sync = micro == cfg.grad_accum - 1
-                with acc.no_sync(wrapped) if not sync else nullcontext():  # all-reduce once per step
-                    with acc.autocast():
-                        loss, _ = wrapped(batch.input_ids, batch.position_ids, shifted_targets(batch.labels),
-                                          normalizer)
-                    acc.backward(loss)
-                step_loss += loss.detach()
-            step_loss = acc.reduce(step_loss, "sum") / world
-            grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm or float("inf"))
-            check_finite(step_loss.item(), "the loss", step + 1, checkpoints.latest())
-            check_finite(float(grad_norm), "the gradient norm", step + 1, checkpoints.latest())
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-
-            seconds = time.perf_counter() - t0
-            counts = acc.reduce(torch.tensor([tokens, padded], device=acc.device), "sum").tolist()
-            last_loss = step_loss.item()
-            metrics = {
-                "loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                "tokens_per_s": counts[0] / seconds, "padding": counts[1] / max(1, sum(counts)),
-                "epoch": step / steps_per_epoch,
-            }
-            last = step == total_steps
-            if evals is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-                metrics["eval_loss"] = evaluate()
-                score = select(unwrapped, tokenizer) if select else -metrics["eval_loss"]
-                metrics["select_score"] = score
-                if best is None or score > best:
-                    best = score
-                    checkpoints.save("best", write_export_model, {}, {"step": step, "score": score},
-                                     update_latest=False)
-            if step % cfg.log_every == 0 or last or "eval_loss" in metrics:
-                log.log(step, metrics)
-            if (cfg.save_every and step % cfg.save_every == 0) or last:
-                save_step()
-            progress.update(task, completed=step, metrics=_short(metrics))
-            if on_step is not None:
-                on_step(step, metrics)
-
-    # ---- the final model: the best evaluation, else the last step ----
-    chosen = checkpoints.root / "best"
-    if not (chosen / "trainer_state.json").exists():
-        chosen = checkpoints.save("final", write_export_model, {}, {"step": step}, update_latest=False)
-    if acc.is_main_process:
-        publish_model(chosen / "model", run_dir)
-    acc.wait_for_everyone()
-    log.close()
-    console.print(f"sft: done, {step} steps; model in {run_dir} (from {chosen.name})")
-    return SFTResult(run_dir, step, best, last_loss, unwrapped)
-
-
-def _short(m: dict) -> str:
-    parts = [f"loss {m['loss']:.3f}", f"lr {m['lr']:.1e}", f"{m['tokens_per_s']:.0f} tok/s"]
-    if "eval_loss" in m:
-        parts.append(f"eval {m['eval_loss']:.3f}")
-    return "  ".join(parts)
+    last = loop.run(step_fn, evaluate if evals is not None else None, score, on_step)
+    chosen = loop.publish()
+    console.print(f"sft: done, {loop.step} steps; model in {run_dir} (from {chosen.name})")
+    return SFTResult(run_dir, loop.step, loop.best, last.get("loss"), unwrapped)

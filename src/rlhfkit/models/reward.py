@@ -1,0 +1,207 @@
+"""The reward model: a causal-LM backbone without its unembedding, and a scalar head read at the last token.
+
+Saved as a folder:
+    config.json, model.safetensors, tokenizer files   the backbone (a HF base model, e.g. LlamaModel)
+    reward_head.safetensors                           the head: weight (1, hidden), bias (1,)
+    reward_model.json                                 base model, normalisation shift, max length
+Sequences are the prompt through the chat template, the response, and EOS (as in SFT), so the reward
+is read at the EOS token of a finished response.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel
+
+from rlhfkit.data.records import PromptText, as_messages
+from rlhfkit.data.tokenize import encode_prompt, encode_response
+from rlhfkit.models.loading import ModelLoadError, is_peft, load_causal_lm, load_tokenizer
+
+HEAD_FILE = "reward_head.safetensors"
+META_FILE = "reward_model.json"
+
+
+class RewardModel(nn.Module):
+    def __init__(self, backbone: nn.Module, meta: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+        self.meta = {"shift": 0.0, **(meta or {})}
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                ends: torch.Tensor) -> torch.Tensor:
+        """Rewards (N,) of the N responses packed in the rows (see `pack_groups`); `ends` (N, 2) holds each
+        response's (row, last column)."""
+        hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                               use_cache=False).last_hidden_state
+        last = hidden[ends[:, 0], ends[:, 1]]
+        return self.head(last.to(self.head.weight.dtype)).squeeze(-1)
+
+    def save(self, out_dir: str | Path, tokenizer) -> None:
+        out_dir = Path(out_dir)
+        backbone = self.backbone
+        if is_peft(backbone):  # merge a copy: the live model keeps training its adapters
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+        backbone.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        save_file({k: v.detach().float().contiguous() for k, v in self.head.state_dict().items()}, out_dir / HEAD_FILE)
+        (out_dir / META_FILE).write_text(json.dumps(self.meta, indent=2))
+
+    def apply_shift(self, shift: float) -> None:
+        """Add `shift` to every reward (through the head's bias) and remember the total in the metadata."""
+        with torch.no_grad():
+            self.head.bias += shift
+        self.meta["shift"] = self.meta.get("shift", 0.0) + shift
+
+
+def reward_model_from_causal_lm(name_or_path: str | Path) -> tuple[RewardModel, object]:
+    """A fresh RM from a causal-LM folder (by default the SFT output): its decoder, a new scalar head."""
+    model, tokenizer = load_causal_lm(name_or_path)
+    if is_peft(model):
+        model = model.merge_and_unload()
+    return RewardModel(model.get_decoder(), {"base_model": str(name_or_path)}), tokenizer
+
+
+def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[RewardModel, object]:
+    path = Path(path)
+    if not (path / HEAD_FILE).exists():
+        raise ModelLoadError(f"{path}: not a reward model folder (no {HEAD_FILE}); train one with `rlhfkit rm`")
+    backbone = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True, attn_implementation="sdpa")
+    rm = RewardModel(backbone, json.loads((path / META_FILE).read_text()))
+    rm.head.load_state_dict(load_file(path / HEAD_FILE))
+    tokenizer = load_tokenizer(path)
+    return rm, tokenizer
+
+
+# ---- batching: one prompt, its K responses, the prompt computed once ------------------------------
+
+@dataclass
+class Group:
+    """A prompt and responses to it. Packed as [prompt][response 1]...[response K]: each response attends to
+    the prompt and to itself, never to another response, and continues the prompt's positions, so each
+    reward equals that of prompt+response alone while the prompt is computed once for all K."""
+
+    prompt_ids: list[int]
+    response_ids: list[list[int]]  # response + EOS, cut to fit max_length with the prompt
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + sum(map(len, self.response_ids))
+
+
+def encode_group(tokenizer, prompt: PromptText, responses: list[str], max_length: int) -> tuple[Group, int]:
+    """(group, number of responses cut to fit max_length tokens together with the prompt)."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    if len(prompt_ids) > max_length - 1:  # keep the end of an over-long prompt, next to the response
+        prompt_ids = prompt_ids[-(max_length - 1):]
+    room = max_length - len(prompt_ids)
+    encoded = [encode_response(tokenizer, r) for r in responses]
+    return Group(prompt_ids, [ids[:room] for ids in encoded]), sum(len(ids) > room for ids in encoded)
+
+
+@dataclass
+class GroupBatch:
+    input_ids: torch.Tensor  # (R, L)
+    position_ids: torch.Tensor  # (R, L)
+    attention_mask: torch.Tensor  # (R, 1, L, L) bool, True = may attend
+    ends: torch.Tensor  # (N, 2): (row, column) of each response's last token, in group order
+    n_tokens: int
+
+    def to(self, device) -> GroupBatch:
+        return GroupBatch(self.input_ids.to(device), self.position_ids.to(device), self.attention_mask.to(device),
+                          self.ends.to(device), self.n_tokens)
+
+
+def pack_groups(groups: list[Group], pad_id: int) -> GroupBatch:
+    """Pack groups into rows as long as the longest group (first-fit decreasing)."""
+    length = max(map(len, groups))
+    order = sorted(range(len(groups)), key=lambda i: -len(groups[i]))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for r, free in enumerate(room):
+            if free >= len(groups[i]):
+                rows[r].append(i)
+                room[r] -= len(groups[i])
+                break
+        else:
+            rows.append([i])
+            room.append(length - len(groups[i]))
+    starts = [0] * len(groups)  # index of each group's first response among all responses
+    for i in range(1, len(groups)):
+        starts[i] = starts[i - 1] + len(groups[i - 1].response_ids)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), length), dtype=torch.long)
+    seg = torch.full((len(rows), length), -1, dtype=torch.long)  # which group; -1 = padding
+    part = torch.zeros((len(rows), length), dtype=torch.long)  # 0 = prompt, k = response k
+    ends = torch.zeros((starts[-1] + len(groups[-1].response_ids), 2), dtype=torch.long)
+    for r, members in enumerate(rows):
+        col = 0
+        for g in members:
+            group = groups[g]
+            p = len(group.prompt_ids)
+            ids[r, col : col + p] = torch.tensor(group.prompt_ids)
+            pos[r, col : col + p] = torch.arange(p)
+            seg[r, col : col + p] = g
+            col += p
+            for k, resp in enumerate(group.response_ids, start=1):
+                n = len(resp)
+                ids[r, col : col + n] = torch.tensor(resp)
+                pos[r, col : col + n] = torch.arange(p, p + n)
+                seg[r, col : col + n] = g
+                part[r, col : col + n] = k
+                col += n
+                ends[starts[g] + k - 1] = torch.tensor([r, col - 1])
+    idx = torch.arange(length)
+    causal = idx[None, :] <= idx[:, None]
+    same_group = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+    visible = (part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None])
+    mask = (same_group & causal & visible) | torch.eye(length, dtype=torch.bool)  # padding sees itself: no empty rows
+    n_tokens = sum(map(len, groups))
+    return GroupBatch(ids, pos, mask[:, None], ends, n_tokens)
+
+
+@torch.no_grad()
+def score(rm: RewardModel, tokenizer, prompts: list[PromptText], responses: list[str], max_length: int = 1024,
+          tokens_per_batch: int = 8192, autocast: bool = False) -> torch.Tensor:
+    """Rewards (N,) for N (prompt, response) pairs. Responses to the same prompt share its computation;
+    batches hold about `tokens_per_batch` tokens."""
+    device = next(rm.parameters()).device
+    was_training = rm.training
+    rm.eval()
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(json.dumps(as_messages(p)), []).append(i)
+    groups, members = [], []
+    for idx in by_prompt.values():
+        for start in range(0, len(idx), 16):  # bound a group's length (and its attention mask)
+            chunk = idx[start : start + 16]
+            groups.append(encode_group(tokenizer, prompts[chunk[0]], [responses[i] for i in chunk], max_length)[0])
+            members.append(chunk)
+    out = torch.empty(len(prompts))
+    order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
+    start = 0
+    while start < len(order):
+        batch, tokens = [], 0
+        while start < len(order) and (not batch or tokens + len(groups[order[start]]) <= tokens_per_batch):
+            batch.append(order[start])
+            tokens += len(groups[order[start]])
+            start += 1
+        packed = pack_groups([groups[g] for g in batch], tokenizer.pad_token_id).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            rewards = rm(packed.input_ids, packed.position_ids, packed.attention_mask, packed.ends).float().cpu()
+        i = 0
+        for g in batch:
+            out[members[g]] = rewards[i : i + len(members[g])]
+            i += len(members[g])
+    rm.train(was_training)
+    return out

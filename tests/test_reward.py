@@ -1,0 +1,159 @@
+import json
+import math
+import random
+
+import pytest
+import torch
+from tiny import WORDS
+
+from rlhfkit.config import RMConfig, SampleConfig
+from rlhfkit.data import Ranking, read_demonstrations, write_jsonl
+from rlhfkit.data.rankings import read_rankings
+from rlhfkit.evaluation.elo import bradley_terry, compare_policies, ranking_outcomes
+from rlhfkit.evaluation.reward_metrics import ranking_pairs, reward_metrics
+from rlhfkit.models.reward import load_reward_model, score
+from rlhfkit.sampling import sample_rankings
+from rlhfkit.train.reward import train_reward
+
+PLAIN = [w for w in WORDS if w != "banana"]
+
+
+def planted_rankings(n: int, seed: int) -> list[Ranking]:
+    """K = 4 or 2 responses; those containing 'banana' are preferred (ties within each group)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = rng.choice([2, 4])
+        responses, ranks = [], []
+        for j in range(k):
+            words = rng.sample(PLAIN, rng.randint(4, 9))
+            liked = j % 2 == 0
+            if liked:
+                words.insert(rng.randrange(len(words)), "banana")
+            responses.append(" ".join(words))
+            ranks.append(0 if liked else 1)
+        order = list(range(k))
+        rng.shuffle(order)
+        out.append(Ranking(prompt=" ".join(rng.sample(PLAIN, 5)), responses=[responses[i] for i in order],
+                           ranks=[ranks[i] for i in order]))
+    return out
+
+
+def rm_cfg(tmp_path, model, **kw):
+    base = dict(model=str(model), output_dir=str(tmp_path / "rm"), max_length=64, batch_size=8, lr=2e-3,
+                warmup_ratio=0.0, eval_every=0, save_every=0, progress=False, dtype="fp32")
+    return RMConfig(**{**base, **kw})
+
+
+def test_rm_learns_planted_preference_and_normalises(tmp_path, tiny_llama):
+    write_jsonl(tmp_path / "train.jsonl", planted_rankings(240, 0))
+    write_jsonl(tmp_path / "eval.jsonl", planted_rankings(60, 1))
+    demos = [{"prompt": "say something", "response": " ".join(random.Random(i).sample(WORDS, 6))} for i in range(20)]
+    write_jsonl(tmp_path / "demos.jsonl", demos)
+    result = train_reward(rm_cfg(tmp_path, tiny_llama, data=str(tmp_path / "train.jsonl"), epochs=3,
+                                 eval_data=str(tmp_path / "eval.jsonl"), demos=str(tmp_path / "demos.jsonl")))
+    report = json.loads((result.output_dir / "eval_report.json").read_text())
+    assert report["accuracy"] > 0.95, report
+    assert set(report["accuracy_by_k"]) == {"2", "4"} and report["calibration"]
+
+    rm, tok = load_reward_model(result.output_dir)
+    demo_records = read_demonstrations(tmp_path / "demos.jsonl").records
+    demo_scores = score(rm, tok, [d.prompt for d in demo_records], [d.response for d in demo_records], 64)
+    assert abs(demo_scores.mean().item()) < 1e-4
+    assert rm.meta["shift"] == pytest.approx(result.shift) and rm.meta["base_model"] == str(tiny_llama)
+    liked = score(rm, tok, ["a question"], ["the apple and banana tree"])
+    plain = score(rm, tok, ["a question"], ["the apple and the tree"])
+    assert liked.item() > plain.item()
+
+
+def test_rm_resume_matches_straight_run(tmp_path, tiny_llama):
+    write_jsonl(tmp_path / "r.jsonl", planted_rankings(40, 2))
+    common = dict(data=str(tmp_path / "r.jsonl"), max_steps=4, batch_size=4, eval_fraction=0.0)
+    straight = train_reward(rm_cfg(tmp_path / "a", tiny_llama, **common))
+
+    def stop(step, _):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    cfg = rm_cfg(tmp_path / "b", tiny_llama, save_every=2, **common)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward(cfg, on_step=stop)
+    resumed = train_reward(cfg.model_copy(update={"resume": True}))
+
+    def losses(r):
+        return [json.loads(x)["loss"] for x in (r.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(straight) == pytest.approx(losses(resumed), rel=1e-5)
+
+
+def test_rm_lora(tmp_path, tiny_llama):
+    write_jsonl(tmp_path / "r.jsonl", planted_rankings(16, 3))
+    result = train_reward(rm_cfg(tmp_path, tiny_llama, data=str(tmp_path / "r.jsonl"), max_steps=2, lora_r=4,
+                                 eval_fraction=0.25))
+    rm, _ = load_reward_model(result.output_dir)  # merged backbone + head
+    assert not hasattr(rm.backbone, "peft_config")
+
+
+def test_reward_metrics_by_hand():
+    # rewards for a K=3 ranking C > A > B and a K=2 tie
+    pairs = [ranking_pairs([1.0, 0.0, 2.0], [1, 2, 0]), ranking_pairs([5.0, 1.0], [0, 0])]
+    m = reward_metrics(pairs)
+    assert m["pairs"] == 3 and m["rankings"] == 1 and m["accuracy"] == 1.0
+    assert m["top_bottom_accuracy"] == 1.0  # C vs B
+    loss = (math.log1p(math.exp(-1)) + math.log1p(math.exp(-1)) + math.log1p(math.exp(-2))) / 3
+    assert m["loss"] == pytest.approx(loss)
+    wrong = reward_metrics([ranking_pairs([0.0, 1.0], [0, 1])])
+    assert wrong["accuracy"] == 0.0 and wrong["calibration"][0]["observed"] == 1.0
+
+
+def test_bradley_terry_recovers_strengths():
+    truth = {"sft": 0.0, "ppo": 1.0, "base": -0.7}
+    rng = random.Random(0)
+    rankings = []
+    for _ in range(600):  # Plackett–Luce orders: their pairwise marginals follow Bradley–Terry
+        left, order = list(truth), []
+        while left:
+            weights = [math.exp(truth[p]) for p in left]
+            order.append(left.pop(rng.choices(range(len(left)), weights)[0]))
+        responses = list(truth)
+        rankings.append(Ranking(prompt="p", responses=responses, ranks=[order.index(p) for p in responses],
+                                sources=[{"policy": p} for p in responses]))
+    fit = bradley_terry([o for r in rankings for o in ranking_outcomes(r)])
+    centre = sum(truth.values()) / 3
+    for p, s in truth.items():
+        assert fit[p] == pytest.approx(s - centre, abs=0.15)
+    table = compare_policies(rankings, bootstrap=100)
+    assert [s.policy for s in table] == ["ppo", "sft", "base"]
+    for s in table:
+        true_elo = 1000 + 400 / math.log(10) * (truth[s.policy] - centre)
+        assert s.ci_low <= true_elo <= s.ci_high or abs(s.bt_elo - true_elo) < 30
+
+
+def test_sample_writes_distinct_responses_and_resumes(tmp_path, tiny_llama):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"tell me about the {w}", "id": w}) + "\n"
+                               for w in ["cat", "dog", "tree"]))
+    cfg = SampleConfig(model=str(tiny_llama), prompts=str(prompts), output=str(tmp_path / "s.jsonl"), k=3,
+                       max_new_tokens=8, progress=False, dtype="fp32")
+    summary = sample_rankings(cfg)
+    assert summary["written"] == 3
+    records = read_rankings(tmp_path / "s.jsonl", require_ranks=False).records
+    for r in records:
+        assert len(set(r.responses)) == len(r.responses) == 3 and r.ranks is None
+        assert r.sources[0]["policy"] == str(tiny_llama) and r.sources[0]["temperature"] == 1.0
+    with pytest.raises(FileExistsError):
+        sample_rankings(cfg)
+    again = sample_rankings(cfg.model_copy(update={"resume": True}))
+    assert again["written"] == 0 and again["already_done"] == 3
+
+
+@pytest.mark.parametrize("kind", ["tiny_llama", "tiny_gpt2"])
+def test_shared_prompt_packing_matches_one_by_one(kind, request):
+    from rlhfkit.models.reward import reward_model_from_causal_lm
+
+    rm, tok = reward_model_from_causal_lm(request.getfixturevalue(kind))
+    prompts = ["tell me about the cat"] * 3 + ["a dog"] * 2 + ["why is the sky blue"]
+    responses = ["the cat sat", "cats are good pets and sleep a lot", "no", "dogs run", "a dog is a dog", "light"]
+    together = score(rm, tok, prompts, responses)
+    alone = torch.stack([score(rm, tok, [p], [r])[0] for p, r in zip(prompts, responses, strict=True)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
