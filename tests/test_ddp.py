@@ -7,20 +7,21 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from rlhfkit.config import SFTConfig
+from rlhfkit.config import RMConfig, SFTConfig
+from rlhfkit.data import write_jsonl
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def run_worker(cfg: SFTConfig, tmp_path: Path, processes: int) -> None:
-    cfg_file = tmp_path / f"cfg-{processes}.json"
+def run_worker(cfg, tmp_path: Path, processes: int, stage: str = "sft") -> None:
+    cfg_file = tmp_path / f"cfg-{stage}-{processes}.json"
     cfg_file.write_text(cfg.model_dump_json())
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if processes > 1:
         launch += ["--multi_gpu", "--main_process_port", "29517"]  # accelerate's flag for DDP, gloo on CPU
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(launch + [str(WORKER), str(cfg_file)], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(launch + [str(WORKER), stage, str(cfg_file)], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -45,3 +46,24 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_llama, demos_file):
     evals = [(m["step"], m["eval_loss"]) for m in two_log if "eval_loss" in m]
     assert [s for s, _ in evals] == [2, 4]
     assert [e for _, e in evals] == pytest.approx([m["eval_loss"] for m in one_log if "eval_loss" in m], rel=1e-4)
+
+
+def test_two_process_reward_model_matches_one_process(tmp_path, tiny_llama):
+    from test_reward import planted_rankings
+
+    write_jsonl(tmp_path / "r.jsonl", planted_rankings(24, 5))
+    base = dict(model=str(tiny_llama), data=str(tmp_path / "r.jsonl"), max_length=64, lr=2e-3, max_steps=3,
+                warmup_ratio=0, eval_every=0, eval_fraction=0.25, save_every=0, progress=False, dtype="fp32")
+    run_worker(RMConfig(**base, batch_size=2, output_dir=str(tmp_path / "two")), tmp_path, 2, "rm")
+    run_worker(RMConfig(**base, batch_size=4, output_dir=str(tmp_path / "one")), tmp_path, 1, "rm")
+    rank0 = load_file(tmp_path / "two" / "weights-rank0.safetensors")
+    rank1 = load_file(tmp_path / "two" / "weights-rank1.safetensors")
+    assert all((rank0[k] == rank1[k]).all() for k in rank0), "ranks diverged"
+
+    def losses(run):
+        return [json.loads(x)["loss"] for x in (tmp_path / run / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses("two") == pytest.approx(losses("one"), rel=1e-4)
+    report_two = json.loads((tmp_path / "two" / "eval_report.json").read_text())
+    report_one = json.loads((tmp_path / "one" / "eval_report.json").read_text())
+    assert report_two["accuracy"] == pytest.approx(report_one["accuracy"])

@@ -95,6 +95,7 @@ class RMResult:
     steps: int
     eval_metrics: dict
     shift: float
+    model: nn.Module  # the model as it ended training, before normalisation
 
 
 def _apply_lora(rm: RewardModel, cfg: RMConfig) -> None:
@@ -216,7 +217,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
         (run_dir / "eval_report.json").write_text(json.dumps(report, indent=2))
         _print_report(report)
     acc.wait_for_everyone()
-    return RMResult(run_dir, loop.step, report, shift)
+    return RMResult(run_dir, loop.step, report, shift, plain)
 
 
 def _rewrite_head(rm: RewardModel, run_dir: Path) -> None:
