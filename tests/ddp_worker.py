@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py under `accelerate launch`: trains (sft or rm), then each rank saves its weights."""
+"""Run by tests/test_ddp.py under `accelerate launch`: trains (sft, rm or ppo), then each rank saves its weights."""
 
 import sys
 from pathlib import Path
@@ -6,7 +6,8 @@ from pathlib import Path
 from accelerate import PartialState
 from safetensors.torch import save_file
 
-from rlhfkit.config import RMConfig, SFTConfig
+from rlhfkit.config import PPOConfig, RMConfig, SFTConfig
+from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.reward import train_reward
 from rlhfkit.train.sft import train_sft
 
@@ -14,9 +15,12 @@ stage, cfg_file = sys.argv[1], Path(sys.argv[2])
 if stage == "sft":
     cfg = SFTConfig.model_validate_json(cfg_file.read_text())
     model = train_sft(cfg).model
-else:
+elif stage == "rm":
     cfg = RMConfig.model_validate_json(cfg_file.read_text())
     model = train_reward(cfg).model
+else:
+    cfg = PPOConfig.model_validate_json(cfg_file.read_text())
+    model = train_ppo(cfg).policy
 rank = PartialState().process_index
 weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 save_file(weights, str(Path(cfg.output_dir) / f"weights-rank{rank}.safetensors"))

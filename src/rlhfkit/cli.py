@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import typer
 from pydantic import BaseModel
 
-from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, load_config
+from rlhfkit.config import ConfigError, PPOConfig, RMConfig, SampleConfig, SFTConfig, load_config
 
 app = typer.Typer(
     help="rlhfkit: InstructGPT end to end. SFT on demonstrations, a reward model from rankings, "
@@ -116,6 +116,19 @@ config_command(
     "rm", RMConfig, _run_rm,
     help="Step 2b: train a reward model on rankings (every pair of a ranking, one forward per response). "
     "Writes the RM folder to --output-dir and a held-out report (accuracy, by K, calibration).",
+)
+
+def _run_ppo(cfg: PPOConfig) -> None:
+    from rlhfkit.train.ppo import train_ppo
+
+    train_ppo(cfg)
+
+
+config_command(
+    "ppo", PPOConfig, _run_ppo,
+    help="Step 3: PPO-ptx. Optimise the SFT policy against the reward model with a per-token KL penalty "
+    "to the SFT policy and pretraining gradients mixed in (--ptx-data, --ptx-coef). Writes the policy to "
+    "--output-dir and the value model to --output-dir/value.",
 )
 
 eval_app = typer.Typer(help="Evaluate policies and reward models.", no_args_is_help=True)

@@ -44,12 +44,8 @@ class TrainConfig(StageConfig):
     warmup_ratio: float = Field(0.05, description="Share of steps spent warming the learning rate up linearly.")
     min_lr_ratio: float = Field(0.1, description="The cosine schedule decays to lr * min_lr_ratio.")
     max_grad_norm: float = Field(1.0, description="Clip the global gradient norm to this (0 = no clipping).")
-    batch_size: int = Field(4, ge=1, description="Rows per micro-batch on each process.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
-    epochs: float = Field(2.0, gt=0, description="Passes over the training data (ignored if --max-steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
-    eval_every: int = Field(50, ge=0, description="Evaluate every N steps (0 = only at the end).")
-    save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps (0 = only at the end).")
+    save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps or PPO iterations "
+                            "(0 = only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent step checkpoints to keep.")
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
     resume: bool = Field(False, description="Continue from the latest checkpoint in --output-dir.")
@@ -65,7 +61,17 @@ class TrainConfig(StageConfig):
     progress: bool = Field(True, description="Show a progress bar.")
 
 
-class SFTConfig(TrainConfig):
+class SupervisedConfig(TrainConfig):
+    """Trainers that go over a fixed data set in batches (SFT, the reward model)."""
+
+    batch_size: int = Field(4, ge=1, description="Rows per micro-batch on each process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training data (ignored if --max-steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    eval_every: int = Field(50, ge=0, description="Evaluate every N steps (0 = only at the end).")
+
+
+class SFTConfig(SupervisedConfig):
     model: str = Field("smollm2-135m", description="Starting model: a Hugging Face folder or smollm2-135m.")
     data: str | None = Field(None, description="Demonstrations: JSONL or Parquet with prompt/response, "
                              "prompt/completion, messages, or instruction/input/output records.")
@@ -101,7 +107,7 @@ def load_config(cls: type[C], path: str | Path | None, overrides: dict[str, Any]
         raise ConfigError(f"{source}option '{where}': {err['msg']}") from None
 
 
-class RMConfig(TrainConfig):
+class RMConfig(SupervisedConfig):
     model: str = Field("runs/sft", description="Causal LM to start the reward model from (by default the "
                        "SFT output); its unembedding is dropped and a scalar head added.")
     data: str | None = Field(None, description="Rankings: ours, scored lists, pairwise prompt/chosen/rejected, "
@@ -135,3 +141,50 @@ class SampleConfig(StageConfig):
     resume: bool = Field(False, description="Append to --output, skipping prompts already written.")
     skip_invalid: bool = Field(False, description="Skip bad prompt records (counted) instead of stopping.")
     progress: bool = Field(True, description="Show a progress bar.")
+
+
+class PPOConfig(TrainConfig):
+    policy: str = Field("runs/sft", description="Policy to optimise, and the frozen reference π_SFT (a HF folder).")
+    reward_model: str = Field("runs/rm", description="Frozen reward model folder (from `rlhfkit rm`), "
+                              "its normalisation applied.")
+    value_model: str | None = Field(None, description="Value model to start from (a reward model folder); "
+                                    "default: the reward model, as InstructGPT did.")
+    shared_value_head: bool = Field(False, description="Put the value head on the policy's own backbone "
+                                    "instead of a separate value model.")
+    prompts: str | None = Field(None, description="Prompts for rollouts (JSONL/Parquet: prompt, messages or "
+                                "instruction).")
+    ptx_data: str | None = Field(None, description="Pretraining mix: demonstrations JSONL, or plain text (.txt, "
+                                 "one passage per line) for the γ·log π(x) term.")
+    ptx_coef: float = Field(1.0, ge=0, description="γ_ptx: weight of the pretraining NLL in each update "
+                            "(0 = plain PPO; used only with --ptx-data).")
+    ptx_batch_size: int = Field(2, ge=1, description="Packed pretraining rows per minibatch.")
+    ptx_max_length: int = Field(256, ge=8, description="Tokens per packed pretraining row.")
+    output_dir: str = Field("runs/ppo", description="Run folder: final policy, value/, checkpoints/, logs/.")
+    iterations: int = Field(50, ge=1, description="Rollout-and-update iterations.")
+    rollout_batch: int = Field(16, ge=1, description="Prompts sampled per iteration on each process.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest response in a rollout.")
+    max_prompt_length: int = Field(256, ge=8, description="Prompts are cut to their last N tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the policy (its log-probs use it too).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling in rollouts.")
+    ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch.")
+    minibatch_size: int = Field(8, ge=1, description="Rollouts per PPO minibatch on each process.")
+    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip ε: the 1-ε..1+ε band.")
+    value_clip_eps: float = Field(0.2, gt=0, description="Clip on how far a value moves from its rollout value.")
+    gamma: float = Field(1.0, description="GAE discount γ.")
+    lam: float = Field(0.95, description="GAE λ.")
+    kl_coef: float = Field(0.02, ge=0, description="β: weight of the per-token KL penalty to π_SFT "
+                           "(the initial value, if adaptive).")
+    kl_target: float | None = Field(None, gt=0, description="Target KL per sequence: adapt β toward it "
+                                    "(Ziegler et al. 2019); unset = fixed β.")
+    kl_horizon: int = Field(10000, ge=1, description="Horizon of the adaptive β controller, in samples.")
+    kl_estimator: Literal["k1", "k3"] = Field("k1", description="Per-token KL estimator: k1 = log-ratio, "
+                                              "k3 = the non-negative unbiased one.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
+    missing_eos_penalty: float | None = Field(-1.0, description="Score given instead of the RM's to a response "
+                                              "cut off without EOS (unset = score it anyway).")
+    value_lr: float = Field(1e-5, description="Learning rate of the separate value model.")
+    vf_coef: float = Field(0.1, ge=0, description="Value-loss weight when the value head shares the policy backbone.")
+    value_warmup_iterations: int = Field(0, ge=0, description="Iterations that train only the value model first.")
+    lr: float = Field(3e-6, description="Peak learning rate of the policy (AdamW).")
+    samples_every: int = Field(10, ge=1, description="Save a table of sample generations with their scores "
+                               "every N iterations.")

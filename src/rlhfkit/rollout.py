@@ -35,11 +35,15 @@ def sample(
     top_p: float = 1.0,
     batch_size: int = 16,
     autocast: bool = False,
+    max_prompt_length: int | None = None,
 ) -> Rollout:
-    """`num_samples` responses to each prompt; temperature 0 decodes greedily."""
+    """`num_samples` responses to each prompt; temperature 0 decodes greedily. Prompts longer than
+    `max_prompt_length` tokens keep their last tokens (the end of the chat template stays intact)."""
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    if max_prompt_length:
+        encoded = [ids[-max_prompt_length:] for ids in encoded]
     jobs = [i for i in range(len(prompts)) for _ in range(num_samples)]
     jobs.sort(key=lambda i: len(encoded[i]))  # similar lengths per batch: little left padding
     out = Rollout([], [], [], [], [])

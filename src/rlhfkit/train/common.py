@@ -35,7 +35,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from rlhfkit.config import TrainConfig
+from rlhfkit.config import SupervisedConfig, TrainConfig
 from rlhfkit.models import default_device, mixed_precision
 
 console = Console(stderr=True)
@@ -271,7 +271,7 @@ class TrainLoop:
     """The optimiser-step loop every trainer shares: clip, NaN guard, step, schedule, logs, eval, best model,
     atomic checkpoints and resume. A trainer supplies `step_fn(step)` (forward + backward) and `evaluate()`."""
 
-    def __init__(self, cfg: TrainConfig, acc: Accelerator, run_dir: Path, module, optimizer, scheduler,
+    def __init__(self, cfg: SupervisedConfig, acc: Accelerator, run_dir: Path, module, optimizer, scheduler,
                  total_steps: int, steps_per_epoch: int, name: str,
                  write_resume_model: Callable[[Path], None], write_export_model: Callable[[Path], None]):
         self.cfg, self.acc, self.run_dir, self.name = cfg, acc, run_dir, name

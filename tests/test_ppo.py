@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import torch
+from tiny import WORDS
+
+from rlhfkit.config import PPOConfig
+from rlhfkit.data import IGNORE, collate_packed, shifted_targets
+from rlhfkit.models import load_causal_lm
+from rlhfkit.models.reward import reward_model_from_causal_lm
+from rlhfkit.train.ppo import read_ptx, train_ppo
+
+
+def share_of_e(prompts, responses):
+    """A reward that is a simple function of the text: the share of its characters that are 'e' (x10)."""
+    return torch.tensor([10 * r.count("e") / max(1, len(r)) for r in responses])
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"tell me about the {w}"}) + "\n" for w in WORDS[:40]))
+    return path
+
+
+@pytest.fixture
+def tiny_rm(tmp_path, tiny_llama):
+    rm, tok = reward_model_from_causal_lm(tiny_llama)
+    rm.save(tmp_path / "rm", tok)
+    return tmp_path / "rm"
+
+
+def ppo_cfg(tmp_path, policy, prompts, **kw):
+    base = dict(policy=str(policy), prompts=str(prompts), output_dir=str(tmp_path / "ppo"), iterations=2,
+                rollout_batch=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=12, lr=1e-3, value_lr=1e-3,
+                warmup_ratio=0.0, progress=False, dtype="fp32", save_every=0, samples_every=1)
+    return PPOConfig(**{**base, **kw})
+
+
+def test_score_rises_while_kl_tracks_its_target(tmp_path, tiny_llama, prompts_file):
+    cfg = ppo_cfg(tmp_path, tiny_llama, prompts_file, iterations=30, rollout_batch=16, minibatch_size=8,
+                  ppo_epochs=4, max_new_tokens=16, lr=2e-3, kl_coef=0.3, kl_target=4.0, kl_horizon=48,
+                  missing_eos_penalty=None)
+    result = train_ppo(cfg, reward_fn=share_of_e)
+    scores = [m["score"] for m in result.history]
+    kls = [m["kl"] for m in result.history]
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert last > first + 0.3, scores
+    assert all(k < 3 * 4.0 for k in kls[-10:]) and 1.0 < sum(kls[-10:]) / 10 < 8.0, kls
+    betas = [m["beta"] for m in result.history]
+    assert betas[-1] != betas[0]  # the controller moved β
+    logged = [json.loads(x) for x in (result.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("score", "kl", "beta", "entropy", "clipfrac", "approx_kl", "explained_variance", "response_length",
+                "no_eos", "seconds_generate", "seconds_score", "seconds_train"):
+        assert key in logged[-1]
+    assert (result.output_dir / "samples" / "iter-00030.jsonl").exists()
+    load_causal_lm(result.output_dir)
+
+
+def ptx_nll(model, tok, path) -> float:
+    rows = read_ptx(str(path), tok, 64)
+    batch = collate_packed(rows, tok.pad_token_id)
+    targets = shifted_targets(batch.labels)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits
+    keep = targets != IGNORE
+    return torch.nn.functional.cross_entropy(logits[keep], targets[keep]).item()
+
+
+def test_ptx_keeps_pretraining_nll_lower(tmp_path, tiny_llama, prompts_file):
+    text = tmp_path / "prose.txt"
+    text.write_text("\n".join(" ".join(WORDS[i : i + 12]) for i in range(0, 120, 6)))
+    common = dict(iterations=6, ptx_data=str(text), ptx_batch_size=2, ptx_max_length=64)
+    plain = train_ppo(ppo_cfg(tmp_path / "a", tiny_llama, prompts_file, ptx_coef=0.0, **common), reward_fn=share_of_e)
+    mixed = train_ppo(ppo_cfg(tmp_path / "b", tiny_llama, prompts_file, ptx_coef=1.0, **common), reward_fn=share_of_e)
+    assert "ptx_loss" in mixed.history[-1] and "ptx_loss" not in plain.history[-1]
+    _, tok = load_causal_lm(tiny_llama)
+    assert ptx_nll(mixed.policy, tok, text) < ptx_nll(plain.policy, tok, text) - 0.1
+
+
+def test_resume_continues_a_killed_run(tmp_path, tiny_llama, prompts_file, tiny_rm):
+    straight = train_ppo(ppo_cfg(tmp_path / "a", tiny_llama, prompts_file, iterations=4, reward_model=str(tiny_rm)))
+
+    def kill(iteration, _):
+        if iteration == 2:
+            raise KeyboardInterrupt
+
+    cfg = ppo_cfg(tmp_path / "b", tiny_llama, prompts_file, iterations=4, reward_model=str(tiny_rm), save_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(cfg, on_iteration=kill)
+    resumed = train_ppo(cfg.model_copy(update={"resume": True}))
+    logged = [json.loads(x) for x in (resumed.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4]
+    for key in ("score", "kl", "pg_loss", "vf_loss", "beta"):
+        assert [m[key] for m in straight.history] == pytest.approx([m[key] for m in logged], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("options", [
+    {},  # separate value model initialised from the RM, scores from the RM
+    {"shared_value_head": True},
+    {"lora_r": 4},  # reference = the same weights with adapters off
+    {"lora_r": 4, "shared_value_head": True, "kl_estimator": "k3", "value_warmup_iterations": 1},
+])
+def test_every_option_runs(tmp_path, tiny_llama, prompts_file, tiny_rm, options):
+    result = train_ppo(ppo_cfg(tmp_path, tiny_llama, prompts_file, reward_model=str(tiny_rm), **options))
+    assert all(all(v == v for v in m.values()) for m in result.history)  # no NaN
+    model, _ = load_causal_lm(result.output_dir)
+    assert not hasattr(model, "peft_config")  # LoRA adapters merged into the published policy
+    assert (result.output_dir / "value").exists() != bool(options.get("shared_value_head"))
