@@ -1,0 +1,398 @@
+"""The labeling store: labelers, projects, tasks, leases, judgements and an audit log (SQLAlchemy 2).
+
+Assignment is safe under concurrency on any database: a task has `overlap` slots (0..N-1), and a lease
+takes the lowest free slot by inserting an Assignment row; unique constraints on (task, slot) and
+(task, labeler) make the database refuse a second holder of a slot or a second lease of a task to the
+same labeler, and the loser simply tries the next task. An expired or skipped lease gives its slot
+back (slot = NULL; NULLs never collide in a unique index). Submissions are idempotent through a
+client-chosen submission key, validated against exactly what was shown, and never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, UniqueConstraint, create_engine, event, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from rlhfkit.data.records import METADATA_FLAGS
+
+PROMPT_LABELS = ("ambiguous", "intent_unclear", "sensitive_content", "closed_domain", "explicit_constraints")
+TASK_KINDS = ("ranking", "demonstration", "pairwise")
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Labeler(Base):
+    __tablename__ = "labelers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(10))  # admin | labeler
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    overlap: Mapped[int] = mapped_column(Integer, default=1)  # distinct labelers per task
+    lease_seconds: Mapped[int] = mapped_column(Integer, default=1800)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("project_id", "import_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    payload: Mapped[dict] = mapped_column(JSON)  # prompt, responses (ranking/pairwise), sources
+    priority: Mapped[float] = mapped_column(Float, default=0.0)
+    gold: Mapped[list | None] = mapped_column(JSON, nullable=True)  # admin-set ranks for screening
+    import_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Assignment(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("task_id", "slot"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
+    slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(10), default="leased")  # leased | submitted | skipped | expired
+    order: Mapped[list] = mapped_column(JSON)  # the order the responses were shown in
+    leased_at: Mapped[datetime] = mapped_column(default=now)
+    expires_at: Mapped[datetime] = mapped_column()
+    skip_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+
+class Judgement(Base):
+    __tablename__ = "judgements"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), unique=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
+    data: Mapped[dict] = mapped_column(JSON)  # in the task's response order, never the shown order
+    submission_key: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=now)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("labelers.id"), nullable=True)
+    action: Mapped[str] = mapped_column(String(50))
+    object_type: Mapped[str] = mapped_column(String(30))
+    object_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class FeedbackError(ValueError):
+    """A request the store refuses: the message says why (shown to the user)."""
+
+
+class NotFound(FeedbackError):
+    pass
+
+
+def make_engine(url: str):
+    engine = create_engine(url, pool_pre_ping=True)
+    if url.startswith("sqlite"):
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record):  # WAL for concurrent readers, foreign keys enforced
+            conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=15000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):
+            # Take the write lock up front: a read-then-write transaction that must upgrade its lock can
+            # fail at once with "database is locked" under contention; an immediate one waits its turn.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    return engine
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()  # tokens are 32 random bytes: no stretching needed
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str | None) -> bool:
+    if not stored or not stored.startswith("scrypt$"):
+        return False
+    _, salt, digest = stored.split("$")
+    got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1)
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def validate_ranking(data: dict, k: int) -> dict:
+    """Ranks a valid weak order over exactly the k shown outputs, Likert 1-7, known flags."""
+    ranks = data.get("ranks")
+    if not isinstance(ranks, list) or len(ranks) != k or not all(isinstance(r, int) for r in ranks):
+        raise FeedbackError(f"ranks must be {k} whole numbers, one per output")
+    distinct = sorted(set(ranks))
+    if distinct != list(range(len(distinct))):
+        raise FeedbackError("ranks must be 0 (best), 1, 2, ... with no gaps; equal ranks are ties")
+    likert = data.get("likert")
+    if likert is not None and (not isinstance(likert, list) or len(likert) != k
+                               or any(v is not None and (not isinstance(v, int) or not 1 <= v <= 7) for v in likert)):
+        raise FeedbackError("likert must hold a score from 1 to 7 (or nothing) for each output")
+    flags = data.get("flags") or [[] for _ in range(k)]
+    if not isinstance(flags, list) or len(flags) != k or any(not set(f) <= set(METADATA_FLAGS) for f in flags):
+        raise FeedbackError("flags must be one list of known metadata flags per output")
+    prompt_labels = data.get("prompt_labels") or []
+    if not set(prompt_labels) <= set(PROMPT_LABELS):
+        raise FeedbackError(f"prompt labels must be among {', '.join(PROMPT_LABELS)}")
+    comment = data.get("comment") or ""
+    if not isinstance(comment, str) or len(comment) > 5000:
+        raise FeedbackError("comment must be text of at most 5000 characters")
+    return {"ranks": ranks, "likert": likert, "flags": [sorted(set(f)) for f in flags],
+            "prompt_labels": sorted(set(prompt_labels)), "comment": comment}
+
+
+class Store:
+    def __init__(self, url: str = "sqlite:///feedback.db", create: bool = True):
+        self.engine = make_engine(url)
+        if create:
+            Base.metadata.create_all(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions() as s, s.begin():
+            yield s
+
+    def _audit(self, s: Session, actor: int | None, action: str, obj: str, obj_id: int | None, **detail) -> None:
+        s.add(AuditEntry(actor_id=actor, action=action, object_type=obj, object_id=obj_id, detail=detail))
+
+    # ---- people and projects ----
+
+    def add_labeler(self, name: str, role: str = "labeler", password: str | None = None,
+                    actor: int | None = None) -> tuple[Labeler, str]:
+        """(labeler, sign-in token). The token is shown once; only its hash is stored."""
+        if role not in ("admin", "labeler"):
+            raise FeedbackError("role must be admin or labeler")
+        token = secrets.token_urlsafe(32)
+        with self.session() as s:
+            if s.scalar(select(Labeler).where(Labeler.name == name)):
+                raise FeedbackError(f"a labeler named {name!r} exists")
+            lab = Labeler(name=name, role=role, token_hash=hash_token(token),
+                          password_hash=hash_password(password) if password else None)
+            s.add(lab)
+            s.flush()
+            self._audit(s, actor, "add_labeler", "labeler", lab.id, name=name, role=role)
+        return lab, token
+
+    def by_token(self, token: str) -> Labeler | None:
+        with self.session() as s:
+            lab = s.scalar(select(Labeler).where(Labeler.token_hash == hash_token(token)))
+            return lab if lab and lab.active else None
+
+    def by_password(self, name: str, password: str) -> Labeler | None:
+        with self.session() as s:
+            lab = s.scalar(select(Labeler).where(Labeler.name == name))
+            return lab if lab and lab.active and check_password(password, lab.password_hash) else None
+
+    def add_project(self, name: str, kind: str = "ranking", overlap: int = 1, lease_seconds: int = 1800,
+                    actor: int | None = None) -> Project:
+        if kind not in TASK_KINDS:
+            raise FeedbackError(f"kind must be one of {', '.join(TASK_KINDS)}")
+        if overlap < 1:
+            raise FeedbackError("overlap must be at least 1")
+        with self.session() as s:
+            if s.scalar(select(Project).where(Project.name == name)):
+                raise FeedbackError(f"a project named {name!r} exists")
+            p = Project(name=name, kind=kind, overlap=overlap, lease_seconds=lease_seconds)
+            s.add(p)
+            s.flush()
+            self._audit(s, actor, "add_project", "project", p.id, name=name, kind=kind, overlap=overlap)
+        return p
+
+    def project(self, name: str) -> Project:
+        with self.session() as s:
+            p = s.scalar(select(Project).where(Project.name == name))
+            if p is None:
+                raise NotFound(f"no project named {name!r}")
+            return p
+
+    def import_tasks(self, project: str, payloads: list[dict], priorities: list[float] | None = None,
+                     actor: int | None = None) -> int:
+        """Add tasks; a payload already imported into the project is skipped. Returns how many were new."""
+        p = self.project(project)
+        added = 0
+        with self.session() as s:
+            for i, payload in enumerate(payloads):
+                self._check_payload(p.kind, payload)
+                key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+                if s.scalar(select(Task.id).where(Task.project_id == p.id, Task.import_key == key)):
+                    continue
+                s.add(Task(project_id=p.id, payload=payload, import_key=key,
+                           priority=priorities[i] if priorities else 0.0))
+                added += 1
+            self._audit(s, actor, "import_tasks", "project", p.id, added=added, offered=len(payloads))
+        return added
+
+    @staticmethod
+    def _check_payload(kind: str, payload: dict) -> None:
+        if "prompt" not in payload:
+            raise FeedbackError("every task needs a prompt")
+        n = len(payload.get("responses") or [])
+        if kind == "ranking" and not 2 <= n <= 9:
+            raise FeedbackError("a ranking task needs 2 to 9 responses")
+        if kind == "pairwise" and n != 2:
+            raise FeedbackError("a pairwise task needs exactly 2 responses")
+
+    # ---- leases and submissions ----
+
+    def lease_next(self, labeler_id: int, project: str, rng: secrets.SystemRandom | None = None) -> Assignment | None:
+        """The labeler's open lease in the project, or a new one on the highest-priority task with a free slot."""
+        p = self.project(project)
+        rng = rng or secrets.SystemRandom()
+        for _ in range(50):  # lost races retry on the next candidate
+            with self.session() as s:
+                self._expire(s, p.id)
+                open_lease = s.scalar(select(Assignment).join(Task).where(
+                    Task.project_id == p.id, Assignment.labeler_id == labeler_id, Assignment.status == "leased"))
+                if open_lease is not None:
+                    return open_lease
+                seen = select(Assignment.task_id).where(Assignment.labeler_id == labeler_id)
+                taken = (select(func.count()).where(Assignment.task_id == Task.id, Assignment.slot.is_not(None))
+                         .correlate(Task).scalar_subquery())
+                task = s.scalar(select(Task).where(Task.project_id == p.id, Task.id.not_in(seen), taken < p.overlap)
+                                .order_by(Task.priority.desc(), Task.id).limit(1))
+                if task is None:
+                    return None
+                used = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id,
+                                                                   Assignment.slot.is_not(None))))
+                free = set(range(p.overlap)) - used
+                if not free:
+                    continue  # filled by others since the query above: try again
+                slot = min(free)
+                order = list(range(len(task.payload.get("responses") or [])))
+                rng.shuffle(order)
+                a = Assignment(task_id=task.id, labeler_id=labeler_id, slot=slot, order=order,
+                               expires_at=now() + timedelta(seconds=p.lease_seconds))
+                s.add(a)
+                try:
+                    s.flush()
+                except IntegrityError:
+                    continue  # another labeler took that slot first: the transaction rolls back, try again
+                self._audit(s, labeler_id, "lease", "assignment", a.id, task=task.id, slot=slot)
+                return a
+        raise FeedbackError("too busy: could not lease a task, try again")
+
+    def _expire(self, s: Session, project_id: int) -> None:
+        stale = s.scalars(select(Assignment).join(Task).where(
+            Task.project_id == project_id, Assignment.status == "leased", Assignment.expires_at < now()))
+        for a in stale:
+            a.status, a.slot = "expired", None
+            self._audit(s, None, "expire", "assignment", a.id)
+
+    def own_assignment(self, s: Session, labeler_id: int, assignment_id: int) -> tuple[Assignment, Task, Project]:
+        a = s.get(Assignment, assignment_id)
+        if a is None or a.labeler_id != labeler_id:  # someone else's looks the same as none at all
+            raise NotFound("no such assignment")
+        task = s.get(Task, a.task_id)
+        return a, task, s.get(Project, task.project_id)
+
+    def submit(self, labeler_id: int, assignment_id: int, shown: dict, submission_key: str) -> Judgement:
+        """Record a judgement given in the shown order; stored in the task's own response order."""
+        with self.session() as s:
+            existing = s.scalar(select(Judgement).where(Judgement.submission_key == submission_key))
+            if existing is not None:
+                if existing.labeler_id != labeler_id or existing.assignment_id != assignment_id:
+                    raise FeedbackError("that submission key was used for another submission")
+                return existing  # a retried submit: same answer, nothing duplicated
+            a, task, project = self.own_assignment(s, labeler_id, assignment_id)
+            if a.status == "submitted":
+                raise FeedbackError("this task was already submitted; submissions are never overwritten")
+            if a.status != "leased":
+                raise FeedbackError(f"this lease is {a.status}; ask for a new task")
+            data = self._to_task_order(project.kind, shown, a.order)
+            j = Judgement(assignment_id=a.id, task_id=task.id, labeler_id=labeler_id, data=data,
+                          submission_key=submission_key)
+            a.status = "submitted"
+            s.add(j)
+            s.flush()
+            self._audit(s, labeler_id, "submit", "judgement", j.id, task=task.id, data=data)
+            return j
+
+    @staticmethod
+    def _to_task_order(kind: str, shown: dict, order: list[int]) -> dict:
+        if kind == "demonstration":
+            text = shown.get("response")
+            if not isinstance(text, str) or not text.strip() or len(text) > 20000:
+                raise FeedbackError("write a response (at most 20000 characters)")
+            return {"response": text}
+        k = len(order)
+        if kind == "pairwise":
+            choice = shown.get("choice")  # index in shown order, or "tie"
+            if choice not in (0, 1, "tie"):
+                raise FeedbackError("choose output 0 or 1, or tie")
+            ranks_shown = [0, 0] if choice == "tie" else [0 if i == choice else 1 for i in range(2)]
+            shown = {**shown, "ranks": ranks_shown}
+        valid = validate_ranking(shown, k)
+        unshuffle = [0] * k  # shown position i displayed task response order[i]
+        for i, task_index in enumerate(order):
+            unshuffle[task_index] = i
+
+        def back(values):
+            return None if values is None else [values[unshuffle[t]] for t in range(k)]
+
+        return {**valid, "ranks": back(valid["ranks"]), "likert": back(valid["likert"]), "flags": back(valid["flags"])}
+
+    def skip(self, labeler_id: int, assignment_id: int, reason: str) -> None:
+        if not reason or len(reason) > 500:
+            raise FeedbackError("give a reason for skipping (at most 500 characters)")
+        with self.session() as s:
+            a, _, _ = self.own_assignment(s, labeler_id, assignment_id)
+            if a.status != "leased":
+                raise FeedbackError(f"this lease is {a.status}")
+            a.status, a.slot, a.skip_reason = "skipped", None, reason
+            self._audit(s, labeler_id, "skip", "assignment", a.id, reason=reason)
+
+    # ---- reading back ----
+
+    def judgements(self, project: str) -> list[tuple[Task, Judgement, Labeler]]:
+        p = self.project(project)
+        with self.session() as s:
+            rows = s.execute(select(Task, Judgement, Labeler).join(Judgement, Judgement.task_id == Task.id)
+                             .join(Labeler, Labeler.id == Judgement.labeler_id)
+                             .where(Task.project_id == p.id).order_by(Judgement.id))
+            return [tuple(r) for r in rows]
+
+    def progress(self, project: str) -> dict:
+        p = self.project(project)
+        with self.session() as s:
+            tasks = s.scalar(select(func.count()).select_from(Task).where(Task.project_id == p.id))
+            done = s.scalar(select(func.count()).select_from(Judgement).join(Task).where(Task.project_id == p.id))
+            per_labeler = dict(s.execute(select(Labeler.name, func.count(Judgement.id))
+                                         .join(Judgement, Judgement.labeler_id == Labeler.id).join(Task)
+                                         .where(Task.project_id == p.id).group_by(Labeler.name)).all())
+        return {"tasks": tasks, "judgements": done, "needed": tasks * p.overlap, "per_labeler": per_labeler}
