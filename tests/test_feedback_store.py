@@ -146,7 +146,7 @@ def test_concurrent_labelers_get_exactly_n_judgements_per_task(store):
         t.join()
     assert not errors, errors
     per_task = {}
-    for task, j, labeler in store.judgements("p"):
+    for task, _, labeler in store.judgements("p"):
         per_task.setdefault(task.id, []).append(labeler.name)
     assert len(per_task) == 40
     assert all(len(v) == 3 and len(set(v)) == 3 for v in per_task.values())
@@ -186,3 +186,30 @@ def test_demonstrations_pairwise_gold_and_export_files(store, tmp_path):
         store.submit(lab.id, a.id, {"ranks": shown_ranks(a, ranks)}, f"s-{lab.id}")
     report = agreement(store, "screen")
     assert report["gold"] == {"ann": 1.0, "bob": 0.0} and report["agreement"] == 0.0
+
+
+def test_label_cli_round_trip(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    samples = tmp_path / "samples.jsonl"
+    write_jsonl(samples, [{"prompt": "p1", "responses": ["a", "b", "c"], "sources": [{"policy": "sft"}] * 3,
+                           "meta": {"uncertainty": 0.9}},
+                          {"prompt": "p2", "responses": ["d", "e"], "meta": {"uncertainty": 0.1}}])
+    run = CliRunner().invoke
+    assert run(app, ["label", "add-project", "rm-data", "--overlap", "1", "--db", db]).exit_code == 0
+    token = run(app, ["label", "add-labeler", "ann", "--db", db]).output.strip()
+    out = run(app, ["label", "import", "rm-data", str(samples), "--priority-field", "uncertainty", "--db", db])
+    assert "2 new tasks" in out.output
+    assert "0 new tasks" in run(app, ["label", "import", "rm-data", str(samples), "--db", db]).output
+    store = Store(db)
+    ann = store.by_token(token)
+    a = store.lease_next(ann.id, "rm-data")
+    assert a.task_id == 1  # the most uncertain first
+    store.submit(ann.id, a.id, {"ranks": shown_ranks(a, [1, 0, 1])}, "x")
+    assert run(app, ["label", "export", "rm-data", str(tmp_path / "out.jsonl"), "--db", db]).exit_code == 0
+    (ranking,) = read_rankings(tmp_path / "out.jsonl").records
+    assert ranking.ranks == [1, 0, 1] and ranking.labeler == "ann"
+    assert '"judgements": 1' in run(app, ["label", "report", "rm-data", "--db", db]).output

@@ -131,6 +131,97 @@ config_command(
     "--output-dir and the value model to --output-dir/value.",
 )
 
+label_app = typer.Typer(help="The labeling service: labelers, projects, tasks, exports.", no_args_is_help=True)
+app.add_typer(label_app, name="label")
+DB_OPTION = typer.Option("sqlite:///feedback.db", "--db", help="Database URL (sqlite:///file.db or "
+                         "postgresql+psycopg://user@host/db).")
+
+
+@label_app.command("add-labeler")
+def label_add_labeler(
+    name: str = typer.Argument(..., help="The labeler's sign-in name."),
+    role: str = typer.Option("labeler", help="labeler or admin."),
+    password: str = typer.Option(None, help="Optional password (stored hashed); the token always works."),
+    db: str = DB_OPTION,
+) -> None:
+    """Create a labeler and print their sign-in token (shown once; only its hash is stored)."""
+    from rlhfkit.feedback.store import Store
+
+    _, token = Store(db).add_labeler(name, role, password)
+    typer.echo(token)
+
+
+@label_app.command("add-project")
+def label_add_project(
+    name: str = typer.Argument(..., help="Project name."),
+    kind: str = typer.Option("ranking", help="ranking, demonstration or pairwise."),
+    overlap: int = typer.Option(1, help="Distinct labelers per task (more than 1 measures agreement)."),
+    lease_seconds: int = typer.Option(1800, help="How long a labeler holds a task before it goes back."),
+    db: str = DB_OPTION,
+) -> None:
+    """Create a labeling project."""
+    from rlhfkit.feedback.store import Store
+
+    Store(db).add_project(name, kind, overlap, lease_seconds)
+
+
+@label_app.command("import")
+def label_import(
+    project: str = typer.Argument(..., help="Project to add tasks to."),
+    path: Path = typer.Argument(..., help="`rlhfkit sample` output (ranking/pairwise) or prompts (demonstration)."),
+    priority_field: str = typer.Option(None, help="meta field holding each task's priority (higher first)."),
+    db: str = DB_OPTION,
+) -> None:
+    """Add tasks from a file; records already imported are skipped."""
+    from rlhfkit.data import read_prompts
+    from rlhfkit.data.rankings import read_rankings
+    from rlhfkit.feedback.store import Store
+
+    store = Store(db)
+    kind = store.project(project).kind
+    if kind == "demonstration":
+        records = read_prompts(path).records
+        payloads = [{"prompt": r.model_dump(mode="json")["prompt"]} for r in records]
+    else:
+        records = read_rankings(path, require_ranks=False).records
+        payloads = [{"prompt": r.model_dump(mode="json")["prompt"], "responses": r.responses,
+                     "sources": r.sources} for r in records]
+    priorities = [float(r.meta.get(priority_field, 0.0)) for r in records] if priority_field else None
+    added = store.import_tasks(project, payloads, priorities)
+    typer.echo(f"{added} new tasks ({len(payloads) - added} already there)")
+
+
+@label_app.command("export")
+def label_export(
+    project: str = typer.Argument(..., help="Project to export."),
+    output: Path = typer.Argument(..., help="JSONL to write: rankings (rlhfkit rm, eval elo) or demonstrations "
+                                  "(rlhfkit sft)."),
+    db: str = DB_OPTION,
+) -> None:
+    """Write one record per labeler judgement, labeler id kept."""
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.feedback.export import export_demonstrations, export_rankings
+    from rlhfkit.feedback.store import Store
+
+    store = Store(db)
+    kind = store.project(project).kind
+    records = export_demonstrations(store, project) if kind == "demonstration" else export_rankings(store, project)
+    write_jsonl(output, records)
+    typer.echo(f"{len(records)} records -> {output}")
+
+
+@label_app.command("report")
+def label_report(project: str = typer.Argument(..., help="Project."), db: str = DB_OPTION) -> None:
+    """Progress, judgements per labeler and inter-labeler agreement (JSON)."""
+    import json
+
+    from rlhfkit.feedback.export import agreement
+    from rlhfkit.feedback.store import Store
+
+    store = Store(db)
+    typer.echo(json.dumps({"progress": store.progress(project), "agreement": agreement(store, project)}, indent=2))
+
+
 eval_app = typer.Typer(help="Evaluate policies and reward models.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -173,7 +264,7 @@ def main() -> None:
     try:
         app()
     except (ConfigError, DataError, ModelLoadError, ModelNotAvailable, NonFiniteLoss, RunExists, ValueError,
-            FileExistsError) as e:
+            FileExistsError) as e:  # FeedbackError is a ValueError
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
