@@ -137,6 +137,20 @@ DB_OPTION = typer.Option("sqlite:///feedback.db", "--db", help="Database URL (sq
                          "postgresql+psycopg://user@host/db).")
 
 
+@label_app.command("serve")
+def label_serve(
+    db: str = DB_OPTION,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port."),
+) -> None:
+    """Serve the labeling web app (sign in at /login; admins at /admin). Put it behind TLS for remote use."""
+    import uvicorn
+
+    from rlhfkit.feedback.app import create_app
+
+    uvicorn.run(create_app(db), host=host, port=port)
+
+
 @label_app.command("add-labeler")
 def label_add_labeler(
     name: str = typer.Argument(..., help="The labeler's sign-in name."),

@@ -1,0 +1,108 @@
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rlhfkit.feedback.app import create_app
+from rlhfkit.feedback.export import export_rankings
+
+XSS = ['</script><script>alert("x")</script>', '<img src=x onerror=alert(1)>', '<a href="javascript:alert(1)">hi</a>',
+       '</textarea><b>bold</b>']
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app(f"sqlite:///{tmp_path / 'f.db'}", secret=b"test-secret")
+    store = app.state.store
+    store.add_project("p", overlap=2)
+    store.import_tasks("p", [{"prompt": "Pick one " + XSS[0], "responses": XSS}])
+    return app
+
+
+def client_for(app, name, role="labeler"):
+    _, token = app.state.store.add_labeler(name, role)
+    c = TestClient(app, base_url="http://testserver", follow_redirects=False)
+    r = c.post("/login", data={"token": token})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    return c
+
+
+def task_data(c, assignment_url):
+    html = c.get(assignment_url).text
+    blob = re.search(r'<script type="application/json" id="task-data">(.*?)</script>', html, re.S).group(1)
+    import json
+
+    return html, json.loads(blob)
+
+
+def test_sign_in_required_and_headers(app):
+    c = TestClient(app, follow_redirects=False)
+    r = c.get("/")
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert c.post("/login", data={"token": "nope"}).headers["location"] == "/login?error=1"
+    assert c.post("/api/assignments/1/submit", json={}).status_code == 401
+    login = c.get("/login")
+    assert "default-src 'self'" in login.headers["content-security-policy"] and "<script>" not in login.text
+
+
+def test_rank_submit_export_and_xss(app):
+    ann = client_for(app, "ann")
+    r = ann.get("/projects/p/next")
+    assert r.status_code == 303
+    url = r.headers["location"]
+    html, data = task_data(ann, url)
+    for payload in XSS:
+        assert payload not in html  # never raw in the page: only escaped inside the JSON blob
+    assert "<img" not in html and "</textarea><b>" not in html
+    assert sorted(data["responses"]) == sorted(XSS)
+    assignment = data["assignment"]
+    body = {"judgement": {"ranks": [0, 1, 1, 2], "likert": [7, 4, 4, 1]}, "submission_key": data["submission_key"]}
+    assert ann.post(f"/api/assignments/{assignment}/submit", json=body).status_code == 403  # no CSRF token
+    headers = {"X-CSRF-Token": data["csrf"]}
+    first = ann.post(f"/api/assignments/{assignment}/submit", json=body, headers=headers)
+    again = ann.post(f"/api/assignments/{assignment}/submit", json=body, headers=headers)
+    assert first.status_code == 200 and again.json() == first.json()
+    (ranking,) = export_rankings(app.state.store, "p")
+    shown_to_task = {text: i for i, text in enumerate(XSS)}
+    expected = [None] * 4
+    for shown_pos, text in enumerate(data["responses"]):
+        expected[shown_to_task[text]] = body["judgement"]["ranks"][shown_pos]
+    assert ranking.ranks == expected and ranking.labeler == "ann"
+    bad = ann.post("/api/assignments/1/submit", json={"judgement": {"ranks": [0, 5]}, "submission_key": "z"},
+                   headers=headers)
+    assert bad.status_code == 422
+
+
+def test_labelers_are_kept_apart_and_admin_is_admin_only(app):
+    ann, bob = client_for(app, "ann"), client_for(app, "bob")
+    url = ann.get("/projects/p/next").headers["location"]
+    _, data = task_data(ann, url)
+    _, bob_data = task_data(bob, bob.get("/projects/p/next").headers["location"])
+    assert bob.get(url).status_code == 404  # ann's assignment does not exist for bob
+    r = bob.post(f"/api/assignments/{data['assignment']}/submit", headers={"X-CSRF-Token": bob_data["csrf"]},
+                 json={"judgement": {"ranks": [0, 0, 0, 0]}, "submission_key": "b"})
+    assert r.status_code == 404
+    assert ann.get("/admin").status_code == 403
+    assert ann.post("/admin/labelers", data={"name": "eve", "csrf": data["csrf"]}).status_code == 403
+
+
+def test_admin_pages(app):
+    admin = client_for(app, "root", role="admin")
+    page = admin.get("/admin")
+    assert page.status_code == 200 and "Inter-labeler agreement" in page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    assert admin.post("/admin/labelers", data={"name": "cy"}).status_code == 403  # CSRF missing
+    made = admin.post("/admin/labelers", data={"name": "cy", "csrf": csrf})
+    assert made.status_code == 200 and "cy" in made.text
+    assert admin.post("/admin/projects", data={"name": "duel", "kind": "pairwise", "csrf": csrf}).status_code == 303
+    assert app.state.store.project("duel").kind == "pairwise"
+
+
+def test_static_assets_served_locally(app):
+    c = TestClient(app)
+    js = c.get("/static/task.js")
+    assert js.status_code == 200 and "textContent" in js.text and "innerHTML" not in js.text
+    assert c.get("/static/app.css").status_code == 200
