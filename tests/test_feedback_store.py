@@ -213,3 +213,15 @@ def test_label_cli_round_trip(tmp_path):
     (ranking,) = read_rankings(tmp_path / "out.jsonl").records
     assert ranking.ranks == [1, 0, 1] and ranking.labeler == "ann"
     assert '"judgements": 1' in run(app, ["label", "report", "rm-data", "--db", db]).output
+
+
+def test_migrations_build_exactly_the_models_schema(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")  # empty -> head
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), store_mod.Base.metadata) == []
+        assert "alembic_version" in inspect(conn).get_table_names()
+    Store(f"sqlite:///{tmp_path / 'm.db'}")  # at head already: a no-op

@@ -179,8 +179,10 @@ def validate_ranking(data: dict, k: int) -> dict:
 class Store:
     def __init__(self, url: str = "sqlite:///feedback.db", create: bool = True):
         self.engine = make_engine(url)
-        if create:
-            Base.metadata.create_all(self.engine)
+        if create:  # bring the schema to the current revision (Alembic), whatever state it is in
+            from rlhfkit.feedback.migrate import upgrade
+
+            upgrade(url, self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
