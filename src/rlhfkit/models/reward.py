@@ -99,12 +99,17 @@ class Group:
 
 
 def encode_group(tokenizer, prompt: PromptText, responses: list[str], max_length: int) -> tuple[Group, int]:
-    """(group, number of responses cut to fit max_length tokens together with the prompt)."""
+    """(group, number of responses cut) so that the prompt plus each response fits in max_length tokens.
+
+    The responses are what is judged, so a long prompt gives way first: it keeps its last tokens (the
+    latest turns, next to the response), down to half of max_length; then responses are cut at the end."""
     prompt_ids = encode_prompt(tokenizer, prompt)
-    if len(prompt_ids) > max_length - 1:  # keep the end of an over-long prompt, next to the response
-        prompt_ids = prompt_ids[-(max_length - 1):]
-    room = max_length - len(prompt_ids)
     encoded = [encode_response(tokenizer, r) for r in responses]
+    longest = max(map(len, encoded))
+    if len(prompt_ids) + longest > max_length:
+        keep = max(max_length - longest, max_length // 2)
+        prompt_ids = prompt_ids[-min(keep, len(prompt_ids)):]
+    room = max_length - len(prompt_ids)
     return Group(prompt_ids, [ids[:room] for ids in encoded]), sum(len(ids) > room for ids in encoded)
 
 
