@@ -135,3 +135,23 @@ def test_cli_trains(tmp_path, tiny_llama, demos_file):
     assert result.exit_code == 0, result.output
     saved = (tmp_path / "r" / "config.yaml").read_text()
     assert "max_steps: 2" in saved and "lr: 0.003" in saved
+
+
+def test_cli_generate(tmp_path, tiny_llama):
+    out = tmp_path / "g.jsonl"
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_llama), "--prompt", "Say yes.", "--prompt",
+                                      "Name a fruit.", "--max-new-tokens", "5", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "### Say yes." in result.output and "### Name a fruit." in result.output
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_every_command_documents_every_option():
+    from rlhfkit.config import GenerateConfig, PPOConfig, RMConfig, SampleConfig
+
+    runner = CliRunner()
+    for command, cls in (("rm", RMConfig), ("ppo", PPOConfig), ("sample", SampleConfig), ("generate", GenerateConfig)):
+        out = runner.invoke(app, [command, "--help"], terminal_width=200).output
+        for field in cls.model_fields:
+            assert "--" + field.replace("_", "-") in out, (command, field)
+    assert runner.invoke(app, ["--help"]).exit_code == 0

@@ -17,7 +17,15 @@ from typing import Literal, Optional
 import typer
 from pydantic import BaseModel
 
-from rlhfkit.config import ConfigError, PPOConfig, RMConfig, SampleConfig, SFTConfig, load_config
+from rlhfkit.config import (
+    ConfigError,
+    GenerateConfig,
+    PPOConfig,
+    RMConfig,
+    SampleConfig,
+    SFTConfig,
+    load_config,
+)
 
 app = typer.Typer(
     help="rlhfkit: InstructGPT end to end. SFT on demonstrations, a reward model from rankings, "
@@ -129,6 +137,38 @@ config_command(
     help="Step 3: PPO-ptx. Optimise the SFT policy against the reward model with a per-token KL penalty "
     "to the SFT policy and pretraining gradients mixed in (--ptx-data, --ptx-coef). Writes the policy to "
     "--output-dir and the value model to --output-dir/value.",
+)
+
+def _run_generate(cfg: GenerateConfig) -> None:
+    import torch
+
+    from rlhfkit.data import Prompt, append_jsonl, read_prompts
+    from rlhfkit.data.records import prompt_text
+    from rlhfkit.models import default_device, load_causal_lm, mixed_precision
+    from rlhfkit.rollout import sample
+
+    prompts = [Prompt(prompt=p) for p in cfg.prompt]
+    if cfg.prompts:
+        prompts += read_prompts(cfg.prompts).records
+    if not prompts:
+        raise ValueError("nothing to answer: pass --prompt TEXT or --prompts FILE")
+    device = default_device()
+    model, tokenizer = load_causal_lm(cfg.model)
+    model.to(device)
+    torch.manual_seed(cfg.seed)
+    roll = sample(model, tokenizer, [p.prompt for p in prompts], cfg.num_samples, cfg.max_new_tokens,
+                  cfg.temperature, cfg.top_p, cfg.batch_size, mixed_precision(cfg.dtype, device) == "bf16")
+    records = []
+    for i, text, ended in sorted(zip(roll.prompt_index, roll.texts, roll.ended, strict=True), key=lambda x: x[0]):
+        typer.echo(f"### {prompt_text(prompts[i].prompt)}\n{text}{'' if ended else ' [cut at max-new-tokens]'}\n")
+        records.append({"prompt": prompts[i].model_dump(mode="json")["prompt"], "response": text, "ended": ended})
+    if cfg.output:
+        append_jsonl(cfg.output, records)
+
+
+config_command(
+    "generate", GenerateConfig, _run_generate,
+    help="Answer prompts with a model (any stage's output folder), greedy by default.",
 )
 
 label_app = typer.Typer(help="The labeling service: labelers, projects, tasks, exports.", no_args_is_help=True)

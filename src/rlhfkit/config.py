@@ -188,3 +188,17 @@ class PPOConfig(TrainConfig):
     lr: float = Field(3e-6, description="Peak learning rate of the policy (AdamW).")
     samples_every: int = Field(10, ge=1, description="Save a table of sample generations with their scores "
                                "every N iterations.")
+
+
+class GenerateConfig(StageConfig):
+    model: str = Field("runs/sft", description="A HF folder (any stage's output) or smollm2-135m.")
+    prompt: list[str] = Field(default_factory=list, description="A prompt to answer (repeat the flag for several).")
+    prompts: str | None = Field(None, description="A file of prompts (JSONL/Parquet: prompt, messages or instruction).")
+    output: str | None = Field(None, description="Also write {prompt, response, ended} records to this JSONL.")
+    num_samples: int = Field(1, ge=1, description="Responses per prompt.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    max_new_tokens: int = Field(128, ge=1, description="Longest response, in tokens.")
+    batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
+    seed: int = Field(0, description="Seed for sampling.")
+    dtype: Dtype = Field("auto", description="auto = bf16 autocast where supported, else fp32.")
