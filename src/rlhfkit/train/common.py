@@ -358,5 +358,5 @@ def _short(m: dict) -> str:
     parts = [f"loss {m['loss']:.3f}", f"lr {m['lr']:.1e}"]
     if "tokens_per_s" in m:
         parts.append(f"{m['tokens_per_s']:.0f} tok/s")
-    parts += [f"{k.removeprefix('eval_')} {v:.3f}" for k, v in m.items() if k.startswith("eval_")]
+    parts += [f"eval {k.removeprefix('eval_')} {v:.3f}" for k, v in m.items() if k.startswith("eval_")]
     return "  ".join(parts)
