@@ -50,7 +50,7 @@ def trl_accuracy(train, held_out, work: Path, args) -> float:
     cfg = RewardConfig(
         output_dir=str(work / "trl"), use_cpu=not torch.cuda.is_available(), bf16=args.dtype == "bf16",
         per_device_train_batch_size=args.batch, num_train_epochs=args.epochs, learning_rate=args.lr,
-        max_length=args.max_length, lr_scheduler_type="cosine", warmup_ratio=0.03, logging_steps=50,
+        max_length=args.max_length, lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=50,
         save_strategy="no", report_to="none", gradient_checkpointing=False, seed=0,
     )
     trainer = RewardTrainer(model=path, args=cfg, train_dataset=Dataset.from_list(rows(train)), processing_class=tok)
