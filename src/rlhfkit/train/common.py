@@ -206,7 +206,7 @@ class MetricsLog:
             return
         self.path = run_dir / "logs" / "metrics.jsonl"
         if self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln).get("step", 0) <= resume_step]
+            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resume_step]
             _write_atomic(self.path, "".join(ln + "\n" for ln in kept))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -225,6 +225,14 @@ class MetricsLog:
     def close(self) -> None:
         if self.enabled:
             self.tb.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line torn by a kill counts as past any resume point (dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
 
 
 def make_progress(enabled: bool) -> Progress:
