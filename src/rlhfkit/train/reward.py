@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
+from rich.markup import escape
 from safetensors.torch import save_file
 from torch import nn
 
@@ -115,7 +116,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
 
     read = read_rankings(cfg.data, cfg.skip_invalid)
     if read.skipped:
-        console.print(f"[yellow]skipped {read.skipped} invalid records in {cfg.data}; first: {read.errors[0]}")
+        console.print(f"[yellow]skipped {read.skipped} invalid records in {cfg.data}; first: {escape(read.errors[0])}")
     if cfg.eval_data:
         train_rankings, eval_rankings = read.records, read_rankings(cfg.eval_data, cfg.skip_invalid).records
     else:

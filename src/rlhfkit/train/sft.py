@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 from torch import nn
 
 from rlhfkit.config import SFTConfig
@@ -109,7 +110,7 @@ def train_sft(
     # ---- data: read everything and fail on a bad line before any model work ----
     read = read_demonstrations(cfg.data, cfg.skip_invalid)
     if read.skipped:
-        console.print(f"[yellow]skipped {read.skipped} invalid records in {cfg.data}; first: {read.errors[0]}")
+        console.print(f"[yellow]skipped {read.skipped} invalid records in {cfg.data}; first: {escape(read.errors[0])}")
     if cfg.eval_data:
         eval_read = read_demonstrations(cfg.eval_data, cfg.skip_invalid)
         train_demos, eval_demos = read.records, eval_read.records
