@@ -331,6 +331,9 @@ class TrainLoop:
                            "epoch": self.step / self.steps_per_epoch}
                 if "tokens" in metrics:
                     metrics["tokens_per_s"] = metrics["tokens"] / seconds
+                if "padding_tokens" in metrics:  # the share of the step's batch that was padding
+                    pad = metrics["padding_tokens"]
+                    metrics["padding"] = pad / max(1, pad + metrics["tokens"])
                 last = self.step == self.total_steps
                 if evaluate is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
                     metrics.update(evaluate())
