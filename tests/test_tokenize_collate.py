@@ -61,3 +61,30 @@ def test_packed_attention_is_isolated(tiny_llama, tiny_gpt2):
         n = len(a.input_ids)
         torch.testing.assert_close(packed[0, :n], alone_a[0], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(packed[0, n:], alone_b[0], atol=1e-5, rtol=1e-4)
+
+
+def test_decode_loop_matches_transformers_generate(tiny_llama, tiny_gpt2):
+    from rlhfkit.rollout import sample
+
+    for folder in (tiny_llama, tiny_gpt2):
+        model, tok = load_causal_lm(folder)
+        prompts = ["tell me about the cat", "a dog", "why is the sky blue and the river green"]
+        ours = sample(model, tok, prompts, max_new_tokens=10, temperature=0.0, batch_size=3)
+        for i, p in enumerate(prompts):
+            ids = torch.tensor([encode_prompt(tok, p)])
+            ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10,
+                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            expected = ref[0, ids.shape[1]:].tolist()
+            if tok.eos_token_id in expected:
+                expected = expected[: expected.index(tok.eos_token_id) + 1]
+            got = ours.response_ids[ours.prompt_index.index(i)]
+            assert got == expected
+
+
+def test_top_p_keeps_the_nucleus():
+    from rlhfkit.rollout import pick_tokens
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    picked = pick_tokens(logits, 1.0, 0.7)
+    assert set(picked.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.7; the tail is cut
+    assert set(pick_tokens(logits, 0.0, 1.0).tolist()) == {0}

@@ -14,15 +14,19 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import JSON, Float, ForeignKey, Integer, String, UniqueConstraint, create_engine, event, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from rlhfkit.data.records import METADATA_FLAGS
+
+T = TypeVar("T")
 
 PROMPT_LABELS = ("ambiguous", "intent_unclear", "sensitive_content", "closed_domain", "explicit_constraints")
 TASK_KINDS = ("ranking", "demonstration", "pairwise")
@@ -122,7 +126,7 @@ def make_engine(url: str):
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=15000")
+            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -174,6 +178,22 @@ def validate_ranking(data: dict, k: int) -> dict:
         raise FeedbackError("comment must be text of at most 5000 characters")
     return {"ranks": ranks, "likert": likert, "flags": [sorted(set(f)) for f in flags],
             "prompt_labels": sorted(set(prompt_labels)), "comment": comment}
+
+
+class _LostRace(Exception):
+    pass
+
+
+def retry_when_busy(fn: Callable[[], T], attempts: int = 12) -> T:
+    """Run a transaction again when the database reports it is locked (SQLite under heavy contention)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            time.sleep(min(2.0, 0.02 * 2**attempt))
+    return fn()
 
 
 class Store:
@@ -274,9 +294,23 @@ class Store:
 
     def lease_next(self, labeler_id: int, project: str, rng: secrets.SystemRandom | None = None) -> Assignment | None:
         """The labeler's open lease in the project, or a new one on the highest-priority task with a free slot."""
-        p = self.project(project)
+        p = retry_when_busy(lambda: self.project(project))
         rng = rng or secrets.SystemRandom()
         for _ in range(50):  # lost races retry on the next candidate
+            try:
+                lease = self._try_lease(labeler_id, p, rng)
+            except OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(0.05)
+                continue
+            if lease is not False:
+                return lease
+        raise FeedbackError("too busy: could not lease a task, try again")
+
+    def _try_lease(self, labeler_id: int, p: Project, rng) -> Assignment | None | bool:
+        """An assignment, None when nothing is left for this labeler, False after losing a race."""
+        try:
             with self.session() as s:
                 self._expire(s, p.id)
                 open_lease = s.scalar(select(Assignment).join(Task).where(
@@ -294,20 +328,20 @@ class Store:
                                                                    Assignment.slot.is_not(None))))
                 free = set(range(p.overlap)) - used
                 if not free:
-                    continue  # filled by others since the query above: try again
-                slot = min(free)
+                    raise _LostRace  # filled by others since the query above
                 order = list(range(len(task.payload.get("responses") or [])))
                 rng.shuffle(order)
-                a = Assignment(task_id=task.id, labeler_id=labeler_id, slot=slot, order=order,
+                a = Assignment(task_id=task.id, labeler_id=labeler_id, slot=min(free), order=order,
                                expires_at=now() + timedelta(seconds=p.lease_seconds))
                 s.add(a)
                 try:
                     s.flush()
                 except IntegrityError:
-                    continue  # another labeler took that slot first: the transaction rolls back, try again
-                self._audit(s, labeler_id, "lease", "assignment", a.id, task=task.id, slot=slot)
+                    raise _LostRace from None  # another labeler took that slot first
+                self._audit(s, labeler_id, "lease", "assignment", a.id, task=task.id, slot=a.slot)
                 return a
-        raise FeedbackError("too busy: could not lease a task, try again")
+        except _LostRace:  # the transaction was rolled back on the way out
+            return False
 
     def _expire(self, s: Session, project_id: int) -> None:
         stale = s.scalars(select(Assignment).join(Task).where(
@@ -325,6 +359,9 @@ class Store:
 
     def submit(self, labeler_id: int, assignment_id: int, shown: dict, submission_key: str) -> Judgement:
         """Record a judgement given in the shown order; stored in the task's own response order."""
+        return retry_when_busy(lambda: self._submit(labeler_id, assignment_id, shown, submission_key))
+
+    def _submit(self, labeler_id: int, assignment_id: int, shown: dict, submission_key: str) -> Judgement:
         with self.session() as s:
             existing = s.scalar(select(Judgement).where(Judgement.submission_key == submission_key))
             if existing is not None:
@@ -372,6 +409,9 @@ class Store:
     def skip(self, labeler_id: int, assignment_id: int, reason: str) -> None:
         if not reason or len(reason) > 500:
             raise FeedbackError("give a reason for skipping (at most 500 characters)")
+        retry_when_busy(lambda: self._skip(labeler_id, assignment_id, reason))
+
+    def _skip(self, labeler_id: int, assignment_id: int, reason: str) -> None:
         with self.session() as s:
             a, _, _ = self.own_assignment(s, labeler_id, assignment_id)
             if a.status != "leased":
