@@ -36,7 +36,7 @@ from rich.progress import (
 )
 
 from rlhfkit.config import SupervisedConfig, TrainConfig
-from rlhfkit.models import default_device, mixed_precision
+from rlhfkit.models import apply_lora, default_device, is_peft, load_causal_lm, mixed_precision
 
 console = Console(stderr=True)
 
@@ -70,6 +70,17 @@ def prepare_run_dir(cfg: TrainConfig, accelerator: Accelerator) -> Path:
         cfg.save(root / "config.yaml")
     accelerator.wait_for_everyone()
     return root
+
+
+def load_trainable_lm(source, cfg: TrainConfig):
+    """(model, tokenizer) to train: a causal LM (or the LoRA adapters of a resumed run), with LoRA added
+    and activation checkpointing switched on as configured."""
+    model, tokenizer = load_causal_lm(source, trainable_adapters=True)
+    if cfg.lora_r and not is_peft(model):
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tokenizer
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -43,7 +43,7 @@ from rlhfkit.losses import (
     ptx_loss,
     whiten,
 )
-from rlhfkit.models import apply_lora, is_peft, load_causal_lm, save_model
+from rlhfkit.models import is_peft, load_causal_lm, save_model
 from rlhfkit.models.reward import Group, RewardModel, load_reward_model, pack_groups
 from rlhfkit.rollout import sample
 from rlhfkit.train.common import (
@@ -51,6 +51,7 @@ from rlhfkit.train.common import (
     MetricsLog,
     check_finite,
     console,
+    load_trainable_lm,
     make_accelerator,
     make_optimizer,
     make_progress,
@@ -188,11 +189,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
 
     # ---- models: policy (trained), reference (frozen SFT), value (trained), reward (frozen) ----
     policy_src = resume_from / "model" if resume_from else cfg.policy
-    policy, tokenizer = load_causal_lm(policy_src, trainable_adapters=True)
-    if cfg.lora_r and not is_peft(policy):
-        policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy, tokenizer = load_trainable_lm(policy_src, cfg)
     # With LoRA the reference is the same weights with the adapters switched off: no second copy.
     reference = None if is_peft(policy) else load_causal_lm(cfg.policy)[0].eval().requires_grad_(False)
     rm = None

@@ -31,12 +31,13 @@ from rlhfkit.data import (
     shifted_targets,
 )
 from rlhfkit.losses import sft_loss
-from rlhfkit.models import apply_lora, is_peft, load_causal_lm, save_model
+from rlhfkit.models import save_model
 from rlhfkit.train.common import (
     Checkpoints,
     StepOutput,
     TrainLoop,
     console,
+    load_trainable_lm,
     make_accelerator,
     make_optimizer,
     prepare_run_dir,
@@ -119,11 +120,7 @@ def train_sft(
 
     torch.manual_seed(cfg.seed)
     model_source = resume_from / "model" if resume_from else cfg.model
-    model, tokenizer = load_causal_lm(model_source, trainable_adapters=True)
-    if cfg.lora_r and not is_peft(model):
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model, tokenizer = load_trainable_lm(model_source, cfg)
 
     train_examples, stats = encode_demonstrations(tokenizer, train_demos, cfg.max_length, cfg.truncation)
     eval_examples, _ = encode_demonstrations(tokenizer, eval_demos, cfg.max_length, cfg.truncation)
