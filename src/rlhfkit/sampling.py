@@ -49,7 +49,8 @@ def sample_rankings(cfg: SampleConfig) -> dict:
     device = default_device()
     model, tokenizer = load_causal_lm(cfg.model)
     model.to(device)
-    autocast = mixed_precision(cfg.dtype, device) == "bf16"
+    if mixed_precision(cfg.dtype, device) == "bf16":
+        model.to(torch.bfloat16)  # this stage only decodes: cast once here, not a bf16 copy per batch in sample()
     source = {"policy": str(cfg.model), "temperature": cfg.temperature, "top_p": cfg.top_p,
               "max_new_tokens": cfg.max_new_tokens}
     torch.manual_seed(cfg.seed + len(done))
@@ -65,7 +66,7 @@ def sample_rankings(cfg: SampleConfig) -> dict:
                 if not need:
                     break
                 roll = sample(model, tokenizer, [chunk[j][1].prompt for j in need], cfg.k, cfg.max_new_tokens,
-                              cfg.temperature, cfg.top_p, cfg.batch_size, autocast)
+                              cfg.temperature, cfg.top_p, cfg.batch_size)
                 for idx, text, ended in zip(roll.prompt_index, roll.texts, roll.ended, strict=True):
                     f = found[need[idx]]
                     if text in f:
