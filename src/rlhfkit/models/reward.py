@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +55,16 @@ class RewardModel(nn.Module):
             backbone = copy.deepcopy(backbone).merge_and_unload()
         backbone.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
-        save_file({k: v.detach().float().contiguous() for k, v in self.head.state_dict().items()}, out_dir / HEAD_FILE)
-        (out_dir / META_FILE).write_text(json.dumps(self.meta, indent=2))
+        self.save_head(out_dir)
+
+    def save_head(self, out_dir: str | Path) -> None:
+        """The head and the metadata, each written under a temporary name and renamed into place."""
+        out_dir = Path(out_dir)
+        tmp_head, tmp_meta = out_dir / f".{HEAD_FILE}.tmp", out_dir / f".{META_FILE}.tmp"
+        save_file({k: v.detach().float().contiguous() for k, v in self.head.state_dict().items()}, tmp_head)
+        tmp_meta.write_text(json.dumps(self.meta, indent=2))
+        os.replace(tmp_head, out_dir / HEAD_FILE)
+        os.replace(tmp_meta, out_dir / META_FILE)
 
     def apply_shift(self, shift: float) -> None:
         """Add `shift` to every reward (through the head's bias) and remember the total in the metadata."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 from rich.markup import escape
-from safetensors.torch import save_file
 from torch import nn
 
 from rlhfkit.config import RMConfig
@@ -29,8 +27,6 @@ from rlhfkit.data.rankings import read_rankings
 from rlhfkit.evaluation.reward_metrics import ranking_pairs, reward_metrics
 from rlhfkit.losses import ranking_loss
 from rlhfkit.models.reward import (
-    HEAD_FILE,
-    META_FILE,
     Group,
     RewardModel,
     encode_group,
@@ -204,7 +200,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
         scores = score(final, tokenizer, [d.prompt for d in demos], [d.response for d in demos], cfg.max_length)
         shift = -scores.mean().item()
         final.apply_shift(shift)
-        _rewrite_head(final, run_dir)
+        final.save_head(run_dir)
         console.print(f"rm: shifted rewards by {shift:+.4f} so the {len(demos)} demonstrations average 0")
     report = {}
     if evals and acc.is_main_process:
@@ -219,15 +215,6 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
         _print_report(report)
     acc.wait_for_everyone()
     return RMResult(run_dir, loop.step, report, shift, plain)
-
-
-def _rewrite_head(rm: RewardModel, run_dir: Path) -> None:
-    for name, write in ((HEAD_FILE, lambda p: save_file({k: v.detach().float().contiguous()
-                                                         for k, v in rm.head.state_dict().items()}, p)),
-                        (META_FILE, lambda p: Path(p).write_text(json.dumps(rm.meta, indent=2)))):
-        tmp = run_dir / f".{name}.tmp"
-        write(tmp)
-        os.replace(tmp, run_dir / name)
 
 
 def _print_report(m: dict) -> None:
