@@ -65,7 +65,7 @@ def trl_accuracy(train, held_out, work: Path, args) -> float:
             for response in r.responses:
                 msgs = [m.model_dump() for m in r.prompt] + [{"role": "assistant", "content": response}]
                 ids = tok.apply_chat_template(msgs, tokenize=True, return_dict=False)[-args.max_length:]
-                rewards.append(model(input_ids=torch.tensor([ids])).logits[0, 0].item())
+                rewards.append(model(input_ids=torch.tensor([ids], device=model.device)).logits[0, 0].item())
             correct += 1.0 if rewards[0] > rewards[1] else 0.5 if rewards[0] == rewards[1] else 0.0
     return correct / len(held_out)
 

@@ -157,3 +157,22 @@ def test_shared_prompt_packing_matches_one_by_one(kind, request):
     together = score(rm, tok, prompts, responses)
     alone = torch.stack([score(rm, tok, [p], [r])[0] for p, r in zip(prompts, responses, strict=True)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_calibration_table_matches_a_calibrated_model():
+    # Margins whose sigmoid is the true chance the first response is better: observed tracks predicted,
+    # even though the better response is mostly in the first slot.
+    import random
+
+    from rlhfkit.evaluation.reward_metrics import Pair, reward_metrics
+
+    rng = random.Random(0)
+    pairs = []
+    for _ in range(20000):
+        m = rng.uniform(-4, 4)
+        first_better = rng.random() < 1 / (1 + math.exp(-m))
+        pairs.append([Pair(2, m, first_better, True)])
+    table = reward_metrics(pairs)["calibration"]
+    assert len(table) == 10
+    for row in table:
+        assert abs(row["observed"] - row["predicted"]) < 0.05, row

@@ -45,7 +45,8 @@ def _log_sigmoid(x: float) -> float:
 
 def reward_metrics(pairs_by_ranking: list[list[Pair]], bins: int = 10) -> dict:
     """Pairwise accuracy and loss, accuracy by K and on top-vs-bottom pairs, and a calibration table
-    (predicted P(first better) = σ(margin) against the observed share, in `bins` equal-width bins)."""
+    (predicted P(first better) = σ(margin) against the observed share, in `bins` equal-width bins;
+    every pair counted in both orders)."""
     rankings = [ps for ps in pairs_by_ranking if ps]
     pairs = [p for ps in rankings for p in ps]
     if not pairs:
@@ -58,8 +59,10 @@ def reward_metrics(pairs_by_ranking: list[list[Pair]], bins: int = 10) -> dict:
     top_bottom = [_correct(p) for p in pairs if p.top_bottom]
     binned: dict[int, list[tuple[float, bool]]] = defaultdict(list)
     for p in pairs:
-        prob = _sigmoid(p.margin)
-        binned[min(bins - 1, int(prob * bins))].append((prob, p.first_better))
+        # Each pair in both orientations: which slot holds the better response says nothing about the model
+        # (in pairwise data the chosen one is often always first), so the table is symmetric around 0.5.
+        for prob, first_better in ((_sigmoid(p.margin), p.first_better), (_sigmoid(-p.margin), not p.first_better)):
+            binned[min(bins - 1, int(prob * bins))].append((prob, first_better))
     table = [{"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "pairs": len(v),
               "predicted": sum(x for x, _ in v) / len(v), "observed": sum(y for _, y in v) / len(v)}
              for b, v in sorted(binned.items())]
