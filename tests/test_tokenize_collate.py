@@ -81,6 +81,26 @@ def test_decode_loop_matches_transformers_generate(tiny_llama, tiny_gpt2):
             assert got == expected
 
 
+def test_static_decoder_matches_the_dynamic_cache(tiny_llama):
+    # The fixed-shape step (the CUDA-graph path on a GPU) against transformers' own forward, on left-padded
+    # prompts of different lengths: the same logits step by step, so the same greedy tokens.
+    from rlhfkit.rollout import StaticDecoder, decode_dynamic
+
+    model, tok = load_causal_lm(tiny_llama)
+    assert StaticDecoder.supports(model)
+    prompts = [encode_prompt(tok, p) for p in ["a dog", "why is the sky blue and the river green", "the cat"]]
+    width = max(map(len, prompts))
+    ids = torch.full((3, width), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    # eos=-1: no row stops, so every step of every row is compared
+    static = StaticDecoder(model, 3, width + 12).run(ids, mask, 12, 0.0, 1.0, -1, tok.pad_token_id)
+    dynamic = decode_dynamic(model, ids, mask, 12, 0.0, 1.0, -1, tok.pad_token_id)
+    assert static.tolist() == dynamic.tolist()
+
+
 def test_top_p_keeps_the_nucleus():
     from rlhfkit.rollout import pick_tokens
 

@@ -3,7 +3,9 @@
 `sample` renders prompts with the chat template, left-pads them into batches of similar length and
 decodes with its own short loop over a KV cache until every row has hit EOS or `max_new_tokens`.
 With bf16 it decodes a bf16 copy of the weights (made once per call) rather than autocasting the fp32
-weights again at every token. Each response keeps its token ids (EOS included when it ended), so later
+weights again at every token. Llama-family models (SmolLM2) decode through `StaticDecoder`: a preallocated
+cache and one fixed-shape step, replayed as a CUDA graph on a GPU; other models through transformers' own
+forward and its growing cache. Each response keeps its token ids (EOS included when it ended), so later
 stages score exactly the tokens that were sampled.
 """
 
@@ -102,6 +104,16 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
            eos: int, pad: int) -> torch.Tensor:
     """Tokens (B, <= max_new_tokens) after left-padded prompts; rows that ended are padded after their EOS."""
+    if StaticDecoder.supports(model):
+        return StaticDecoder(model, ids.shape[0], ids.shape[1] + max_new_tokens).run(
+            ids, mask, max_new_tokens, temperature, top_p, eos, pad)
+    return decode_dynamic(model, ids, mask, max_new_tokens, temperature, top_p, eos, pad)
+
+
+@torch.no_grad()
+def decode_dynamic(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float,
+                   top_p: float, eos: int, pad: int) -> torch.Tensor:
+    """`decode` through the model's own forward and transformers' DynamicCache (any architecture)."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
@@ -124,3 +136,121 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, te
                        past_key_values=cache, use_cache=True).logits[:, -1]
         next_position = next_position + 1
     return torch.stack(tokens, dim=1)
+
+
+class StaticDecoder:
+    """Decoding for Llama-family models over a preallocated KV cache, one fixed-shape step per token.
+
+    transformers' per-token forward rebuilds its attention mask and grows the cache by concatenation; for a
+    135M-parameter model that bookkeeping, not the matrix products, sets the pace. Here every tensor of the step
+    has a fixed shape and address, so on a GPU the whole step (every layer, a few hundred kernels) is captured
+    once as a CUDA graph and replayed with one launch per token. The prompt is prefilled by the model's own
+    forward; the step reuses the model's modules (norms, rotary embedding, projections, MLP), so the numbers are
+    those of the model, only the cache and mask handling differ.
+    """
+
+    @staticmethod
+    def supports(model) -> bool:
+        cfg = getattr(model, "config", None)
+        return (type(model).__name__ == "LlamaForCausalLM" and not getattr(cfg, "attention_bias", False)
+                and getattr(cfg, "_attn_implementation", "sdpa") in ("sdpa", "eager"))
+
+    def __init__(self, model, batch: int, max_len: int):
+        self.model, self.inner = model, model.model
+        cfg = model.config
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        weight = self.inner.embed_tokens.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        shape = (len(self.inner.layers), batch, cfg.num_key_value_heads, max_len, self.head_dim)
+        self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.values = torch.zeros_like(self.keys)
+        # The step's inputs: fixed tensors the step (and a captured graph) reads; `run` writes them in place.
+        self.token = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.position = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=self.device)  # cache index this step writes
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=self.device)  # not left padding
+        self.slots = torch.arange(max_len, device=self.device)
+        self.graph = None
+        self.logits = None
+        if self.device.type == "cuda":
+            self._capture()
+
+    def _step(self) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        b = self.token.shape[0]
+        h = self.inner.embed_tokens(self.token[:, None])
+        cos, sin = self.inner.rotary_emb(h, self.position[:, None])
+        visible = self.valid & (self.slots <= self.slot)  # the prompt and every token sampled so far
+        mask = torch.zeros(visible.shape, device=h.device).masked_fill(~visible, float("-inf"))[:, None, None, :]
+        kv_heads = self.keys.shape[2]
+        for i, layer in enumerate(self.inner.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(b, 1, -1, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(b, 1, -1, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(b, 1, -1, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            self.keys[i].index_copy_(2, self.slot, k)
+            self.values[i].index_copy_(2, self.slot, v)
+            # One query per row: two batched products, the query heads of a KV head side by side (GQA)
+            # instead of copying K and V per query head; softmax in fp32. (On CPUs this is several times
+            # faster than scaled_dot_product_attention, whose flash kernel is built for long queries.)
+            q = q.reshape(b, kv_heads, -1, self.head_dim)
+            scores = (q @ self.keys[i].transpose(-1, -2)).float() * attn.scaling + mask
+            out = scores.softmax(-1).to(h.dtype) @ self.values[i]  # (B, kv_heads, groups, head_dim)
+            h = h + attn.o_proj(out.reshape(b, 1, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.model.lm_head(self.inner.norm(h))[:, 0]
+
+    def _capture(self) -> None:
+        # Warm up on a side stream (cuBLAS picks its kernels), then record one step. The cache holds zeros
+        # now; `run` overwrites every slot it reads before reading it.
+        self.slot.fill_(self.keys.shape[3] - 1)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._step()
+
+    def forward(self) -> torch.Tensor:
+        if self.graph is None:
+            return self._step()
+        self.graph.replay()
+        return self.logits
+
+    def run(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
+            eos: int, pad: int) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        width = ids.shape[1]
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        for i, layer in enumerate(cache.layers):
+            self.keys[i, :, :, :width].copy_(layer.keys)
+            self.values[i, :, :, :width].copy_(layer.values)
+        del cache
+        self.valid.fill_(True)
+        self.valid[:, :width].copy_(mask.bool())
+        first_position = positions[:, -1] + 1
+        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        tokens = []
+        for t in range(max_new_tokens):
+            token = torch.where(finished, torch.full_like(finished, pad, dtype=torch.long),
+                                pick_tokens(logits, temperature, top_p))
+            tokens.append(token)
+            finished = finished | (token == eos)
+            # every 4th step: asking whether all rows ended waits for the device
+            if t == max_new_tokens - 1 or (t % 4 == 3 and finished.all()):
+                break
+            self.token.copy_(token)
+            torch.add(first_position, t, out=self.position)
+            self.slot.fill_(width + t)
+            logits = self.forward()
+        return torch.stack(tokens, dim=1)
