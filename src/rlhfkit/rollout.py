@@ -182,7 +182,7 @@ class StaticDecoder:
         h = self.inner.embed_tokens(self.token[:, None])
         cos, sin = self.inner.rotary_emb(h, self.position[:, None])
         visible = self.valid & (self.slots <= self.slot)  # the prompt and every token sampled so far
-        mask = torch.zeros(visible.shape, device=h.device).masked_fill(~visible, float("-inf"))[:, None, None, :]
+        unseen = ~visible[:, None, None, :]
         kv_heads = self.keys.shape[2]
         for i, layer in enumerate(self.inner.layers):
             attn = layer.self_attn
@@ -197,16 +197,16 @@ class StaticDecoder:
             # instead of copying K and V per query head; softmax in fp32. (On CPUs this is several times
             # faster than scaled_dot_product_attention, whose flash kernel is built for long queries.)
             q = q.reshape(b, kv_heads, -1, self.head_dim)
-            scores = (q @ self.keys[i].transpose(-1, -2)).float() * attn.scaling + mask
+            scores = ((q @ self.keys[i].transpose(-1, -2)).float() * attn.scaling).masked_fill(unseen, float("-inf"))
             out = scores.softmax(-1).to(h.dtype) @ self.values[i]  # (B, kv_heads, groups, head_dim)
             h = h + attn.o_proj(out.reshape(b, 1, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.model.lm_head(self.inner.norm(h))[:, 0]
 
     def _capture(self) -> None:
-        # Warm up on a side stream (cuBLAS picks its kernels), then record one step. The cache holds zeros
-        # now; `run` overwrites every slot it reads before reading it.
+        # Warm up on a side stream (cuBLAS picks its kernels), then record one step; `run` clears the cache.
         self.slot.fill_(self.keys.shape[3] - 1)
+        self.valid.fill_(True)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -232,9 +232,14 @@ class StaticDecoder:
         cache = DynamicCache(config=self.model.config)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1]
+        # Zero the left-padding slots: their keys and values can be NaN (a query that may attend to nothing),
+        # and a NaN times a zero attention weight is still NaN.
+        real = mask.bool()[:, None, :, None]
+        self.keys.zero_()
+        self.values.zero_()
         for i, layer in enumerate(cache.layers):
-            self.keys[i, :, :, :width].copy_(layer.keys)
-            self.values[i, :, :, :width].copy_(layer.values)
+            self.keys[i, :, :, :width].copy_(layer.keys.masked_fill(~real, 0))
+            self.values[i, :, :, :width].copy_(layer.values.masked_fill(~real, 0))
         del cache
         self.valid.fill_(True)
         self.valid[:, :width].copy_(mask.bool())
