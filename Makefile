@@ -23,9 +23,12 @@ demo: $(READY)
 	$(BIN)/rlhfkit sft --config configs/sft.yaml
 
 test: $(READY)
+	# Chromium and a PostgreSQL server for the labeling-service tests (apt-get, as root; else they skip)
+	bash scripts/test_services.sh
 	$(BIN)/python -m pytest -q
 
 test-all: $(READY)
+	bash scripts/test_services.sh
 	$(BIN)/python -m pytest -q -m ''
 
 lint: $(READY)

@@ -215,13 +215,17 @@ def test_label_cli_round_trip(tmp_path):
     assert '"judgements": 1' in run(app, ["label", "report", "rm-data", "--db", db]).output
 
 
-def test_migrations_build_exactly_the_models_schema(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_migrations_build_exactly_the_models_schema(kind, tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
+    from servers import database
     from sqlalchemy import inspect
 
-    store = Store(f"sqlite:///{tmp_path / 'm.db'}")  # empty -> head
-    with store.engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), store_mod.Base.metadata) == []
-        assert "alembic_version" in inspect(conn).get_table_names()
-    Store(f"sqlite:///{tmp_path / 'm.db'}")  # at head already: a no-op
+    with database(kind, tmp_path) as url:
+        store = Store(url)  # empty -> head
+        with store.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), store_mod.Base.metadata) == []
+            assert "alembic_version" in inspect(conn).get_table_names()
+        Store(url).engine.dispose()  # at head already: a no-op
+        store.engine.dispose()

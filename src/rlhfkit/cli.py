@@ -182,13 +182,14 @@ def label_serve(
     db: str = DB_OPTION,
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port."),
+    log_level: str = typer.Option("info", help="uvicorn log level (warning: no line per request)."),
 ) -> None:
     """Serve the labeling web app (sign in at /login; admins at /admin). Put it behind TLS for remote use."""
     import uvicorn
 
     from rlhfkit.feedback.app import create_app
 
-    uvicorn.run(create_app(db), host=host, port=port)
+    uvicorn.run(create_app(db), host=host, port=port, log_level=log_level)
 
 
 @label_app.command("add-labeler")

@@ -157,9 +157,7 @@ def create_app(db_url: str = "sqlite:///feedback.db", secret: bytes | None = Non
             return page("done.html", labeler=lab, project=name)
         return RedirectResponse(f"/assignments/{a.id}", 303)
 
-    @app.get("/assignments/{assignment_id}")
-    def assignment_page(request: Request, assignment_id: int) -> HTMLResponse:
-        lab, csrf = require(request)
+    def task_view(lab: Labeler, assignment_id: int, csrf: str) -> tuple[dict, Project]:
         try:
             with store.session() as s:
                 a, task, project = store.own_assignment(s, lab.id, assignment_id)
@@ -170,7 +168,26 @@ def create_app(db_url: str = "sqlite:///feedback.db", secret: bytes | None = Non
         data = {"assignment": a.id, "kind": project.kind, "status": a.status, "project": project.name,
                 "prompt": task.payload["prompt"], "responses": shown, "flags": list(METADATA_FLAGS),
                 "prompt_labels": list(PROMPT_LABELS), "csrf": csrf, "submission_key": secrets.token_hex(16)}
+        return data, project
+
+    @app.get("/assignments/{assignment_id}")
+    def assignment_page(request: Request, assignment_id: int) -> HTMLResponse:
+        lab, csrf = require(request)
+        data, project = task_view(lab, assignment_id, csrf)
         return page("task.html", labeler=lab, project=project, data=json_for_script(data), csrf=csrf)
+
+    @app.get("/api/projects/{name}/next")
+    def next_task_json(request: Request, name: str):
+        """The next task as JSON, for labeling clients other than the page: {"task": {...}} or {"task": null}.
+        Other sites cannot read it (no CORS), so handing the CSRF token over here is safe."""
+        lab, csrf = require(request)
+        try:
+            a = store.lease_next(lab.id, name)
+        except NotFound:
+            raise HTTPException(404, "no such project") from None
+        except FeedbackError as e:
+            raise HTTPException(503, str(e)) from None
+        return {"task": None if a is None else task_view(lab, a.id, csrf)[0]}
 
     @app.post("/api/assignments/{assignment_id}/submit")
     async def submit(request: Request, assignment_id: int):

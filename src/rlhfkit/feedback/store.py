@@ -184,13 +184,19 @@ class _LostRace(Exception):
     pass
 
 
+def _is_contention(e: OperationalError) -> bool:
+    """SQLite's lock timeouts and PostgreSQL's deadlock victims: the transaction can simply run again."""
+    text = str(e).lower()
+    return "locked" in text or "busy" in text or "deadlock" in text
+
+
 def retry_when_busy(fn: Callable[[], T], attempts: int = 12) -> T:
-    """Run a transaction again when the database reports it is locked (SQLite under heavy contention)."""
+    """Run a transaction again when the database reports contention (a lock timeout or a deadlock)."""
     for attempt in range(attempts):
         try:
             return fn()
         except OperationalError as e:
-            if "locked" not in str(e) and "busy" not in str(e):
+            if not _is_contention(e):
                 raise
             time.sleep(min(2.0, 0.02 * 2**attempt))
     return fn()
@@ -300,7 +306,7 @@ class Store:
             try:
                 lease = self._try_lease(labeler_id, p, rng)
             except OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
+                if not _is_contention(e):
                     raise
                 time.sleep(0.05)
                 continue
