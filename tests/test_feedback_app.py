@@ -106,3 +106,22 @@ def test_static_assets_served_locally(app):
     js = c.get("/static/task.js")
     assert js.status_code == 200 and "textContent" in js.text and "innerHTML" not in js.text
     assert c.get("/static/app.css").status_code == 200
+
+
+def test_admin_page_plots_throughput_and_agreement(app):
+    import base64
+
+    from rlhfkit.feedback.export import throughput
+
+    for name, ranks in (("ann", [0, 1, 1, 2]), ("bob", [0, 1, 2, 2])):
+        c = client_for(app, name)
+        task = c.get("/api/projects/p/next").json()["task"]
+        r = c.post(f"/api/assignments/{task['assignment']}/submit", headers={"X-CSRF-Token": task["csrf"]},
+                   json={"judgement": {"ranks": ranks}, "submission_key": task["submission_key"]})
+        assert r.status_code == 200
+        assert c.get("/api/projects/p/next").json() == {"task": None}  # overlap 2: one task each
+    rate = throughput(app.state.store, "p")
+    assert rate["bucket_minutes"] == 1 and {k: sum(v) for k, v in rate["per_labeler"].items()} == {"ann": 1, "bob": 1}
+    page = client_for(app, "root", role="admin").get("/admin").text
+    src = re.search(r'<img class="plot" src="data:image/png;base64,([^"]+)"', page).group(1)
+    assert base64.b64decode(src).startswith(b"\x89PNG")

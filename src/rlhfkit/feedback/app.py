@@ -14,6 +14,7 @@ The session secret comes from RLHFKIT_SECRET or a generated file beside the data
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -28,7 +29,8 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from rlhfkit.data.records import METADATA_FLAGS
-from rlhfkit.feedback.export import agreement
+from rlhfkit.feedback.export import agreement, throughput
+from rlhfkit.feedback.plots import admin_plot_png
 from rlhfkit.feedback.store import PROMPT_LABELS, FeedbackError, Labeler, NotFound, Project, Store
 
 COOKIE = "rlhfkit_session"
@@ -220,8 +222,12 @@ def create_app(db_url: str = "sqlite:///feedback.db", secret: bytes | None = Non
         lab, csrf = require(request, admin=True)
         reports = []
         for name, kind in store_rows(store):
-            reports.append({"name": name, "kind": kind, "progress": store.progress(name),
-                            "agreement": agreement(store, name)})
+            agree, rate = agreement(store, name), throughput(store, name)
+            plot = None
+            if rate["buckets"]:  # rendered here, shown as a data: image (the CSP allows img-src data:)
+                plot = "data:image/png;base64," + base64.b64encode(admin_plot_png(rate, agree)).decode()
+            reports.append({"name": name, "kind": kind, "progress": store.progress(name), "agreement": agree,
+                            "throughput": rate, "plot": plot})
         return page("admin.html", labeler=lab, reports=reports, csrf=csrf)
 
     @app.post("/admin/labelers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import timedelta
 from itertools import combinations
 
 from rlhfkit.data.records import Demonstration, Ranking
@@ -72,3 +73,24 @@ def agreement(store: Store, project: str) -> dict:
         "matrix": {f"{a} | {b}": rate(v) for (a, b), v in sorted(per_pair.items())},
         "gold": {k: rate(v) for k, v in sorted(gold_agree.items())},
     }
+
+
+def throughput(store: Store, project: str, bucket_minutes: int | None = None) -> dict:
+    """Judgements per labeler per time bucket: {"bucket_minutes", "buckets": [ISO start, ...],
+    "per_labeler": {name: [count per bucket]}}, from the first judgement to the last. Without
+    `bucket_minutes`, the smallest of 1 min, 5 min, 15 min, 1 h, 4 h, 1 day giving at most 48 buckets."""
+    rows = [(j.created_at, labeler.name) for _, j, labeler in store.judgements(project)]
+    if not rows:
+        return {"bucket_minutes": bucket_minutes or 60, "buckets": [], "per_labeler": {}}
+    start = min(t for t, _ in rows).replace(second=0, microsecond=0)
+    span_minutes = (max(t for t, _ in rows) - start).total_seconds() / 60
+    if bucket_minutes is None:
+        bucket_minutes = next((m for m in (1, 5, 15, 60, 240) if span_minutes / m < 48), 1440)
+    width = bucket_minutes * 60
+    n = int((max(t for t, _ in rows) - start).total_seconds() // width) + 1
+    per_labeler: dict[str, list[int]] = defaultdict(lambda: [0] * n)
+    for t, name in rows:
+        per_labeler[name][int((t - start).total_seconds() // width)] += 1
+    return {"bucket_minutes": bucket_minutes,
+            "buckets": [(start + timedelta(seconds=i * width)).isoformat() for i in range(n)],
+            "per_labeler": dict(sorted(per_labeler.items()))}
