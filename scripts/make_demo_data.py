@@ -28,8 +28,9 @@ OUT = ROOT / "src" / "rlhfkit" / "demo_data"
 SPLITS = (("sft", 0.40), ("rm", 0.22), ("ppo", 0.20), ("eval", 0.18))
 DOMAINS = ["science", "history", "food", "sport", "nature", "technology", "health", "arts"]
 ENDINGS = ["Hope this helps.", "That is all.", "Thanks for asking!", "Have a great day."]
-IDEAS = ["Read a beginner's book about {t}.", "Watch a documentary about {t}.", "Visit a museum or centre that covers {t}.",
-         "Ask an expert about {t}.", "Write down three facts about {t} from memory.", "Join a club that shares an interest in {t}.",
+IDEAS = ["Read a beginner's book about {t}.", "Watch a documentary about {t}.",
+         "Visit a museum or centre that covers {t}.", "Ask an expert about {t}.",
+         "Write down three facts about {t} from memory.", "Join a club that shares an interest in {t}.",
          "Look for a free online course on {t}.", "Explain {t} to a friend in your own words."]
 
 
@@ -73,7 +74,8 @@ def topic_prompts(index: int, topic: tuple, rng: random.Random) -> list[dict]:
             comma_fact.replace(", and", " and").replace(", ", " ").replace(",", ""), [{"type": "no_commas"}])
     else:
         add("rewrite", f"Rewrite the following sentence so that it starts with \"Interestingly\".\n\nSentence: "
-            f"{facts[2]}", "Interestingly " + lower_first(facts[2]), [{"type": "starts_with", "value": "Interestingly"}])
+            f"{facts[2]}", "Interestingly " + lower_first(facts[2]),
+            [{"type": "starts_with", "value": "Interestingly"}])
     # summarisation of a passage (closed domain)
     add("summarization", f"Summarize the passage below.\n\nPassage: {passage}", facts[0],
         [{"type": "max_sentences", "value": 1}, {"type": "max_words", "value": 25}], passage=passage)

@@ -49,7 +49,7 @@ def test_twenty_labelers_at_once_get_exactly_n_judgements_per_task(kind, tmp_pat
                 t.join()
         assert not errors, (errors[:3], (tmp_path / "server.log").read_text()[-2000:])
         per_task: dict[int, list[str]] = {}
-        for task, judgement, labeler in store.judgements("load"):
+        for task, _, labeler in store.judgements("load"):
             per_task.setdefault(task.id, []).append(labeler.name)
         assert len(per_task) == TASKS
         assert all(len(names) == OVERLAP and len(set(names)) == OVERLAP for names in per_task.values())

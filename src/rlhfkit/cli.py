@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from rlhfkit.config import (
     ConfigError,
+    DemoConfig,
     GenerateConfig,
     PPOConfig,
     RMConfig,
@@ -137,6 +138,19 @@ config_command(
     help="Step 3: PPO-ptx. Optimise the SFT policy against the reward model with a per-token KL penalty "
     "to the SFT policy and pretraining gradients mixed in (--ptx-data, --ptx-coef). Writes the policy to "
     "--output-dir and the value model to --output-dir/value.",
+)
+
+def _run_demo(cfg: DemoConfig) -> None:
+    from rlhfkit.pipeline import run_demo
+
+    run_demo(cfg)
+
+
+config_command(
+    "demo", DemoConfig, _run_demo,
+    help="The whole loop on the bundled data with simulated labelers: SFT, comparisons, reward model, "
+    "PPO-ptx, evaluation against base and SFT, a second round; writes runs/<name>/report.md. "
+    "--quick runs a tiny configuration; --resume continues an interrupted run.",
 )
 
 def _run_generate(cfg: GenerateConfig) -> None:

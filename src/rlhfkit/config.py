@@ -145,6 +145,8 @@ class SampleConfig(StageConfig):
 
 class PPOConfig(TrainConfig):
     policy: str = Field("runs/sft", description="Policy to optimise, and the frozen reference π_SFT (a HF folder).")
+    reference: str | None = Field(None, description="A different frozen reference policy (default: --policy), "
+                                  "e.g. the SFT model when --policy continues an earlier PPO run.")
     reward_model: str = Field("runs/rm", description="Frozen reward model folder (from `rlhfkit rm`), "
                               "its normalisation applied.")
     value_model: str | None = Field(None, description="Value model to start from (a reward model folder); "
@@ -202,3 +204,52 @@ class GenerateConfig(StageConfig):
     batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
     seed: int = Field(0, description="Seed for sampling.")
     dtype: Dtype = Field("auto", description="auto = bf16 autocast where supported, else fp32.")
+
+
+class DemoConfig(StageConfig):
+    """The whole loop on the bundled data with simulated labelers (`rlhfkit demo`)."""
+
+    name: str = Field("demo", description="Run name: everything goes to <runs-dir>/<name>/.")
+    runs_dir: str = Field("runs", description="Folder holding the runs.")
+    model: str = Field("smollm2-135m", description="Pretrained model to start from (a HF folder or smollm2-135m).")
+    seed: int = Field(0, description="Seed for every stage.")
+    resume: bool = Field(False, description="Continue an interrupted run from its last finished stage or checkpoint.")
+    rounds: int = Field(2, ge=1, description="Rounds of comparisons + RM + PPO (round 2 samples the current policy).")
+    quick: bool = Field(False, description="A tiny configuration for a smoke test (minutes on a CPU).")
+    # 1. SFT
+    sft_epochs: float = Field(3.0, gt=0, description="SFT passes over the demonstrations.")
+    sft_lr: float = Field(5e-5, description="SFT learning rate.")
+    sft_demos: int | None = Field(None, description="Use only the first N demonstrations.")
+    # 2. comparisons and the reward model
+    rm_prompts: int | None = Field(None, description="RM-split prompts to sample comparisons for (default all).")
+    k: int = Field(4, ge=2, le=9, description="Responses sampled per prompt for the labelers to rank.")
+    sample_temperature: float = Field(1.0, gt=0, description="Temperature when sampling comparisons.")
+    max_new_tokens: int = Field(64, ge=8, description="Longest response in sampling, PPO and evaluation.")
+    panel_size: int = Field(6, ge=2, description="Simulated labelers who rank training comparisons.")
+    held_out_labelers: int = Field(3, ge=1, description="Simulated held-out labelers who judge the evaluation.")
+    label_overlap: int = Field(2, ge=1, description="Labelers per comparison task (agreement is measured on these).")
+    panel_noise: float = Field(0.08, gt=0, description="Bradley–Terry noise of the simulated labelers.")
+    rm_epochs: float = Field(2.0, gt=0, description="RM passes over the rankings.")
+    rm_lr: float = Field(2e-5, description="RM learning rate.")
+    # 3. PPO-ptx
+    ppo_iterations: int = Field(12, ge=1, description="PPO iterations per round.")
+    ppo_rollout_batch: int = Field(16, ge=1, description="Prompts per PPO iteration.")
+    ppo_epochs: int = Field(2, ge=1, description="PPO passes over each rollout batch.")
+    ppo_lr: float = Field(5e-6, description="Policy learning rate.")
+    kl_coef: float = Field(0.05, ge=0, description="β, the per-token KL penalty to π_SFT.")
+    ptx_coef: float = Field(0.5, ge=0, description="γ, the weight of the pretraining (prose) NLL.")
+    compare_without_ptx: bool = Field(True, description="Also train round 1's PPO with γ = 0 to measure "
+                                      "the alignment tax with and without ptx.")
+    # 4. evaluation
+    eval_prompts: int | None = Field(None, description="Held-out prompts to evaluate on (default all).")
+    eval_temperature: float = Field(0.7, ge=0, description="Sampling temperature of the evaluated policies.")
+    prose_lines: int | None = Field(None, description="Held-out prose lines for the perplexity (default all).")
+
+    def sized(self) -> DemoConfig:
+        """This config, shrunk to the --quick sizes when asked."""
+        if not self.quick:
+            return self
+        return self.model_copy(update={
+            "sft_epochs": 1.0, "sft_demos": 32, "rm_prompts": 10, "max_new_tokens": 16, "rm_epochs": 1.0,
+            "ppo_iterations": 2, "ppo_rollout_batch": 8, "ppo_epochs": 1, "eval_prompts": 10, "prose_lines": 8,
+            "panel_size": 4, "held_out_labelers": 2})

@@ -242,6 +242,13 @@ class Store:
             lab = s.scalar(select(Labeler).where(Labeler.token_hash == hash_token(token)))
             return lab if lab and lab.active else None
 
+    def by_name(self, name: str) -> Labeler:
+        with self.session() as s:
+            lab = s.scalar(select(Labeler).where(Labeler.name == name))
+            if lab is None:
+                raise NotFound(f"no labeler named {name!r}")
+            return lab
+
     def by_password(self, name: str, password: str) -> Labeler | None:
         with self.session() as s:
             lab = s.scalar(select(Labeler).where(Labeler.name == name))

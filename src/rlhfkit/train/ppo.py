@@ -191,7 +191,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     policy_src = resume_from / "model" if resume_from else cfg.policy
     policy, tokenizer = load_trainable_lm(policy_src, cfg)
     # With LoRA the reference is the same weights with the adapters switched off: no second copy.
-    reference = None if is_peft(policy) else load_causal_lm(cfg.policy)[0].eval().requires_grad_(False)
+    if is_peft(policy) and cfg.reference:
+        raise ValueError("--reference with LoRA: the reference is the policy with its adapters disabled")
+    reference = None if is_peft(policy) else load_causal_lm(cfg.reference or cfg.policy)[0].eval().requires_grad_(False)
     rm = None
     if reward_fn is None:
         rm = load_reward_model(cfg.reward_model)[0].eval().requires_grad_(False)

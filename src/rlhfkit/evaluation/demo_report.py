@@ -1,0 +1,230 @@
+"""`rlhfkit demo`'s evaluation of each round and its report (runs/<name>/report.md with PNG plots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlhfkit.config import DemoConfig
+from rlhfkit.data import read_prompts
+from rlhfkit.evaluation.policy_eval import (
+    PolicyOutputs,
+    device,
+    generate,
+    perplexity,
+    policy_metrics,
+    sequence_logprobs,
+    win_rate,
+)
+from rlhfkit.feedback.simulated import SimulatedLabeler
+from rlhfkit.models import mixed_precision
+from rlhfkit.models.reward import load_reward_model, score
+from rlhfkit.rollout import Rollout
+from rlhfkit.train.common import console
+
+TARGET_WIN_RATE, TARGET_CONSTRAINT_GAIN = 0.60, 0.10
+
+
+def _policies(run_dir: Path, cfg: DemoConfig, r: int) -> dict[str, str]:
+    if r == 1:
+        out = {"base": cfg.model, "sft": str(run_dir / "sft"), "ppo-ptx r1": str(run_dir / "round1/ppo")}
+        if (run_dir / "round1/ppo-no-ptx").exists():
+            out["ppo r1 (γ=0)"] = str(run_dir / "round1/ppo-no-ptx")
+        return out
+    return {f"ppo-ptx r{r}": str(run_dir / f"round{r}/ppo")}
+
+
+def _outputs(run_dir: Path, name: str, path: str, prompts, cfg: DemoConfig) -> PolicyOutputs:
+    """A policy's held-out responses, generated once and kept in evals/ for later rounds and reruns."""
+    cache = run_dir / "evals" / (name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "") + ".json")
+    if cache.exists():
+        return PolicyOutputs(name, path, Rollout(**json.loads(cache.read_text())))
+    out = generate(name, path, prompts, cfg.max_new_tokens, cfg.eval_temperature, 0.95, cfg.seed)
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps(out.rollout.__dict__))
+    return out
+
+
+def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler]) -> dict:
+    prompts = read_prompts(run_dir / "data/eval_prompts.jsonl").records
+    prose = [ln for ln in (run_dir / "data/prose_heldout.txt").read_text().splitlines() if ln.strip()]
+    outputs = {}
+    for round_ in range(1, r + 1):
+        for name, path in _policies(run_dir, cfg, round_).items():
+            console.print(f"eval: {name}")
+            outputs[name] = _outputs(run_dir, name, path, prompts, cfg)
+    rm, rm_tok = load_reward_model(run_dir / f"round{r}/rm")
+    rm.to(device())
+    bf16 = mixed_precision("auto", device()) == "bf16"
+    sft = outputs["sft"]
+    metrics = {}
+    for name, out in outputs.items():
+        m = policy_metrics(out, prompts, judges)
+        m["rm_score"] = score(rm, rm_tok, [p.prompt for p in prompts], out.rollout.texts, autocast=bf16).mean().item()
+        if name != "base":  # KL(π || π_SFT) on the policy's own samples, summed over tokens
+            own = sequence_logprobs(out.path, out.rollout.prompt_ids, out.rollout.response_ids)
+            ref = sequence_logprobs(sft.path, out.rollout.prompt_ids, out.rollout.response_ids)
+            m["kl_to_sft"] = sum(a - b for a, b in zip(own, ref, strict=True)) / len(own)
+        m["prose_perplexity"] = perplexity(out.path, prose)
+        metrics[name] = m
+    ppo = f"ppo-ptx r{r}"
+    pairs = [(ppo, "sft"), (ppo, "base")] + ([("sft", "base")] if r == 1 else [(ppo, f"ppo-ptx r{r - 1}")])
+    if r == 1 and "ppo r1 (γ=0)" in outputs:
+        pairs.append(("ppo r1 (γ=0)", "sft"))
+    wins = {f"{a} vs {b}": win_rate(judges, prompts, outputs[a], outputs[b], seed=cfg.seed) for a, b in pairs}
+    return {"policies": metrics, "win_rates": wins, "prompts": len(prompts)}
+
+
+# ---- the report ----
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, digits=3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _ppo_history(folder: Path) -> list[dict]:
+    path = folder / "logs" / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    # PPO: RM score and KL per iteration, every round
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for r in range(1, cfg.rounds + 1):
+        for label, folder in ((f"round {r} PPO-ptx", run_dir / f"round{r}/ppo"),
+                              ("round 1 PPO (γ=0)", run_dir / "round1/ppo-no-ptx") if r == 1 else (None, None)):
+            if label is None:
+                continue
+            h = _ppo_history(folder)
+            if h:
+                a.plot([x["step"] for x in h], [x["score"] for x in h], marker=".", label=label)
+                b.plot([x["step"] for x in h], [x["kl"] for x in h], marker=".", label=label)
+    a.set_title("mean RM score per iteration")
+    b.set_title("KL(π || π_SFT) per sequence")
+    for ax in (a, b):
+        ax.set_xlabel("PPO iteration")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "ppo_curves.png", dpi=90)
+    plt.close(fig)
+    made.append("ppo_curves.png")
+
+    # win rates with their 95% intervals
+    rows = [(f"r{r}: {k}", v) for r in range(1, cfg.rounds + 1)
+            for k, v in state.get(f"round{r}/eval", {}).get("result", {}).get("win_rates", {}).items()]
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1))
+        ys = range(len(rows))
+        ax.errorbar([v["win_rate"] for _, v in rows], ys, xerr=[[v["win_rate"] - v["low"] for _, v in rows],
+                                                                [v["high"] - v["win_rate"] for _, v in rows]],
+                    fmt="o", capsize=4)
+        ax.axvline(0.5, color="grey", linewidth=1)
+        ax.axvline(TARGET_WIN_RATE, color="green", linestyle="--", linewidth=1, label="target 60%")
+        ax.set_yticks(list(ys), [k for k, _ in rows], fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("held-out labelers' win rate (95% interval)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(run_dir / "win_rates.png", dpi=90)
+        plt.close(fig)
+        made.append("win_rates.png")
+
+    # the panel's agreement matrix (round 1)
+    label = state.get("round1/label", {}).get("result", {})
+    if label.get("matrix"):
+        names = sorted({n for k in label["matrix"] for n in k.split(" | ")})
+        grid = [[float("nan")] * len(names) for _ in names]
+        for k, v in label["matrix"].items():
+            x, y = (names.index(n) for n in k.split(" | "))
+            if v is not None:
+                grid[x][y] = grid[y][x] = v
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        im = ax.imshow(grid, vmin=0.4, vmax=1.0, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if grid[i][j] == grid[i][j]:
+                    ax.text(j, i, f"{100 * grid[i][j]:.0f}", ha="center", va="center", fontsize=7, color="white")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_title("pairwise agreement (%)")
+        fig.tight_layout()
+        fig.savefig(run_dir / "agreement.png", dpi=90)
+        plt.close(fig)
+        made.append("agreement.png")
+    return made
+
+
+def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
+    plots = _plots(run_dir, cfg, state)
+    res = lambda k: state.get(k, {}).get("result", {})  # noqa: E731
+    lines = [f"# rlhfkit demo: {cfg.name}", "",
+             f"InstructGPT's loop on `{cfg.model}` with simulated labelers"
+             f"{' (--quick sizes)' if cfg.quick else ''}. Configuration: `demo.yaml`.", "",
+             "## Stages", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v['seconds']} |" for k, v in state.items()]
+    total = sum(v["seconds"] for v in state.values())
+    lines += [f"| **total** | **{total:.0f}** ({total / 60:.1f} min) |", "",
+              "## Data", "", "| split | records |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in res("data").items()]
+    lines += ["", "## Comparisons and reward model", "",
+              "| round | rankings | panel agreement (pairs) | RM held-out accuracy | RM held-out loss |",
+              "|---|---|---|---|---|"]
+    for r in range(1, cfg.rounds + 1):
+        lab, rm = res(f"round{r}/label"), res(f"round{r}/rm")
+        lines.append(f"| {r} | {lab.get('rankings', '–')} | {_pct(lab.get('agreement'))} ({lab.get('pairs', 0)}) | "
+                     f"{_pct(rm.get('accuracy'))} | {_num(rm.get('loss'))} |")
+    lines += ["", "InstructGPT's labelers agreed on about 73% of pairs; the target band for the panel is 65–80%.", ""]
+    if "agreement.png" in plots:
+        lines += ["![panel agreement](agreement.png)", ""]
+    lines += ["## PPO", "", "![RM score and KL per iteration](ppo_curves.png)", ""]
+    for r in range(1, cfg.rounds + 1):
+        ev = res(f"round{r}/eval")
+        if not ev:
+            continue
+        lines += [f"## Evaluation after round {r} ({ev['prompts']} held-out prompts)", "",
+                  "| policy | Likert (1–7) | constraints all met | constraints met (share) | refusals, harmful | "
+                  "refusals, harmless | RM score | KL to SFT | prose perplexity | no EOS |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, m in ev["policies"].items():
+            lines.append(f"| {name} | {_num(m['likert'], 2)} | {_pct(m['constraints_all_met'])} | "
+                         f"{_pct(m['constraints_met'])} | {_pct(m['refusal_harmful'])} | "
+                         f"{_pct(m['refusal_harmless'])} | "
+                         f"{_num(m['rm_score'])} | {_num(m.get('kl_to_sft'), 2)} | {_num(m['prose_perplexity'], 2)} | "
+                         f"{_pct(m['no_eos'])} |")
+        lines += ["", "| comparison | win rate | 95% interval |", "|---|---|---|"]
+        for k, v in ev["win_rates"].items():
+            lines.append(f"| {k} | {_pct(v['win_rate'])} | {_pct(v['low'])} – {_pct(v['high'])} |")
+        lines.append("")
+    if "win_rates.png" in plots:
+        lines += ["![win rates](win_rates.png)", ""]
+    lines += _targets(res(f"round{cfg.rounds}/eval"), cfg.rounds)
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _targets(ev: dict, r: int) -> list[str]:
+    if not ev:
+        return []
+    ppo, sft = ev["policies"][f"ppo-ptx r{r}"], ev["policies"]["sft"]
+    win = ev["win_rates"][f"ppo-ptx r{r} vs sft"]
+    gain = (ppo["constraints_all_met"] or 0) - (sft["constraints_all_met"] or 0)
+    checks = [
+        (f"PPO beats SFT with a win rate ≥ 60%, interval above 50%: {_pct(win['win_rate'])} "
+         f"({_pct(win['low'])} – {_pct(win['high'])})", win["win_rate"] >= TARGET_WIN_RATE and win["low"] > 0.5),
+        (f"constraint satisfaction up ≥ 10 points: {100 * gain:+.1f} points", gain >= TARGET_CONSTRAINT_GAIN),
+        (f"refuses harmless prompts no more often than SFT: {_pct(ppo['refusal_harmless'])} vs "
+         f"{_pct(sft['refusal_harmless'])}", (ppo["refusal_harmless"] or 0) <= (sft["refusal_harmless"] or 0)),
+    ]
+    return ["## Targets (final round vs SFT)", ""] + [f"- {'met' if ok else '**not met**'}: {text}"
+                                                       for text, ok in checks] + [""]

@@ -1,0 +1,127 @@
+"""Evaluate policies on held-out prompts, as the paper's section 4 does, with simulated held-out labelers.
+
+For each policy: responses to the held-out prompts; held-out-labeler win rates between policies with 95%
+bootstrap intervals (resampling prompts); a Likert-style mean score; the share of prompts whose constraints
+are all met; refusal rates on harmful and on harmless prompts; mean reward-model score; KL to the SFT policy
+on the policy's own samples; perplexity on held-out prose (the alignment tax).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rlhfkit.data.records import Prompt
+from rlhfkit.evaluation.constraints import is_refusal, satisfaction
+from rlhfkit.feedback.simulated import SimulatedLabeler
+from rlhfkit.models import load_causal_lm, mixed_precision
+from rlhfkit.rollout import Rollout, sample
+
+
+@dataclass
+class PolicyOutputs:
+    name: str
+    path: str
+    rollout: Rollout  # one response per prompt, in prompt order
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def generate(name: str, path: str, prompts: list[Prompt], max_new_tokens: int, temperature: float, top_p: float,
+             seed: int, batch_size: int = 32) -> PolicyOutputs:
+    model, tok = load_causal_lm(path)
+    model.to(device())
+    torch.manual_seed(seed)
+    bf16 = mixed_precision("auto", device()) == "bf16"
+    roll = sample(model, tok, [p.prompt for p in prompts], 1, max_new_tokens, temperature, top_p, batch_size,
+                  autocast=bf16)
+    order = sorted(range(len(roll.prompt_index)), key=lambda i: roll.prompt_index[i])  # back to prompt order
+    roll = Rollout(*[[getattr(roll, f)[i] for i in order] for f in ("prompt_index", "prompt_ids", "response_ids",
+                                                                    "ended", "texts")])
+    return PolicyOutputs(name, path, roll)
+
+
+@torch.no_grad()
+def sequence_logprobs(path: str, prompt_ids: list[list[int]], response_ids: list[list[int]],
+                      batch_size: int = 16) -> list[float]:
+    """Σ_t log π(y_t | x, y_<t) of each response under the model at `path`."""
+    model, tok = load_causal_lm(path)
+    model.to(device()).eval()
+    out = []
+    for start in range(0, len(prompt_ids), batch_size):
+        rows = [p + r for p, r in zip(prompt_ids[start:start + batch_size], response_ids[start:start + batch_size],
+                                      strict=True)]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        ids, mask = ids.to(device()), mask.to(device())
+        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+        token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        for i in range(len(rows)):
+            p = len(prompt_ids[start + i])
+            n = len(response_ids[start + i])
+            out.append(token_logp[i, p - 1 : p - 1 + n].sum().item())
+    return out
+
+
+@torch.no_grad()
+def perplexity(path: str, lines: list[str]) -> float:
+    """exp(mean NLL per token) of plain text lines (each scored alone, BOS-free, EOS appended)."""
+    model, tok = load_causal_lm(path)
+    model.to(device()).eval()
+    nll, count = 0.0, 0
+    for line in lines:
+        ids = tok(line, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        x = torch.tensor([ids], device=device())
+        logits = model(input_ids=x).logits[0, :-1].float()
+        nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+        count += len(ids) - 1
+    return math.exp(nll / count)
+
+
+def win_rate(judges: list[SimulatedLabeler], prompts: list[Prompt], a: PolicyOutputs, b: PolicyOutputs,
+             bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Share of prompts where a's response beats b's (ties count half), each prompt judged by every held-out
+    labeler and averaged; the 95% interval resamples prompts."""
+    per_prompt = []
+    for i, p in enumerate(prompts):
+        votes = [j.compare(p, a.rollout.texts[i], b.rollout.texts[i], (a.rollout.ended[i], b.rollout.ended[i]))
+                 for j in judges]
+        per_prompt.append(sum(votes) / len(votes))
+    rng = random.Random(seed)
+    n = len(per_prompt)
+    means = sorted(sum(per_prompt[rng.randrange(n)] for _ in range(n)) / n for _ in range(bootstrap))
+    return {"win_rate": sum(per_prompt) / n, "low": means[int(0.025 * bootstrap)],
+            "high": means[int(0.975 * bootstrap) - 1], "prompts": n}
+
+
+def policy_metrics(out: PolicyOutputs, prompts: list[Prompt], judges: list[SimulatedLabeler]) -> dict:
+    texts, ended = out.rollout.texts, out.rollout.ended
+    with_constraints = [i for i, p in enumerate(prompts) if p.meta.get("constraints")]
+    harmful = [i for i, p in enumerate(prompts) if p.meta.get("harmful")]
+    harmless = [i for i, p in enumerate(prompts) if not p.meta.get("harmful")]
+    likert = [sum(j.likert(j.quality(p, texts[i], ended[i])) for j in judges) / len(judges)
+              for i, p in enumerate(prompts)]
+
+    def share(idx, fn):
+        return sum(fn(i) for i in idx) / len(idx) if idx else None
+
+    return {
+        "likert": sum(likert) / len(likert),
+        "constraints_all_met": share(with_constraints, lambda i: satisfaction(prompts[i].meta["constraints"],
+                                                                               texts[i]) == 1.0),
+        "constraints_met": share(with_constraints, lambda i: satisfaction(prompts[i].meta["constraints"], texts[i])),
+        "refusal_harmful": share(harmful, lambda i: is_refusal(texts[i])),
+        "refusal_harmless": share(harmless, lambda i: is_refusal(texts[i])),
+        "no_eos": share(range(len(prompts)), lambda i: not ended[i]),
+        "response_words": share(range(len(prompts)), lambda i: len(texts[i].split())),
+    }

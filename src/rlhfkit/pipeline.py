@@ -1,0 +1,214 @@
+"""The whole InstructGPT loop on the bundled data, with simulated labelers: `rlhfkit demo`.
+
+  1. SFT on the demonstrations
+  2. sample K responses per RM prompt from the current policy; the simulated panel ranks them through the
+     labeling store (the same leases, validation and export as people in the browser); train the RM from
+     the SFT model on every ranking so far; normalise it on the demonstrations
+  3. PPO-ptx on the PPO prompts against that RM (round 1 also trains plain PPO, γ = 0, for the alignment tax)
+  4. evaluate on held-out prompts with held-out labelers: base vs SFT vs PPO
+  5. repeat 2-4 from the current policy (the paper's iteration), then write report.md
+
+Every stage writes into runs/<name>/ and is recorded in stages.json when it finishes; `--resume` skips
+finished stages and continues an interrupted trainer from its checkpoint. Each stage's output can be
+rerun alone with the stage's own command (the configs are saved beside the outputs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from importlib.resources import files
+from pathlib import Path
+
+from rlhfkit.config import DemoConfig, PPOConfig, RMConfig, SampleConfig, SFTConfig
+from rlhfkit.data import read_demonstrations, read_prompts, write_jsonl
+from rlhfkit.data.rankings import read_rankings
+from rlhfkit.data.records import Prompt
+from rlhfkit.feedback.export import agreement, export_rankings
+from rlhfkit.feedback.simulated import SimulatedLabeler, make_panel
+from rlhfkit.feedback.store import NotFound, Store
+from rlhfkit.train.common import console, make_progress
+
+
+class Run:
+    """The run folder and its record of finished stages."""
+
+    def __init__(self, cfg: DemoConfig):
+        self.dir = Path(cfg.runs_dir) / cfg.name
+        self.state_path = self.dir / "stages.json"
+        if self.state_path.exists() and not cfg.resume:
+            raise FileExistsError(f"{self.dir} holds an earlier run: pass --resume to continue it, or --name NEW")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.t0 = time.perf_counter()
+
+    def stage(self, name: str, fn):
+        if name in self.state:
+            console.print(f"[dim]{name}: done earlier, skipped[/dim]")
+            return self.state[name]["result"]
+        console.rule(f"[bold]{name}[/bold]  ({self._elapsed()} elapsed)")
+        start = time.perf_counter()
+        result = fn()
+        self.state[name] = {"result": result, "seconds": round(time.perf_counter() - start, 1)}
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, self.state_path)
+        return result
+
+    def _elapsed(self) -> str:
+        s = int(time.perf_counter() - self.t0)
+        return f"{s // 60}m{s % 60:02d}s"
+
+
+def bundled(name: str) -> Path:
+    return Path(str(files("rlhfkit") / "demo_data" / name))
+
+
+def prepare_data(run: Run, cfg: DemoConfig) -> dict:
+    """Split the bundled prompts, demonstrations and prose into the run's data/ folder."""
+    folder = run.dir / "data"
+    folder.mkdir(exist_ok=True)
+    prompts = read_prompts(bundled("prompts.jsonl")).records
+    by_split: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_split.setdefault(p.meta["split"], []).append(p)
+    limits = {"rm": cfg.rm_prompts, "eval": cfg.eval_prompts, "ppo": None, "sft": None}
+    for split, records in by_split.items():
+        by_split[split] = spread(records, limits.get(split))
+        write_jsonl(folder / f"{split}_prompts.jsonl", by_split[split])
+    demos = read_demonstrations(bundled("sft_demonstrations.jsonl")).records
+    demos += read_demonstrations(bundled("demonstrations.jsonl")).records  # the general hand-written ones
+    write_jsonl(folder / "demonstrations.jsonl", demos[: cfg.sft_demos])
+    lines = [ln for ln in bundled("prose.txt").read_text().splitlines() if ln.strip()]
+    held_out = [ln for i, ln in enumerate(lines) if i % 5 == 0]  # the alignment-tax text, never trained on
+    (folder / "ptx.txt").write_text("\n".join(ln for i, ln in enumerate(lines) if i % 5) + "\n")
+    (folder / "prose_heldout.txt").write_text("\n".join(held_out[: cfg.prose_lines]) + "\n")
+    sizes = {split: len(records) for split, records in by_split.items()}
+    return sizes | {"demonstrations": len(demos[: cfg.sft_demos])}
+
+
+def spread(records: list[Prompt], n: int | None) -> list[Prompt]:
+    """The first n prompts taking the categories in turn, so a small selection still covers every category."""
+    if n is None or n >= len(records):
+        return records
+    by_category: dict[str, list[Prompt]] = {}
+    for p in records:
+        by_category.setdefault(p.meta.get("category", ""), []).append(p)
+    queues = list(by_category.values())
+    out = []
+    while len(out) < n:
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
+def load_split(run: Run, split: str) -> list[Prompt]:
+    return read_prompts(run.dir / "data" / f"{split}_prompts.jsonl").records
+
+
+def label_with_panel(run: Run, cfg: DemoConfig, samples: Path, project: str, panel: list[SimulatedLabeler]) -> dict:
+    """Import the sampled comparisons as ranking tasks and let the panel label them through the store."""
+    store = Store(f"sqlite:///{run.dir / 'feedback.db'}")
+    prompts = {p.id: p for p in load_split(run, "rm")}
+    try:
+        store.project(project)
+    except NotFound:
+        store.add_project(project, overlap=cfg.label_overlap)
+    records = read_rankings(samples, require_ranks=False).records
+    store.import_tasks(project, [{"prompt": r.model_dump(mode="json")["prompt"], "responses": r.responses,
+                                  "sources": r.sources, "prompt_id": r.id} for r in records])
+    ids = {}
+    for lab in panel:
+        try:
+            ids[lab.name] = store.by_name(lab.name).id  # from an earlier round
+        except NotFound:
+            ids[lab.name] = store.add_labeler(lab.name)[0].id
+    active = list(panel)
+    with make_progress(True) as progress:
+        task = progress.add_task("label", total=len(records) * cfg.label_overlap, metrics="")
+        while active:
+            for lab in list(active):  # labelers take turns, as people working side by side would
+                a = store.lease_next(ids[lab.name], project)
+                if a is None:
+                    active.remove(lab)
+                    continue
+                with store.session() as s:
+                    _, t, _ = store.own_assignment(s, ids[lab.name], a.id)
+                    payload = t.payload
+                shown = [payload["responses"][i] for i in a.order]
+                ended = [payload["sources"][i].get("ended", True) for i in a.order]
+                judgement = lab.rank(prompts[payload["prompt_id"]], shown, ended)
+                store.submit(ids[lab.name], a.id, judgement, f"{project}-{a.id}")
+                progress.update(task, advance=1)
+    rankings = export_rankings(store, project)
+    write_jsonl(run.dir / f"{project}.jsonl", rankings)
+    agree = agreement(store, project)
+    store.engine.dispose()
+    return {"rankings": len(rankings), "agreement": agree["agreement"], "pairs": agree["pairs"],
+            "matrix": agree["matrix"], "by_labeler": agree["by_labeler"]}
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    from rlhfkit.evaluation.demo_report import write_report
+    from rlhfkit.train.sft import train_sft
+
+    cfg = cfg.sized()
+    run = Run(cfg)
+    cfg.save(run.dir / "demo.yaml")
+    d = run.dir
+    sizes = run.stage("data", lambda: prepare_data(run, cfg))
+    console.print(f"data: {sizes}")
+    panel = make_panel(cfg.panel_size, cfg.seed, "labeler", noise=cfg.panel_noise)
+    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
+
+    run.stage("sft", lambda: str(train_sft(SFTConfig(
+        model=cfg.model, data=str(d / "data/demonstrations.jsonl"), output_dir=str(d / "sft"), epochs=cfg.sft_epochs,
+        lr=cfg.sft_lr, batch_size=8, max_length=384, warmup_ratio=0.1, eval_fraction=0.05, eval_every=0,
+        save_every=25, seed=cfg.seed, resume=True)).output_dir))
+    policy = str(d / "sft")
+    for r in range(1, cfg.rounds + 1):
+        policy = run_round(run, cfg, r, policy, panel, judges)
+    report = run.stage("report", lambda: str(write_report(run.dir, cfg, run.state)))
+    console.print(f"demo: done in {run._elapsed()}; report in {report}")
+    return Path(report)
+
+
+def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[SimulatedLabeler],
+              judges: list[SimulatedLabeler]) -> str:
+    """Steps 2-4 from `policy`: comparisons sampled from it, the RM, PPO-ptx, evaluation. Returns the new policy."""
+    from rlhfkit.evaluation.demo_report import evaluate_round
+    from rlhfkit.sampling import sample_rankings
+    from rlhfkit.train.ppo import train_ppo
+    from rlhfkit.train.reward import train_reward
+
+    d, here = run.dir, run.dir / f"round{r}"
+    common = {"seed": cfg.seed, "resume": True}  # a stage that did not finish continues from its checkpoint
+    samples = here / "samples.jsonl"
+    run.stage(f"round{r}/sample", lambda: sample_rankings(SampleConfig(
+        model=policy, prompts=str(d / "data/rm_prompts.jsonl"), output=str(samples), k=cfg.k,
+        temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r, resume=True)))
+    run.stage(f"round{r}/label", lambda: label_with_panel(run, cfg, samples, f"rm-round{r}", panel))
+    # the RM is trained again from the SFT model on every comparison collected so far
+    rankings = here / "rankings.jsonl"
+    write_jsonl(rankings, [x for i in range(1, r + 1) for x in read_rankings(d / f"rm-round{i}.jsonl").records])
+    run.stage(f"round{r}/rm", lambda: train_reward(RMConfig(
+        model=str(d / "sft"), data=str(rankings), demos=str(d / "data/demonstrations.jsonl"),
+        output_dir=str(here / "rm"), epochs=cfg.rm_epochs, lr=cfg.rm_lr, batch_size=8, max_length=384,
+        eval_fraction=0.1, eval_every=0, save_every=50, **common)).eval_metrics)
+
+    def ppo(out: Path, ptx: float) -> dict:
+        result = train_ppo(PPOConfig(
+            policy=policy, reference=str(d / "sft"), reward_model=str(here / "rm"),
+            prompts=str(d / "data/ppo_prompts.jsonl"), ptx_data=str(d / "data/ptx.txt"), ptx_coef=ptx,
+            output_dir=str(out), iterations=cfg.ppo_iterations, rollout_batch=cfg.ppo_rollout_batch,
+            minibatch_size=8, ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.max_new_tokens, lr=cfg.ppo_lr,
+            kl_coef=cfg.kl_coef, save_every=4, samples_every=4, **common))
+        return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
+
+    run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ptx_coef))
+    if r == 1 and cfg.compare_without_ptx:
+        run.stage("round1/ppo-no-ptx", lambda: ppo(here / "ppo-no-ptx", 0.0))
+    run.stage(f"round{r}/eval", lambda: evaluate_round(d, cfg, r, judges))
+    return str(here / "ppo")
