@@ -84,6 +84,7 @@ def run(db_url: str, args, think: float) -> dict:
         try:
             with LabelingClient(base, tokens[i]) as client:
                 start.wait()
+                time.sleep(think * rng.random())  # people arrive over a moment, not all in the same millisecond
                 while True:
                     t0 = time.perf_counter()
                     task = client.next_task("load")

@@ -333,8 +333,11 @@ class Store:
                 seen = select(Assignment.task_id).where(Assignment.labeler_id == labeler_id)
                 taken = (select(func.count()).where(Assignment.task_id == Task.id, Assignment.slot.is_not(None))
                          .correlate(Task).scalar_subquery())
+                # SKIP LOCKED (PostgreSQL): labelers asking at the same moment each lock a different task
+                # instead of all racing for the first one; SQLite runs one write transaction at a time anyway.
                 task = s.scalar(select(Task).where(Task.project_id == p.id, Task.id.not_in(seen), taken < p.overlap)
-                                .order_by(Task.priority.desc(), Task.id).limit(1))
+                                .order_by(Task.priority.desc(), Task.id).limit(1)
+                                .with_for_update(of=Task, skip_locked=True))
                 if task is None:
                     return None
                 used = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id,
