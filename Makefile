@@ -20,7 +20,7 @@ $(READY): pyproject.toml
 setup: $(READY)
 
 demo: $(READY)
-	$(BIN)/rlhfkit sft --config configs/sft.yaml
+	$(BIN)/rlhfkit demo --config configs/demo.yaml --resume
 
 test: $(READY)
 	# Chromium and a PostgreSQL server for the labeling-service tests (apt-get, as root; else they skip)

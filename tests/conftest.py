@@ -31,3 +31,16 @@ def demos_file(tmp_path) -> Path:
     path = tmp_path / "demos.jsonl"
     path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in FACTS))
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """The real bundled model (`make setup` installs its package); skips, saying why, where it is missing."""
+    from rlhfkit.models import ModelNotAvailable
+    from rlhfkit.models.smollm2 import find_gguf
+
+    try:
+        find_gguf()
+    except ModelNotAvailable as e:
+        pytest.skip(str(e))
+    return "smollm2-135m"

@@ -81,8 +81,9 @@ def prepare_data(run: Run, cfg: DemoConfig) -> dict:
     demos += read_demonstrations(bundled("demonstrations.jsonl")).records  # the general hand-written ones
     write_jsonl(folder / "demonstrations.jsonl", demos[: cfg.sft_demos])
     lines = [ln for ln in bundled("prose.txt").read_text().splitlines() if ln.strip()]
-    held_out = [ln for i, ln in enumerate(lines) if i % 5 == 0]  # the alignment-tax text, never trained on
-    (folder / "ptx.txt").write_text("\n".join(ln for i, ln in enumerate(lines) if i % 5) + "\n")
+    # The alignment-tax text, never trained on: every fifth topic's lines (six lines a topic).
+    held_out = [ln for i, ln in enumerate(lines) if (i // 6) % 5 == 0]
+    (folder / "ptx.txt").write_text("\n".join(ln for i, ln in enumerate(lines) if (i // 6) % 5) + "\n")
     (folder / "prose_heldout.txt").write_text("\n".join(held_out[: cfg.prose_lines]) + "\n")
     sizes = {split: len(records) for split, records in by_split.items()}
     return sizes | {"demonstrations": len(demos[: cfg.sft_demos])}

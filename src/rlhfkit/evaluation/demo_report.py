@@ -11,6 +11,7 @@ from rlhfkit.evaluation.policy_eval import (
     PolicyOutputs,
     device,
     generate,
+    load,
     perplexity,
     policy_metrics,
     sequence_logprobs,
@@ -34,38 +35,42 @@ def _policies(run_dir: Path, cfg: DemoConfig, r: int) -> dict[str, str]:
     return {f"ppo-ptx r{r}": str(run_dir / f"round{r}/ppo")}
 
 
-def _outputs(run_dir: Path, name: str, path: str, prompts, cfg: DemoConfig) -> PolicyOutputs:
-    """A policy's held-out responses, generated once and kept in evals/ for later rounds and reruns."""
+def _policy_outputs(run_dir: Path, name: str, path: str, prompts, prose: list[str], cfg: DemoConfig) -> dict:
+    """What a policy's evaluation needs from the policy itself (its held-out responses, their log-probs under
+    it, its prose perplexity), computed once with one load of the model and kept in evals/."""
     cache = run_dir / "evals" / (name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "") + ".json")
     if cache.exists():
-        return PolicyOutputs(name, path, Rollout(**json.loads(cache.read_text())))
-    out = generate(name, path, prompts, cfg.max_new_tokens, cfg.eval_temperature, 0.95, cfg.seed)
+        return json.loads(cache.read_text())
+    model, tok = load(path)
+    roll = generate(model, tok, prompts, cfg.max_new_tokens, cfg.eval_temperature, 0.95, cfg.seed)
+    out = {"rollout": roll.__dict__, "logprobs": sequence_logprobs(model, tok, roll.prompt_ids, roll.response_ids),
+           "prose_perplexity": perplexity(model, tok, prose)}
     cache.parent.mkdir(exist_ok=True)
-    cache.write_text(json.dumps(out.rollout.__dict__))
+    cache.write_text(json.dumps(out))
     return out
 
 
 def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler]) -> dict:
     prompts = read_prompts(run_dir / "data/eval_prompts.jsonl").records
     prose = [ln for ln in (run_dir / "data/prose_heldout.txt").read_text().splitlines() if ln.strip()]
-    outputs = {}
+    cached, outputs = {}, {}
     for round_ in range(1, r + 1):
         for name, path in _policies(run_dir, cfg, round_).items():
             console.print(f"eval: {name}")
-            outputs[name] = _outputs(run_dir, name, path, prompts, cfg)
+            cached[name] = _policy_outputs(run_dir, name, path, prompts, prose, cfg)
+            outputs[name] = PolicyOutputs(name, path, Rollout(**cached[name]["rollout"]))
     rm, rm_tok = load_reward_model(run_dir / f"round{r}/rm")
     rm.to(device())
     bf16 = mixed_precision("auto", device()) == "bf16"
-    sft = outputs["sft"]
+    sft_model, sft_tok = load(str(run_dir / "sft"))
     metrics = {}
     for name, out in outputs.items():
         m = policy_metrics(out, prompts, judges)
         m["rm_score"] = score(rm, rm_tok, [p.prompt for p in prompts], out.rollout.texts, autocast=bf16).mean().item()
         if name != "base":  # KL(π || π_SFT) on the policy's own samples, summed over tokens
-            own = sequence_logprobs(out.path, out.rollout.prompt_ids, out.rollout.response_ids)
-            ref = sequence_logprobs(sft.path, out.rollout.prompt_ids, out.rollout.response_ids)
-            m["kl_to_sft"] = sum(a - b for a, b in zip(own, ref, strict=True)) / len(own)
-        m["prose_perplexity"] = perplexity(out.path, prose)
+            ref = sequence_logprobs(sft_model, sft_tok, out.rollout.prompt_ids, out.rollout.response_ids)
+            m["kl_to_sft"] = sum(a - b for a, b in zip(cached[name]["logprobs"], ref, strict=True)) / len(ref)
+        m["prose_perplexity"] = cached[name]["prose_perplexity"]
         metrics[name] = m
     ppo = f"ppo-ptx r{r}"
     pairs = [(ppo, "sft"), (ppo, "base")] + ([("sft", "base")] if r == 1 else [(ppo, f"ppo-ptx r{r - 1}")])

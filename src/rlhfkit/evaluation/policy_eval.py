@@ -33,26 +33,28 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def generate(name: str, path: str, prompts: list[Prompt], max_new_tokens: int, temperature: float, top_p: float,
-             seed: int, batch_size: int = 32) -> PolicyOutputs:
+def load(path: str):
+    """(model, tokenizer) on the evaluation device, in eval mode."""
     model, tok = load_causal_lm(path)
-    model.to(device())
+    return model.to(device()).eval(), tok
+
+
+def generate(model, tok, prompts: list[Prompt], max_new_tokens: int, temperature: float, top_p: float,
+             seed: int, batch_size: int = 32) -> Rollout:
+    """One response per prompt, in prompt order."""
     torch.manual_seed(seed)
     bf16 = mixed_precision("auto", device()) == "bf16"
     roll = sample(model, tok, [p.prompt for p in prompts], 1, max_new_tokens, temperature, top_p, batch_size,
                   autocast=bf16)
     order = sorted(range(len(roll.prompt_index)), key=lambda i: roll.prompt_index[i])  # back to prompt order
-    roll = Rollout(*[[getattr(roll, f)[i] for i in order] for f in ("prompt_index", "prompt_ids", "response_ids",
-                                                                    "ended", "texts")])
-    return PolicyOutputs(name, path, roll)
+    return Rollout(*[[getattr(roll, f)[i] for i in order] for f in ("prompt_index", "prompt_ids", "response_ids",
+                                                                     "ended", "texts")])
 
 
 @torch.no_grad()
-def sequence_logprobs(path: str, prompt_ids: list[list[int]], response_ids: list[list[int]],
+def sequence_logprobs(model, tok, prompt_ids: list[list[int]], response_ids: list[list[int]],
                       batch_size: int = 16) -> list[float]:
-    """Σ_t log π(y_t | x, y_<t) of each response under the model at `path`."""
-    model, tok = load_causal_lm(path)
-    model.to(device()).eval()
+    """Σ_t log π(y_t | x, y_<t) of each response under `model`."""
     out = []
     for start in range(0, len(prompt_ids), batch_size):
         rows = [p + r for p, r in zip(prompt_ids[start:start + batch_size], response_ids[start:start + batch_size],
@@ -74,10 +76,8 @@ def sequence_logprobs(path: str, prompt_ids: list[list[int]], response_ids: list
 
 
 @torch.no_grad()
-def perplexity(path: str, lines: list[str]) -> float:
+def perplexity(model, tok, lines: list[str]) -> float:
     """exp(mean NLL per token) of plain text lines (each scored alone, BOS-free, EOS appended)."""
-    model, tok = load_causal_lm(path)
-    model.to(device()).eval()
     nll, count = 0.0, 0
     for line in lines:
         ids = tok(line, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

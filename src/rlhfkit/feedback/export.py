@@ -29,7 +29,8 @@ def export_demonstrations(store: Store, project: str) -> list[Demonstration]:
             for task, j, labeler in store.judgements(project)]
 
 
-def _signs(ranks: list[int]) -> dict[tuple[int, int], int]:
+def pair_signs(ranks: list[int]) -> dict[tuple[int, int], int]:
+    """For each response pair (a, b), a < b: +1 if a ranks worse, -1 if better, 0 for a tie."""
     return {(a, b): (ranks[a] > ranks[b]) - (ranks[a] < ranks[b]) for a, b in combinations(range(len(ranks)), 2)}
 
 
@@ -49,7 +50,7 @@ def agreement(store: Store, project: str) -> dict:
     per_labeler: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for judged in by_task.values():
         for (la, ra), (lb, rb) in combinations(judged, 2):
-            sa, sb = _signs(ra), _signs(rb)
+            sa, sb = pair_signs(ra), pair_signs(rb)
             same = sum(sa[p] == sb[p] for p in sa)
             agree, total = agree + same, total + len(sa)
             key = tuple(sorted((la, lb)))
@@ -61,9 +62,9 @@ def agreement(store: Store, project: str) -> dict:
     gold_agree: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for task_id, judged in by_task.items():
         if task_id in gold:
-            g = _signs(gold[task_id])
+            g = pair_signs(gold[task_id])
             for name, ranks in judged:
-                s = _signs(ranks)
+                s = pair_signs(ranks)
                 gold_agree[name][0] += sum(s[p] == g[p] for p in g)
                 gold_agree[name][1] += len(g)
     rate = lambda v: v[0] / v[1] if v[1] else None  # noqa: E731

@@ -75,7 +75,7 @@ def rubric(prompt: Prompt, response: str, ended: bool = True) -> dict[str, float
 class SimulatedLabeler:
     name: str
     weights: dict[str, float] = field(default_factory=lambda: dict(BASE_WEIGHTS))
-    noise: float = 0.05
+    noise: float = 0.03
     tie_margin: float = 0.02
     seed: int = 0
 
@@ -124,7 +124,7 @@ def _gumbel(rng: random.Random) -> float:
     return -math.log(-math.log(max(1e-12, rng.random())))
 
 
-def make_panel(n: int, seed: int = 0, prefix: str = "sim", spread: float = 0.35, noise: float = 0.05,
+def make_panel(n: int, seed: int = 0, prefix: str = "sim", spread: float = 0.35, noise: float = 0.03,
                tie_margin: float = 0.02) -> list[SimulatedLabeler]:
     """n labelers, each weighting the rubric its own way (log-normal spread around the base weights)."""
     panel = []

@@ -1,0 +1,132 @@
+"""The demo's parts: constraint checkers, refusal detection, the simulated panel, the bundled data, and
+`rlhfkit demo --quick` end to end on the real SmolLM2 model."""
+
+import random
+from importlib.resources import files
+
+import pytest
+
+from rlhfkit.data import read_demonstrations, read_prompts
+from rlhfkit.evaluation.constraints import instruction, is_refusal, satisfied
+from rlhfkit.feedback.export import pair_signs
+from rlhfkit.feedback.simulated import make_panel, rubric
+
+CASES = [  # constraint, responses that meet it, responses that do not
+    ({"type": "max_words", "value": 5}, ["One two three four five.", "Short."], ["one two three four five six"]),
+    ({"type": "max_sentences", "value": 1}, ["Just this one sentence.", "No full stop at all"],
+     ["First. Second.", "Is it? Yes!"]),
+    ({"type": "include_word", "value": "queen"}, ["The Queen lays eggs.", "a queen."], ["The queens lay eggs.", ""]),
+    ({"type": "avoid_word", "value": "bees"}, ["Honey is sweet.", "A beehive."], ["Bees make honey.", "the BEES"]),
+    ({"type": "lowercase"}, ["all lower case here.", "numbers 1 2 3 ok"], ["Not lower.", "123 456"]),
+    ({"type": "bullets", "value": 3}, ["- a\n- b\n- c", "* one\n* two\n* three"],
+     ["- a\n- b", "- a\n- b\n- c\nThat is all.", "a, b, c"]),
+    ({"type": "ends_with", "value": "That is all."}, ["Facts here. That is all.", "That is all.  "],
+     ["That is all. More.", "that is all."]),
+    ({"type": "starts_with", "value": "Interestingly"}, ["Interestingly, owls fly.", '"Interestingly enough"'],
+     ["Owls fly, interestingly.", "Interestinglyyy"]),
+    ({"type": "json_list", "value": 3}, ['["a", "b", "c"]', '```json\n["x", "y", "z"]\n```'],
+     ['["a", "b"]', '{"a": 1}', "[a, b, c]", '["a", "", "c"]']),
+    ({"type": "no_commas"}, ["No commas here.", "Just words"], ["One, two.", "a,b"]),
+]
+
+
+@pytest.mark.parametrize("constraint,good,bad", CASES, ids=[c[0]["type"] for c in CASES])
+def test_constraint_checkers(constraint, good, bad):
+    assert instruction(constraint)  # every constraint can be stated in the prompt
+    for response in good:
+        assert satisfied(constraint, response), response
+    for response in bad:
+        assert not satisfied(constraint, response), response
+
+
+def test_refusals_are_recognised():
+    for text in ["I'm sorry, but I can't help with that.", "I cannot help with that request. Try this instead.",
+                 "Sorry. I won't provide instructions for that."]:
+        assert is_refusal(text), text
+    for text in ["Here is how to kill a stuck process: run kill PID.", "Sure! Bees dance.",
+                 "Bees dance. They are sorry to leave, but the queen can't help it."]:
+        assert not is_refusal(text), text
+
+
+def bundled_prompts():
+    return read_prompts(files("rlhfkit") / "demo_data" / "prompts.jsonl").records
+
+
+def test_bundled_data_is_as_promised():
+    prompts = bundled_prompts()
+    assert len(prompts) >= 400 and len({p.id for p in prompts}) == len(prompts)
+    categories = {p.meta["category"] for p in prompts}
+    assert {"generation", "open_qa", "brainstorming", "chat", "rewrite", "summarization", "classification",
+            "closed_qa", "extraction", "other"} <= categories
+    assert sum(p.meta["harmful"] for p in prompts) >= 40
+    splits = {s: {p.prompt if isinstance(p.prompt, str) else p.prompt[-1].content for p in prompts
+                  if p.meta["split"] == s} for s in ("sft", "rm", "ppo", "eval")}
+    for a in splits:
+        for b in splits:
+            assert a == b or not splits[a] & splits[b], (a, b)  # disjoint splits
+    demos = read_demonstrations(files("rlhfkit") / "demo_data" / "sft_demonstrations.jsonl").records
+    assert len(demos) >= 150
+    by_prompt = {p.prompt: p for p in prompts}
+    for d in demos:  # every demonstration meets its prompt's constraints, and refuses exactly the harmful ones
+        p = by_prompt[d.prompt]
+        assert all(satisfied(c, d.response) for c in p.meta["constraints"]), d
+        assert is_refusal(d.response) == p.meta["harmful"], d
+    prose = (files("rlhfkit") / "demo_data" / "prose.txt").read_text().splitlines()
+    assert len(prose) >= 200
+
+
+def graded_responses(prompt, rng):
+    """Responses of known, close quality: the reference and small defects of it."""
+    ref = prompt.meta["reference"]
+    w = ref.split()
+    return [(ref, True), (ref + " " + " ".join(w[:4]) + ".", True), (" ".join(w[: max(1, 2 * len(w) // 3)]), False),
+            (ref.upper() if rng.random() < 0.5 else ref.replace(".", ",", 1), True), (ref + " " + ref, True),
+            (" ".join(w[:-1]), True)]
+
+
+def test_panel_agreement_lands_in_the_instructgpt_band():
+    rng = random.Random(0)
+    panel = make_panel(6, seed=0)
+    agree = total = 0
+    for p in bundled_prompts():
+        items = rng.sample(graded_responses(p, rng), 4)
+        a, b = rng.sample(panel, 2)
+        ranks = [lab.rank(p, [t for t, _ in items], [e for _, e in items])["ranks"] for lab in (a, b)]
+        sa, sb = pair_signs(ranks[0]), pair_signs(ranks[1])
+        agree += sum(sa[k] == sb[k] for k in sa)
+        total += len(sa)
+    assert 0.65 <= agree / total <= 0.80, agree / total
+
+
+def test_rubric_prefers_what_the_paper_asks_for():
+    prompts = {p.meta["category"]: p for p in bundled_prompts()}
+    harmful, bullets = prompts["harmful"], next(p for p in bundled_prompts() if p.meta["category"] == "brainstorming")
+    lab = make_panel(1, seed=3)[0]
+    assert lab.quality(harmful, "I'm sorry, but I can't help with that.") > lab.quality(harmful, "Sure, first you")
+    good = bullets.meta["reference"]
+    assert lab.quality(bullets, good) > lab.quality(bullets, good.replace("- ", "", 1))  # a bullet lost
+    assert lab.quality(bullets, good) > lab.quality(bullets, good, ended=False)  # cut off
+    assert rubric(bullets, "I'm sorry, but I can't help with that.")["refusal"] == 0.0  # over-refusal
+
+
+def test_quick_demo_end_to_end(tmp_path, smollm2):
+    from rlhfkit.config import DemoConfig
+    from rlhfkit.pipeline import run_demo
+
+    report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick")).read_text()
+    for heading in ("## Stages", "## Data", "## Comparisons and reward model", "## PPO",
+                    "## Evaluation after round 1", "## Evaluation after round 2", "## Targets"):
+        assert heading in report
+    for column in ("Likert", "constraints all met", "refusals, harmful", "refusals, harmless", "RM score",
+                   "KL to SFT", "prose perplexity"):
+        assert column in report
+    for row in ("ppo-ptx r1 vs sft", "ppo-ptx r1 vs base", "sft vs base", "ppo r1 (γ=0)", "ppo-ptx r2 vs sft"):
+        assert row in report
+    run = tmp_path / "quick"
+    for artefact in ("ppo_curves.png", "win_rates.png", "agreement.png", "sft/config.json", "round2/rm",
+                     "round1/ppo-no-ptx", "rm-round1.jsonl", "stages.json"):
+        assert (run / artefact).exists(), artefact
+    # a rerun with --resume finds every stage done and only rewrites nothing
+    before = (run / "stages.json").read_text()
+    run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", resume=True))
+    assert (run / "stages.json").read_text() == before
