@@ -107,3 +107,27 @@ def test_every_option_runs(tmp_path, tiny_llama, prompts_file, tiny_rm, options)
     model, _ = load_causal_lm(result.output_dir)
     assert not hasattr(model, "peft_config")  # LoRA adapters merged into the published policy
     assert (result.output_dir / "value").exists() != bool(options.get("shared_value_head"))
+
+
+def test_trimmed_minibatches_match_the_full_width_forward(tiny_llama):
+    # Rows are cut to the columns they use (less padding to compute); their log-probs and values must not move.
+    from rlhfkit.rollout import Rollout
+    from rlhfkit.train.ppo import PolicyModule, build_batch, in_chunks, trimmed
+
+    model, tok = load_causal_lm(tiny_llama)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [5, 6], [7, 8, 9], [12]]
+    responses = [[20, 21], [22, 23, 24, 25, 26], [27], [28, 29, 30]]
+    roll = Rollout([0, 1, 2, 3], prompts, responses, [True] * 4, ["a", "b", "c", "d"])
+    batch = build_batch(roll, ["a", "b", "c", "d"], tok.pad_token_id, torch.device("cpu"))
+    module = PolicyModule(model.eval(), torch.nn.Linear(model.config.hidden_size, 1))
+    with torch.no_grad():
+        full = module(batch.input_ids, batch.attention_mask, batch.position_ids, batch.start, 1.0)
+        for idx in (torch.tensor([1, 2]), torch.tensor([3, 0]), torch.tensor([2])):
+            part = trimmed(module, batch, idx, 1.0)
+            m = batch.mask[idx] > 0
+            for key in ("logprobs", "values", "entropy"):
+                torch.testing.assert_close(part[key][m], full[key][idx][m], atol=1e-5, rtol=1e-4)
+            assert part["logprobs"].shape == full["logprobs"][idx].shape
+        chunked = in_chunks(module, batch, 2, 1.0)
+        m = batch.mask > 0
+        torch.testing.assert_close(chunked["logprobs"][m], full["logprobs"][m], atol=1e-5, rtol=1e-4)

@@ -68,10 +68,11 @@ class PolicyModule(nn.Module):
     """The trained policy behind one forward (DDP hooks one forward per backward): log-probs and entropy of
     the response tokens, values when the value head shares the backbone, and the ptx NLL when given."""
 
-    def __init__(self, model: nn.Module, value_head: nn.Linear | None = None):
+    def __init__(self, model: nn.Module, value_head: nn.Linear | None = None, entropy_grad: bool = False):
         super().__init__()
         self.model = model
         self.value_head = value_head
+        self.entropy_grad = entropy_grad  # without an entropy bonus it is only logged: no graph over the vocabulary
 
     def forward(self, input_ids, attention_mask, position_ids, start: int, temperature: float, ptx=None) -> dict:
         t = input_ids.shape[1] - start
@@ -79,10 +80,9 @@ class PolicyModule(nn.Module):
                          use_cache=False, logits_to_keep=t + 1, output_hidden_states=self.value_head is not None)
         logits = out.logits[:, :-1].float() / temperature  # position start-1+i predicts response token i
         logp = F.log_softmax(logits, dim=-1)
-        result = {
-            "logprobs": logp.gather(-1, input_ids[:, start:, None]).squeeze(-1),
-            "entropy": -(logp.exp() * logp).sum(-1),
-        }
+        with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):
+            entropy = -(logp.exp() * logp).sum(-1)
+        result = {"logprobs": logp.gather(-1, input_ids[:, start:, None]).squeeze(-1), "entropy": entropy}
         if self.value_head is not None:
             hidden = out.hidden_states[-1][:, start - 1 : -1]
             result["values"] = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
@@ -119,8 +119,48 @@ class RolloutBatch:
     responses: list[str]
     ended: torch.Tensor  # (B,) bool
 
-    def rows(self, idx: torch.Tensor) -> tuple:
-        return self.input_ids[idx], self.attention_mask[idx], self.position_ids[idx]
+    def view(self, idx) -> tuple[tuple, int, int]:
+        """Rows `idx` without the columns that are padding in every one of them: ((ids, mask, positions),
+        start, response length). Prompts are left-padded and responses right-padded to the whole batch's
+        longest, so a minibatch of shorter rows would otherwise pay for columns of padding."""
+        attn = self.attention_mask[idx]
+        used = attn.any(0).nonzero().squeeze(-1)
+        first, last = int(used[0]), max(int(used[-1]) + 1, self.start + 1)
+        cols = slice(first, last)
+        return (self.input_ids[idx][:, cols], attn[:, cols], self.position_ids[idx][:, cols]), self.start - first, \
+            last - self.start
+
+
+def trimmed(fn, batch: RolloutBatch, idx, *args):
+    """`fn(ids, mask, positions, start, *args)` on rows `idx` without their all-padding columns; outputs of shape
+    (rows, response length) come back padded to the batch's response length."""
+    rows, start, t = batch.view(idx)
+    out = fn(*rows, start, *args)
+    full = batch.mask.shape[1]
+
+    def pad(x):
+        return F.pad(x, (0, full - t)) if x.dim() == 2 else x
+
+    return {k: pad(v) for k, v in out.items()} if isinstance(out, dict) else pad(out)
+
+
+def in_chunks(fn, batch: RolloutBatch, size: int, *args):
+    """`trimmed` over the whole batch in chunks of rows of similar length (no gradients needed: scoring)."""
+    lengths = batch.attention_mask.sum(1).tolist()
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    parts = [(idx, trimmed(fn, batch, torch.tensor(idx, device=batch.mask.device), *args))
+             for idx in (order[i : i + size] for i in range(0, len(order), size))]
+    first = parts[0][1]
+    if isinstance(first, dict):
+        return {k: _gather([(idx, p[k]) for idx, p in parts], len(order)) for k in first}
+    return _gather(parts, len(order))
+
+
+def _gather(parts: list, n: int) -> torch.Tensor:
+    out = parts[0][1].new_zeros((n, *parts[0][1].shape[1:]))
+    for idx, p in parts:
+        out[torch.tensor(idx, device=out.device)] = p
+    return out
 
 
 def build_batch(roll, prompts_text: list[str], pad_id: int, device) -> RolloutBatch:
@@ -218,7 +258,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             value_rm = reward_model_from_causal_lm(cfg.policy)[0]
         value_model = ValueModel(value_rm)
 
-    module = PolicyModule(policy, value_head)
+    module = PolicyModule(policy, value_head, entropy_grad=cfg.entropy_coef > 0)
     ptx_rows = read_ptx(cfg.ptx_data, tokenizer, cfg.ptx_max_length) if cfg.ptx_data and cfg.ptx_coef > 0 else None
 
     n_minibatches = math.ceil(cfg.rollout_batch / cfg.minibatch_size)
@@ -288,16 +328,16 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
 
             # ---- 2. score: old log-probs, reference log-probs, values, RM scores ----
             t0 = time.perf_counter()
+            chunk = max(8, cfg.minibatch_size)
             with torch.no_grad(), acc.autocast():
-                fwd = plain_policy(*batch.rows(slice(None)), batch.start, cfg.temperature)
+                fwd = in_chunks(plain_policy, batch, chunk, cfg.temperature)
                 old_logprobs = fwd["logprobs"]
                 if reference is not None:
-                    ref_logprobs = PolicyModule(reference)(*batch.rows(slice(None)), batch.start,
-                                                           cfg.temperature)["logprobs"]
+                    ref_logprobs = in_chunks(PolicyModule(reference), batch, chunk, cfg.temperature)["logprobs"]
                 else:
                     with plain_policy.model.disable_adapter():
-                        ref_logprobs = plain_policy(*batch.rows(slice(None)), batch.start, cfg.temperature)["logprobs"]
-                values = fwd["values"] if value_head is not None else plain_value(*batch.rows(slice(None)), batch.start)
+                        ref_logprobs = in_chunks(plain_policy, batch, chunk, cfg.temperature)["logprobs"]
+                values = fwd["values"] if value_head is not None else in_chunks(plain_value, batch, chunk)
                 if reward_fn is not None:
                     scores = reward_fn(batch.prompts, batch.responses).to(acc.device).float()
                 else:
@@ -343,7 +383,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
                         ptx = (pb.input_ids, pb.position_ids, shifted_targets(pb.labels), n_targets / world)
                     if train_policy or value_head is not None:  # during value warm-up only the values learn
                         with acc.autocast():
-                            out = module(*batch.rows(mb), batch.start, cfg.temperature, ptx)
+                            out = trimmed(module, batch, mb, cfg.temperature, ptx)
                         new_logprobs = out["logprobs"].float()
                         pg_loss, clipfrac = ppo_policy_loss(new_logprobs, old_logprobs[mb], advantages[mb], m,
                                                             cfg.clip_eps)
@@ -371,7 +411,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
 
                     if value_model is not None:
                         with acc.autocast():
-                            new_values = value_model(*batch.rows(mb), batch.start).float()
+                            new_values = trimmed(value_model, batch, mb).float()
                         vf_loss = ppo_value_loss(new_values, values[mb], returns[mb], m, cfg.value_clip_eps)
                         check_finite(vf_loss.item(), "the value loss", iteration + 1, checkpoints.latest())
                         acc.backward(vf_loss * scale)
