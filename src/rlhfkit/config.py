@@ -221,7 +221,7 @@ class DemoConfig(StageConfig):
     sft_lr: float = Field(5e-5, description="SFT learning rate.")
     sft_demos: int | None = Field(None, description="Use only the first N demonstrations.")
     # 2. comparisons and the reward model
-    rm_prompts: int | None = Field(None, description="RM-split prompts to sample comparisons for (default all).")
+    rm_prompts: int | None = Field(80, description="RM-split prompts to sample comparisons for (None: all 121).")
     k: int = Field(4, ge=2, le=9, description="Responses sampled per prompt for the labelers to rank.")
     sample_temperature: float = Field(1.0, gt=0, description="Temperature when sampling comparisons.")
     max_new_tokens: int = Field(48, ge=8, description="Longest response in sampling, PPO and evaluation.")
@@ -232,9 +232,9 @@ class DemoConfig(StageConfig):
     rm_epochs: float = Field(1.0, gt=0, description="RM passes over the rankings.")
     rm_lr: float = Field(2e-5, description="RM learning rate.")
     # 3. PPO-ptx
-    ppo_iterations: int = Field(12, ge=1, description="PPO iterations per round.")
+    ppo_iterations: int = Field(10, ge=1, description="PPO iterations per round.")
     ppo_rollout_batch: int = Field(16, ge=1, description="Prompts per PPO iteration.")
-    ppo_epochs: int = Field(2, ge=1, description="PPO passes over each rollout batch.")
+    ppo_epochs: int = Field(1, ge=1, description="PPO passes over each rollout batch.")
     ppo_lr: float = Field(1e-5, description="Policy learning rate.")
     kl_coef: float = Field(0.05, ge=0, description="β, the per-token KL penalty to π_SFT.")
     ptx_coef: float = Field(0.5, ge=0, description="γ, the weight of the pretraining (prose) NLL.")

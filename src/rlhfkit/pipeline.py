@@ -205,7 +205,7 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
             prompts=str(d / "data/ppo_prompts.jsonl"), ptx_data=str(d / "data/ptx.txt"), ptx_coef=ptx,
             output_dir=str(out), iterations=cfg.ppo_iterations, rollout_batch=cfg.ppo_rollout_batch,
             minibatch_size=8, ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.max_new_tokens, lr=cfg.ppo_lr,
-            kl_coef=cfg.kl_coef, save_every=4, samples_every=4, **common))
+            kl_coef=cfg.kl_coef, save_every=5, samples_every=5, **common))
         return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
 
     run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ptx_coef))
