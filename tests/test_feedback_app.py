@@ -125,3 +125,14 @@ def test_admin_page_plots_throughput_and_agreement(app):
     page = client_for(app, "root", role="admin").get("/admin").text
     src = re.search(r'<img class="plot" src="data:image/png;base64,([^"]+)"', page).group(1)
     assert base64.b64decode(src).startswith(b"\x89PNG")
+
+
+def test_json_next_task_route_checks_sign_in_and_project(app):
+    anonymous = TestClient(app, follow_redirects=False)
+    assert anonymous.get("/api/projects/p/next").status_code == 401  # JSON routes answer, never redirect
+    ann = client_for(app, "ann")
+    assert ann.get("/api/projects/nope/next").status_code == 404
+    task = ann.get("/api/projects/p/next").json()["task"]
+    assert sorted(task["responses"]) == sorted(XSS) and task["csrf"] and task["kind"] == "ranking"
+    again = ann.get("/api/projects/p/next").json()["task"]
+    assert again["assignment"] == task["assignment"]  # the open lease comes back, not a second task
