@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -43,13 +44,17 @@ class Run:
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         self.t0 = time.perf_counter()
 
-    def stage(self, name: str, fn):
+    def stage(self, name: str, fn, trainer_dir: Path | None = None):
+        """Run `fn` unless an earlier run finished it. A trainer's checkpoints (weights and optimiser
+        states: gigabytes) are dropped once its stage is done; the model it published stays."""
         if name in self.state:
             console.print(f"[dim]{name}: done earlier, skipped[/dim]")
             return self.state[name]["result"]
         console.rule(f"[bold]{name}[/bold]  ({self._elapsed()} elapsed)")
         start = time.perf_counter()
         result = fn()
+        if trainer_dir is not None:
+            shutil.rmtree(trainer_dir / "checkpoints", ignore_errors=True)
         self.state[name] = {"result": result, "seconds": round(time.perf_counter() - start, 1)}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.state, indent=1))
@@ -167,7 +172,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     run.stage("sft", lambda: str(train_sft(SFTConfig(
         model=cfg.model, data=str(d / "data/demonstrations.jsonl"), output_dir=str(d / "sft"), epochs=cfg.sft_epochs,
         lr=cfg.sft_lr, batch_size=8, max_length=384, warmup_ratio=0.1, eval_fraction=0.05, eval_every=0,
-        save_every=25, seed=cfg.seed, resume=True)).output_dir))
+        save_every=25, seed=cfg.seed, resume=True, keep_checkpoints=1)).output_dir), trainer_dir=d / "sft")
     policy = str(d / "sft")
     for r in range(1, cfg.rounds + 1):
         policy = run_round(run, cfg, r, policy, panel, judges)
@@ -185,7 +190,9 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
     from rlhfkit.train.reward import train_reward
 
     d, here = run.dir, run.dir / f"round{r}"
-    common = {"seed": cfg.seed, "resume": True}  # a stage that did not finish continues from its checkpoint
+    # A stage that did not finish continues from its checkpoint; one checkpoint at a time is kept (each holds
+    # weights and optimiser states, gigabytes for a 135M-parameter policy with its value model).
+    common = {"seed": cfg.seed, "resume": True, "keep_checkpoints": 1}
     samples = here / "samples.jsonl"
     run.stage(f"round{r}/sample", lambda: sample_rankings(SampleConfig(
         model=policy, prompts=str(d / "data/rm_prompts.jsonl"), output=str(samples), k=cfg.k,
@@ -197,7 +204,7 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
     run.stage(f"round{r}/rm", lambda: train_reward(RMConfig(
         model=str(d / "sft"), data=str(rankings), demos=str(d / "data/demonstrations.jsonl"),
         output_dir=str(here / "rm"), epochs=cfg.rm_epochs, lr=cfg.rm_lr, batch_size=8, max_length=384,
-        eval_fraction=0.1, eval_every=0, save_every=50, **common)).eval_metrics)
+        eval_fraction=0.1, eval_every=0, save_every=50, **common)).eval_metrics, trainer_dir=here / "rm")
 
     def ppo(out: Path, ptx: float) -> dict:
         result = train_ppo(PPOConfig(
@@ -208,8 +215,8 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
             kl_coef=cfg.kl_coef, save_every=5, samples_every=5, **common))
         return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
 
-    run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ptx_coef))
+    run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ptx_coef), trainer_dir=here / "ppo")
     if r == 1 and cfg.compare_without_ptx:
-        run.stage("round1/ppo-no-ptx", lambda: ppo(here / "ppo-no-ptx", 0.0))
+        run.stage("round1/ppo-no-ptx", lambda: ppo(here / "ppo-no-ptx", 0.0), trainer_dir=here / "ppo-no-ptx")
     run.stage(f"round{r}/eval", lambda: evaluate_round(d, cfg, r, judges))
     return str(here / "ppo")

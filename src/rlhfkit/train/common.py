@@ -194,11 +194,17 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def publish_model(src: Path, run_dir: Path) -> None:
-    """Copy a checkpoint's model files into the run folder, each file replaced atomically."""
+    """Put a checkpoint's model files in the run folder, each file replaced atomically. Hard links where the
+    filesystem allows (checkpoint files are never modified after they are written, so the link is a copy
+    that costs no space), else copies."""
     for f in src.iterdir():
         if f.is_file():
             tmp = run_dir / f".{f.name}.tmp"
-            shutil.copyfile(f, tmp)
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(f, tmp)
+            except OSError:
+                shutil.copyfile(f, tmp)
             os.replace(tmp, run_dir / f.name)
 
 

@@ -463,7 +463,11 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
         publish_model(final / "model", run_dir)
         if (final / "value").exists():
             shutil.rmtree(run_dir / "value", ignore_errors=True)
-            shutil.copytree(final / "value", run_dir / ".value.tmp")
+            try:  # hard links, as publish_model does: no second copy of the weights
+                shutil.copytree(final / "value", run_dir / ".value.tmp", copy_function=os.link)
+            except OSError:
+                shutil.rmtree(run_dir / ".value.tmp", ignore_errors=True)
+                shutil.copytree(final / "value", run_dir / ".value.tmp")
             os.replace(run_dir / ".value.tmp", run_dir / "value")
     acc.wait_for_everyone()
     log.close()
