@@ -109,25 +109,31 @@ def test_every_option_runs(tmp_path, tiny_llama, prompts_file, tiny_rm, options)
     assert (result.output_dir / "value").exists() != bool(options.get("shared_value_head"))
 
 
-def test_trimmed_minibatches_match_the_full_width_forward(tiny_llama):
-    # Rows are cut to the columns they use (less padding to compute); their log-probs and values must not move.
+def test_packed_rollouts_match_each_sequence_alone(tiny_llama):
+    # Rollouts are packed end to end (no padding) for the policy and value forwards; each response token's
+    # log-prob, entropy and value must equal those of its prompt + response run alone.
     from rlhfkit.rollout import Rollout
-    from rlhfkit.train.ppo import PolicyModule, build_batch, in_chunks, trimmed
+    from rlhfkit.train.ppo import PolicyModule, build_batch, in_chunks, packed
 
     model, tok = load_causal_lm(tiny_llama)
+    head = torch.nn.Linear(model.config.hidden_size, 1)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [5, 6], [7, 8, 9], [12]]
     responses = [[20, 21], [22, 23, 24, 25, 26], [27], [28, 29, 30]]
     roll = Rollout([0, 1, 2, 3], prompts, responses, [True] * 4, ["a", "b", "c", "d"])
-    batch = build_batch(roll, ["a", "b", "c", "d"], tok.pad_token_id, torch.device("cpu"))
-    module = PolicyModule(model.eval(), torch.nn.Linear(model.config.hidden_size, 1))
+    batch = build_batch(roll, ["a", "b", "c", "d"], torch.device("cpu"))
+    module = PolicyModule(model.eval(), head)
+    alone = {"logprobs": torch.zeros(4, 5), "entropy": torch.zeros(4, 5), "values": torch.zeros(4, 5)}
     with torch.no_grad():
-        full = module(batch.input_ids, batch.attention_mask, batch.position_ids, batch.start, 1.0)
-        for idx in (torch.tensor([1, 2]), torch.tensor([3, 0]), torch.tensor([2])):
-            part = trimmed(module, batch, idx, 1.0)
-            m = batch.mask[idx] > 0
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            out = model(input_ids=torch.tensor([p + r]), output_hidden_states=True)
+            logp = out.logits[0, len(p) - 1 : -1].log_softmax(-1)
+            alone["logprobs"][i, : len(r)] = logp.gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
+            alone["entropy"][i, : len(r)] = -(logp.exp() * logp).sum(-1)
+            alone["values"][i, : len(r)] = head(out.hidden_states[-1][0, len(p) - 1 : -1]).squeeze(-1)
+        for idx in ([1, 2], [3, 0], [2], [0, 1, 2, 3]):
+            part = packed(module, batch, torch.tensor(idx), tok.pad_token_id, 1.0)
             for key in ("logprobs", "values", "entropy"):
-                torch.testing.assert_close(part[key][m], full[key][idx][m], atol=1e-5, rtol=1e-4)
-            assert part["logprobs"].shape == full["logprobs"][idx].shape
-        chunked = in_chunks(module, batch, 2, 1.0)
-        m = batch.mask > 0
-        torch.testing.assert_close(chunked["logprobs"][m], full["logprobs"][m], atol=1e-5, rtol=1e-4)
+                assert part[key].shape == (len(idx), 5)
+                torch.testing.assert_close(part[key], alone[key][idx], atol=1e-5, rtol=1e-4)
+        chunked = in_chunks(module, batch, 3, tok.pad_token_id, 1.0)
+        torch.testing.assert_close(chunked["logprobs"], alone["logprobs"], atol=1e-5, rtol=1e-4)

@@ -3,9 +3,9 @@
 `sample` renders prompts with the chat template, left-pads them into batches of similar length and
 decodes with its own short loop over a KV cache until every row has hit EOS or `max_new_tokens`.
 With bf16 it decodes a bf16 copy of the weights (made once per call) rather than autocasting the fp32
-weights again at every token. Llama-family models (SmolLM2) decode through `StaticDecoder`: a preallocated
-cache and one fixed-shape step, replayed as a CUDA graph on a GPU; other models through transformers' own
-forward and its growing cache. Each response keeps its token ids (EOS included when it ended), so later
+weights again at every token. Llama-family models (SmolLM2) decode through `StaticDecoder`: the prompts
+prefilled packed (no padding computed), a preallocated cache and one fixed-shape step, replayed as a CUDA
+graph on a GPU; other models through transformers' own forward and its growing cache. Each response keeps its token ids (EOS included when it ended), so later
 stages score exactly the tokens that were sampled.
 """
 
@@ -96,8 +96,17 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        return order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
-    return torch.multinomial(probs, 1).squeeze(-1)
+        return order.gather(-1, draw(sorted_probs)[:, None]).squeeze(-1)
+    return draw(probs)
+
+
+def draw(weights: torch.Tensor) -> torch.Tensor:
+    """One index per row with P(i) = weights[i] / sum(weights): a uniform number looked up in the cumulative
+    sum. (`torch.multinomial` draws an exponential number for every entry: on a CPU, 30 ms for 32 rows of a
+    49k vocabulary, more than the model's own step.)"""
+    cdf = weights.double().cumsum(-1)
+    u = torch.rand((weights.shape[0], 1), dtype=torch.float64, device=weights.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=weights.shape[-1] - 1)
 
 
 @torch.no_grad()
@@ -223,27 +232,61 @@ class StaticDecoder:
         self.graph.replay()
         return self.logits
 
-    def run(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-            eos: int, pad: int) -> torch.Tensor:
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Run the left-padded prompts through the model and fill the cache; the logits after each prompt.
+
+        The prompts go in packed end to end (rows as long as the longest prompt, a block-diagonal causal mask),
+        not padded: a batch with one long prompt would otherwise pay for its length in every row. Each prompt's
+        keys and values are then copied to its row of the cache, right-aligned at the prompt width, where the
+        left-padded layout of the decoding steps expects them. Padding slots stay zero and masked."""
         from transformers import DynamicCache
 
+        from rlhfkit.data.collate import pack_lengths
+
         width = ids.shape[1]
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        lengths = mask.sum(1).tolist()
+        rows = pack_lengths(lengths, width)
+        packed = torch.full((len(rows), width), int(ids[0, 0]), dtype=torch.long, device=ids.device)
+        positions = torch.zeros_like(packed)
+        segment = torch.full_like(packed, -1)
+        src_row, src_col, dst_row, dst_slot, last = [], [], [], [], [0] * len(lengths)
+        for r, members in enumerate(rows):
+            col = 0
+            for b in members:
+                n = lengths[b]
+                packed[r, col : col + n] = ids[b, width - n :]
+                positions[r, col : col + n] = torch.arange(n, device=ids.device)
+                segment[r, col : col + n] = b
+                src_row += [r] * n
+                src_col += range(col, col + n)
+                dst_row += [b] * n
+                dst_slot += range(width - n, width)
+                col += n
+                last[b] = (r, col - 1)
+        causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
+        same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
+        attend = (same & causal) | torch.eye(width, dtype=torch.bool, device=ids.device)  # padding sees itself
         cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
-        # Zero the left-padding slots: their keys and values can be NaN (a query that may attend to nothing),
-        # and a NaN times a zero attention weight is still NaN.
-        real = mask.bool()[:, None, :, None]
+        hidden = self.inner(input_ids=packed, position_ids=positions, attention_mask=attend[:, None],
+                            past_key_values=cache, use_cache=True).last_hidden_state
+        at = torch.tensor(last, device=ids.device)
+        logits = self.model.lm_head(hidden[at[:, 0], at[:, 1]])
+        src = (torch.tensor(src_row, device=ids.device), torch.tensor(src_col, device=ids.device))
+        dst = (torch.tensor(dst_row, device=ids.device), torch.tensor(dst_slot, device=ids.device))
         self.keys.zero_()
         self.values.zero_()
-        for i, layer in enumerate(cache.layers):
-            self.keys[i, :, :, :width].copy_(layer.keys.masked_fill(~real, 0))
-            self.values[i, :, :, :width].copy_(layer.values.masked_fill(~real, 0))
-        del cache
+        for i, layer in enumerate(cache.layers):  # (rows, kv heads, width, head dim) -> (batch, kv heads, slots, ...)
+            self.keys[i][dst[0], :, dst[1]] = layer.keys[src[0], :, src[1]]
+            self.values[i][dst[0], :, dst[1]] = layer.values[src[0], :, src[1]]
+        return logits
+
+    def run(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
+            eos: int, pad: int) -> torch.Tensor:
+        width = ids.shape[1]
+        logits = self._prefill(ids, mask)
         self.valid.fill_(True)
         self.valid[:, :width].copy_(mask.bool())
-        first_position = positions[:, -1] + 1
+        first_position = mask.sum(1)
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         tokens = []
         for t in range(max_new_tokens):

@@ -1,6 +1,6 @@
 """Records, readers/writers, tokenization and batching."""
 
-from rlhfkit.data.collate import PackedBatch, collate_packed, pack, shifted_targets
+from rlhfkit.data.collate import PackedBatch, collate_packed, pack, pack_lengths, shifted_targets
 from rlhfkit.data.io import (
     DataError,
     ReadResult,
@@ -25,6 +25,6 @@ from rlhfkit.data.tokenize import IGNORE, Example, TokenizeStats, encode_demonst
 __all__ = [
     "DataError", "Demonstration", "Example", "IGNORE", "METADATA_FLAGS", "Message", "PackedBatch", "Prompt",
     "PromptText", "Ranking", "ReadResult", "TokenizeStats", "append_jsonl", "as_messages", "collate_packed",
-    "encode_demonstrations", "encode_prompt", "pack", "prompt_text", "read_demonstrations", "read_prompts",
-    "read_records", "shifted_targets", "write_jsonl",
+    "encode_demonstrations", "encode_prompt", "pack", "pack_lengths", "prompt_text", "read_demonstrations",
+    "read_prompts", "read_records", "shifted_targets", "write_jsonl",
 ]

@@ -16,11 +16,15 @@ from rlhfkit.data.tokenize import IGNORE, Example
 
 def pack(examples: list[Example], row_length: int) -> list[list[int]]:
     """First-fit-decreasing bin packing: lists of example indices, each list fitting in `row_length`."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    return pack_lengths([len(e.input_ids) for e in examples], row_length)
+
+
+def pack_lengths(lengths: list[int], row_length: int) -> list[list[int]]:
+    """`pack` for sequences of the given lengths."""
     rows: list[list[int]] = []
     room: list[int] = []
-    for i in order:
-        n = len(examples[i].input_ids)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
         if n > row_length:
             raise ValueError(f"example {i} has {n} tokens, more than the row length {row_length}")
         for r, free in enumerate(room):

@@ -30,7 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlhfkit.config import PPOConfig
-from rlhfkit.data import IGNORE, Example, collate_packed, encode_demonstrations, pack, read_demonstrations, read_prompts
+from rlhfkit.data import (
+    IGNORE,
+    Example,
+    collate_packed,
+    encode_demonstrations,
+    pack,
+    pack_lengths,
+    read_demonstrations,
+    read_prompts,
+)
 from rlhfkit.data.collate import shifted_targets
 from rlhfkit.data.records import prompt_text
 from rlhfkit.losses import (
@@ -66,7 +75,8 @@ RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses
 
 class PolicyModule(nn.Module):
     """The trained policy behind one forward (DDP hooks one forward per backward): log-probs and entropy of
-    the response tokens, values when the value head shares the backbone, and the ptx NLL when given."""
+    the response tokens, values when the value head shares the backbone, and the ptx NLL when given.
+    Inputs are packed rollouts (see `Packed`); outputs are flat, one entry per response token."""
 
     def __init__(self, model: nn.Module, value_head: nn.Linear | None = None, entropy_grad: bool = False):
         super().__init__()
@@ -74,82 +84,112 @@ class PolicyModule(nn.Module):
         self.value_head = value_head
         self.entropy_grad = entropy_grad  # without an entropy bonus it is only logged: no graph over the vocabulary
 
-    def forward(self, input_ids, attention_mask, position_ids, start: int, temperature: float, ptx=None) -> dict:
-        t = input_ids.shape[1] - start
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=False, logits_to_keep=t + 1, output_hidden_states=self.value_head is not None)
-        logits = out.logits[:, :-1].float() / temperature  # position start-1+i predicts response token i
-        logp = F.log_softmax(logits, dim=-1)
+    def forward(self, input_ids, position_ids, reads, targets, temperature: float, ptx=None) -> dict:
+        hidden = self.model.get_decoder()(input_ids=input_ids, position_ids=position_ids,
+                                          use_cache=False).last_hidden_state
+        h = hidden[reads[:, 0], reads[:, 1]]  # the states that predict each response token
+        # the unembedding only where a response token is predicted: (N, V), not (rows, columns, V)
+        logp = F.log_softmax(self.model.get_output_embeddings()(h).float() / temperature, dim=-1)
         with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):
             entropy = -(logp.exp() * logp).sum(-1)
-        result = {"logprobs": logp.gather(-1, input_ids[:, start:, None]).squeeze(-1), "entropy": entropy}
+        result = {"logprobs": logp.gather(-1, targets[:, None]).squeeze(-1), "entropy": entropy}
         if self.value_head is not None:
-            hidden = out.hidden_states[-1][:, start - 1 : -1]
-            result["values"] = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+            result["values"] = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1)
         if ptx is not None:
-            ids, pos, targets, normalizer = ptx
+            ids, pos, ptx_targets, normalizer = ptx
             hidden = self.model.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
-            keep = targets != IGNORE
-            result["ptx"] = ptx_loss(self.model.get_output_embeddings()(hidden[keep]), targets[keep], normalizer)
+            keep = ptx_targets != IGNORE
+            result["ptx"] = ptx_loss(self.model.get_output_embeddings()(hidden[keep]), ptx_targets[keep], normalizer)
         return result
 
 
 class ValueModel(nn.Module):
-    """V(s_t) for every response position: a reward model's backbone and head read at each token."""
+    """V(s_t) for every response token of packed rollouts: a reward model's backbone and head read at the state
+    before the token (the same states the policy predicts it from)."""
 
     def __init__(self, rm: RewardModel):
         super().__init__()
         self.backbone, self.head = rm.backbone, rm.head
         self.rm = [rm]  # for saving in the reward-model format, kept out of the module tree
 
-    def forward(self, input_ids, attention_mask, position_ids, start: int) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state[:, start - 1 : -1]
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+    def forward(self, input_ids, position_ids, reads, targets=None) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        return self.head(hidden[reads[:, 0], reads[:, 1]].to(self.head.weight.dtype)).squeeze(-1)
 
 
 @dataclass
 class RolloutBatch:
-    input_ids: torch.Tensor  # (B, W + T): prompts left-padded to W, responses right-padded to T
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    mask: torch.Tensor  # (B, T) float: real response tokens (EOS included)
-    start: int  # W
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]  # as sampled: EOS included when the response ended
+    mask: torch.Tensor  # (B, T) float: real response tokens, T the longest response; per-token tensors are (B, T)
     prompts: list[str]
     responses: list[str]
     ended: torch.Tensor  # (B,) bool
 
-    def view(self, idx) -> tuple[tuple, int, int]:
-        """Rows `idx` without the columns that are padding in every one of them: ((ids, mask, positions),
-        start, response length). Prompts are left-padded and responses right-padded to the whole batch's
-        longest, so a minibatch of shorter rows would otherwise pay for columns of padding."""
-        attn = self.attention_mask[idx]
-        used = attn.any(0).nonzero().squeeze(-1)
-        first, last = int(used[0]), max(int(used[-1]) + 1, self.start + 1)
-        cols = slice(first, last)
-        return (self.input_ids[idx][:, cols], attn[:, cols], self.position_ids[idx][:, cols]), self.start - first, \
-            last - self.start
+
+@dataclass
+class Packed:
+    """Some rows of a rollout batch laid end to end (prompt + response each, positions from 0) in a few rows
+    without padding between them: a minibatch of short and long rollouts costs its real tokens, not
+    rows x the longest. transformers sees the restarting positions (and no attention mask) and keeps each
+    sequence to itself. Every response token has the (row, column) of the state that predicts it."""
+
+    input_ids: torch.Tensor  # (R, L)
+    position_ids: torch.Tensor  # (R, L)
+    reads: torch.Tensor  # (N, 2) for the N response tokens
+    targets: torch.Tensor  # (N,) the response tokens
+    slots: torch.Tensor  # (N, 2): (row among the selected rollouts, response position) of each token
+
+    def args(self) -> tuple:
+        return self.input_ids, self.position_ids, self.reads, self.targets
 
 
-def trimmed(fn, batch: RolloutBatch, idx, *args):
-    """`fn(ids, mask, positions, start, *args)` on rows `idx` without their all-padding columns; outputs of shape
-    (rows, response length) come back padded to the batch's response length."""
-    rows, start, t = batch.view(idx)
-    out = fn(*rows, start, *args)
-    full = batch.mask.shape[1]
+def pack_rollouts(batch: RolloutBatch, idx: list[int], pad_id: int) -> Packed:
+    seqs = [batch.prompt_ids[i] + batch.response_ids[i] for i in idx]
+    length = max(map(len, seqs))
+    rows = pack_lengths(list(map(len, seqs)), length)  # rows as long as the longest sequence
+    ids, pos, reads, targets, slots = [], [], [], [], []
+    for r, members in enumerate(rows):
+        row_ids, row_pos = [], []
+        for j in members:
+            p, resp = len(batch.prompt_ids[idx[j]]), batch.response_ids[idx[j]]
+            col = len(row_ids)
+            reads += [(r, col + p - 1 + t) for t in range(len(resp))]
+            slots += [(j, t) for t in range(len(resp))]
+            targets += resp
+            row_ids += seqs[j]
+            row_pos += range(len(seqs[j]))
+        pad = length - len(row_ids)
+        ids.append(row_ids + [pad_id] * pad)
+        pos.append(row_pos + list(range(pad)))  # padding is a sequence of its own
+    device = batch.mask.device
+    return Packed(torch.tensor(ids, device=device), torch.tensor(pos, device=device),
+                  torch.tensor(reads, device=device).view(-1, 2), torch.tensor(targets, device=device),
+                  torch.tensor(slots, device=device).view(-1, 2))
 
-    def pad(x):
-        return F.pad(x, (0, full - t)) if x.dim() == 2 else x
 
-    return {k: pad(v) for k, v in out.items()} if isinstance(out, dict) else pad(out)
+def packed(fn, batch: RolloutBatch, idx, pad_id: int, *args):
+    """`fn(ids, positions, reads, targets, *args)` on rollouts `idx` packed; its per-token outputs come back as
+    (len(idx), T) like `batch.mask` (zeros after each response)."""
+    idx = idx.tolist() if torch.is_tensor(idx) else list(idx)
+    pk = pack_rollouts(batch, idx, pad_id)
+
+    def unpack(x):
+        if x.dim() != 1 or x.shape[0] != pk.targets.shape[0]:
+            return x
+        out = x.new_zeros((len(idx), batch.mask.shape[1]))
+        return out.index_put((pk.slots[:, 0], pk.slots[:, 1]), x)
+
+    out = fn(*pk.args(), *args)
+    return {k: unpack(v) for k, v in out.items()} if isinstance(out, dict) else unpack(out)
 
 
-def in_chunks(fn, batch: RolloutBatch, size: int, *args):
-    """`trimmed` over the whole batch in chunks of rows of similar length (no gradients needed: scoring)."""
-    lengths = batch.attention_mask.sum(1).tolist()
+def in_chunks(fn, batch: RolloutBatch, size: int, pad_id: int, *args):
+    """`packed` over the whole batch in chunks of `size` rollouts of similar length (scoring: no gradients)."""
+    lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)]
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    parts = [(idx, trimmed(fn, batch, torch.tensor(idx, device=batch.mask.device), *args))
-             for idx in (order[i : i + size] for i in range(0, len(order), size))]
+    parts = [(idx, packed(fn, batch, idx, pad_id, *args)) for idx in (order[i : i + size]
+                                                                    for i in range(0, len(order), size))]
     first = parts[0][1]
     if isinstance(first, dict):
         return {k: _gather([(idx, p[k]) for idx, p in parts], len(order)) for k in first}
@@ -163,20 +203,10 @@ def _gather(parts: list, n: int) -> torch.Tensor:
     return out
 
 
-def build_batch(roll, prompts_text: list[str], pad_id: int, device) -> RolloutBatch:
-    w = max(map(len, roll.prompt_ids))
+def build_batch(roll, prompts_text: list[str], device) -> RolloutBatch:
     t = max(1, max(map(len, roll.response_ids)))
-    b = len(roll.prompt_ids)
-    ids = torch.full((b, w + t), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, w + t), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(roll.prompt_ids, roll.response_ids, strict=True)):
-        ids[i, w - len(p) : w] = torch.tensor(p)
-        attn[i, w - len(p) : w] = 1
-        if r:
-            ids[i, w : w + len(r)] = torch.tensor(r)
-            attn[i, w : w + len(r)] = 1
-    pos = (attn.cumsum(1) - 1).clamp(min=0)
-    return RolloutBatch(ids.to(device), attn.to(device), pos.to(device), attn[:, w:].float().to(device), w,
+    mask = torch.tensor([[1.0] * len(r) + [0.0] * (t - len(r)) for r in roll.response_ids])
+    return RolloutBatch([list(p) for p in roll.prompt_ids], [list(r) for r in roll.response_ids], mask.to(device),
                         prompts_text, roll.texts, torch.tensor(roll.ended, device=device))
 
 
@@ -204,13 +234,10 @@ class PPOResult:
 
 
 def _scores_from_rm(rm: RewardModel, batch: RolloutBatch, pad_id: int) -> torch.Tensor:
-    groups = []
-    for i in range(batch.input_ids.shape[0]):
-        prompt = batch.input_ids[i, : batch.start][batch.attention_mask[i, : batch.start] > 0].tolist()
-        response = batch.input_ids[i, batch.start :][batch.mask[i] > 0].tolist()
-        groups.append(Group(prompt, [response or [pad_id]]))
-    packed = pack_groups(groups, pad_id).to(batch.input_ids.device)
-    return rm(packed.input_ids, packed.position_ids, packed.attention_mask, packed.ends).float()
+    groups = [Group(p, [r or [pad_id]]) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)]
+    packed_groups = pack_groups(groups, pad_id).to(batch.mask.device)
+    return rm(packed_groups.input_ids, packed_groups.position_ids, packed_groups.attention_mask,
+              packed_groups.ends).float()
 
 
 def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
@@ -266,7 +293,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     optimizer = make_optimizer(module.parameters(), cfg)
     scheduler = warmup_cosine(optimizer, total_updates, cfg.warmup_ratio, cfg.min_lr_ratio)
     if value_model is not None:
-        value_opt = torch.optim.AdamW(value_model.parameters(), lr=cfg.value_lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+        value_opt = make_optimizer(value_model.parameters(), cfg, lr=cfg.value_lr)
         module, optimizer, value_model, value_opt = acc.prepare(module, optimizer, value_model, value_opt)
     else:
         value_opt = None
@@ -323,21 +350,21 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             mine = [prompts[i] for i in idx[rank * cfg.rollout_batch : (rank + 1) * cfg.rollout_batch]]
             roll = sample(plain_policy.model, tokenizer, [p.prompt for p in mine], 1, cfg.max_new_tokens,
                           cfg.temperature, cfg.top_p, cfg.rollout_batch, autocast, cfg.max_prompt_length)
-            batch = build_batch(roll, [prompt_text(p.prompt) for p in mine], tokenizer.pad_token_id, acc.device)
+            batch = build_batch(roll, [prompt_text(p.prompt) for p in mine], acc.device)
             t_generate = time.perf_counter() - t0
 
             # ---- 2. score: old log-probs, reference log-probs, values, RM scores ----
             t0 = time.perf_counter()
-            chunk = max(8, cfg.minibatch_size)
+            chunk, pad = max(8, cfg.minibatch_size), tokenizer.pad_token_id
             with torch.no_grad(), acc.autocast():
-                fwd = in_chunks(plain_policy, batch, chunk, cfg.temperature)
+                fwd = in_chunks(plain_policy, batch, chunk, pad, cfg.temperature)
                 old_logprobs = fwd["logprobs"]
                 if reference is not None:
-                    ref_logprobs = in_chunks(PolicyModule(reference), batch, chunk, cfg.temperature)["logprobs"]
+                    ref_logprobs = in_chunks(PolicyModule(reference), batch, chunk, pad, cfg.temperature)["logprobs"]
                 else:
                     with plain_policy.model.disable_adapter():
-                        ref_logprobs = in_chunks(plain_policy, batch, chunk, cfg.temperature)["logprobs"]
-                values = fwd["values"] if value_head is not None else in_chunks(plain_value, batch, chunk)
+                        ref_logprobs = in_chunks(plain_policy, batch, chunk, pad, cfg.temperature)["logprobs"]
+                values = fwd["values"] if value_head is not None else in_chunks(plain_value, batch, chunk, pad)
                 if reward_fn is not None:
                     scores = reward_fn(batch.prompts, batch.responses).to(acc.device).float()
                 else:
@@ -383,7 +410,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
                         ptx = (pb.input_ids, pb.position_ids, shifted_targets(pb.labels), n_targets / world)
                     if train_policy or value_head is not None:  # during value warm-up only the values learn
                         with acc.autocast():
-                            out = trimmed(module, batch, mb, cfg.temperature, ptx)
+                            out = packed(module, batch, mb, pad, cfg.temperature, ptx)
                         new_logprobs = out["logprobs"].float()
                         pg_loss, clipfrac = ppo_policy_loss(new_logprobs, old_logprobs[mb], advantages[mb], m,
                                                             cfg.clip_eps)
@@ -411,7 +438,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
 
                     if value_model is not None:
                         with acc.autocast():
-                            new_values = trimmed(value_model, batch, mb).float()
+                            new_values = packed(value_model, batch, mb, pad).float()
                         vf_loss = ppo_value_loss(new_values, values[mb], returns[mb], m, cfg.value_clip_eps)
                         check_finite(vf_loss.item(), "the value loss", iteration + 1, checkpoints.latest())
                         acc.backward(vf_loss * scale)
