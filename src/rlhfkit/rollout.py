@@ -5,8 +5,8 @@ decodes with its own short loop over a KV cache until every row has hit EOS or `
 With bf16 it decodes a bf16 copy of the weights (made once per call) rather than autocasting the fp32
 weights again at every token. Llama-family models (SmolLM2) decode through `StaticDecoder`: the prompts
 prefilled packed (no padding computed), a preallocated cache and one fixed-shape step, replayed as a CUDA
-graph on a GPU; other models through transformers' own forward and its growing cache. Each response keeps its token ids (EOS included when it ended), so later
-stages score exactly the tokens that were sampled.
+graph on a GPU; other models through transformers' own forward and its growing cache. Each response keeps
+its token ids (EOS included when it ended), so later stages score exactly the tokens that were sampled.
 """
 
 from __future__ import annotations

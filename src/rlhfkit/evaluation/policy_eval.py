@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlhfkit.data import IGNORE, Example, collate_packed, pack, pack_lengths, shifted_targets
 from rlhfkit.data.records import Prompt
 from rlhfkit.evaluation.constraints import is_refusal, satisfaction
 from rlhfkit.feedback.simulated import SimulatedLabeler
@@ -53,38 +54,59 @@ def generate(model, tok, prompts: list[Prompt], max_new_tokens: int, temperature
 
 @torch.no_grad()
 def sequence_logprobs(model, tok, prompt_ids: list[list[int]], response_ids: list[list[int]],
-                      batch_size: int = 16) -> list[float]:
-    """Σ_t log π(y_t | x, y_<t) of each response under `model`."""
-    out = []
-    for start in range(0, len(prompt_ids), batch_size):
-        rows = [p + r for p, r in zip(prompt_ids[start:start + batch_size], response_ids[start:start + batch_size],
-                                      strict=True)]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), tok.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        ids, mask = ids.to(device()), mask.to(device())
-        logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-        token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        for i in range(len(rows)):
-            p = len(prompt_ids[start + i])
-            n = len(response_ids[start + i])
-            out.append(token_logp[i, p - 1 : p - 1 + n].sum().item())
-    return out
+                      row_length: int = 512) -> list[float]:
+    """Σ_t log π(y_t | x, y_<t) of each response under `model` (fp32). Prompt + response sequences are packed
+    end to end into rows (positions restart at 0, so none attends across another), and the unembedding runs
+    only on the states that predict a response token."""
+    seqs = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
+    if not seqs:
+        return []
+    rows = pack_lengths(list(map(len, seqs)), max(row_length, *map(len, seqs)))
+    out = torch.zeros(len(seqs), dtype=torch.float64)
+    for start in range(0, len(rows), 4):
+        ids, pos, reads, targets, owner = [], [], [], [], []
+        for r, members in enumerate(rows[start : start + 4]):
+            row: list[int] = []
+            row_pos: list[int] = []
+            for i in members:
+                col, p = len(row), len(prompt_ids[i])
+                reads += [(r, col + p - 1 + t) for t in range(len(response_ids[i]))]
+                targets += response_ids[i]
+                owner += [i] * len(response_ids[i])
+                row += seqs[i]
+                row_pos += range(len(seqs[i]))
+            ids.append(row)
+            pos.append(row_pos)
+        width = max(map(len, ids))
+        pos = [row + list(range(width - len(row))) for row in pos]  # padding: a sequence of its own
+        ids = [row + [tok.pad_token_id] * (width - len(row)) for row in ids]
+        hidden = model.get_decoder()(input_ids=torch.tensor(ids, device=device()),
+                                     position_ids=torch.tensor(pos, device=device()), use_cache=False).last_hidden_state
+        at = torch.tensor(reads, device=device()).view(-1, 2)
+        logp = F.log_softmax(model.get_output_embeddings()(hidden[at[:, 0], at[:, 1]]).float(), -1)
+        token_logp = logp.gather(-1, torch.tensor(targets, device=device())[:, None]).squeeze(-1)
+        out.index_add_(0, torch.tensor(owner), token_logp.double().cpu())
+    return out.tolist()
 
 
 @torch.no_grad()
-def perplexity(model, tok, lines: list[str]) -> float:
-    """exp(mean NLL per token) of plain text lines (each scored alone, BOS-free, EOS appended)."""
+def perplexity(model, tok, lines: list[str], row_length: int = 512) -> float:
+    """exp(mean NLL per token) of plain text lines (each scored alone, BOS-free, EOS appended; packed into rows,
+    positions restarting per line)."""
+    encoded = [tok(line, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for line in lines]
+    examples = [Example(ids, [IGNORE] + ids[1:]) for ids in encoded]  # the first token of a line is not predicted
+    rows = pack(examples, max(row_length, *map(len, encoded)))
     nll, count = 0.0, 0
-    for line in lines:
-        ids = tok(line, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        x = torch.tensor([ids], device=device())
-        logits = model(input_ids=x).logits[0, :-1].float()
-        nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-        count += len(ids) - 1
+    for start in range(0, len(rows), 4):
+        batch = collate_packed([[examples[i] for i in row] for row in rows[start : start + 4]], tok.pad_token_id)
+        batch = batch.to(device())
+        hidden = model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                     use_cache=False).last_hidden_state
+        targets = shifted_targets(batch.labels)
+        keep = targets != IGNORE
+        logits = model.get_output_embeddings()(hidden[keep]).float()
+        nll += F.cross_entropy(logits, targets[keep], reduction="sum").item()
+        count += int(keep.sum())
     return math.exp(nll / count)
 
 
