@@ -1,6 +1,14 @@
 """Records, readers/writers, tokenization and batching."""
 
-from rlhfkit.data.collate import PackedBatch, collate_packed, pack, pack_lengths, shifted_targets
+from rlhfkit.data.collate import (
+    PackedBatch,
+    PackedResponses,
+    collate_packed,
+    pack,
+    pack_lengths,
+    pack_responses,
+    shifted_targets,
+)
 from rlhfkit.data.io import (
     DataError,
     ReadResult,
@@ -23,8 +31,8 @@ from rlhfkit.data.records import (
 from rlhfkit.data.tokenize import IGNORE, Example, TokenizeStats, encode_demonstrations, encode_prompt
 
 __all__ = [
-    "DataError", "Demonstration", "Example", "IGNORE", "METADATA_FLAGS", "Message", "PackedBatch", "Prompt",
-    "PromptText", "Ranking", "ReadResult", "TokenizeStats", "append_jsonl", "as_messages", "collate_packed",
-    "encode_demonstrations", "encode_prompt", "pack", "pack_lengths", "prompt_text", "read_demonstrations",
-    "read_prompts", "read_records", "shifted_targets", "write_jsonl",
+    "DataError", "Demonstration", "Example", "IGNORE", "METADATA_FLAGS", "Message", "PackedBatch", "PackedResponses",
+    "Prompt", "PromptText", "Ranking", "ReadResult", "TokenizeStats", "append_jsonl", "as_messages", "collate_packed",
+    "encode_demonstrations", "encode_prompt", "pack", "pack_lengths", "pack_responses", "prompt_text",
+    "read_demonstrations", "read_prompts", "read_records", "shifted_targets", "write_jsonl",
 ]

@@ -39,6 +39,43 @@ def pack_lengths(lengths: list[int], row_length: int) -> list[list[int]]:
 
 
 @dataclass
+class PackedResponses:
+    """Prompt + response sequences laid end to end in rows (positions restart at 0 for each), for scoring the
+    responses: every response token has the (row, column) of the state that predicts it."""
+
+    input_ids: torch.Tensor  # (R, L)
+    position_ids: torch.Tensor  # (R, L)
+    reads: torch.Tensor  # (N, 2) for the N response tokens
+    targets: torch.Tensor  # (N,) the response tokens
+    slots: torch.Tensor  # (N, 2): (which sequence, position in its response) of each token
+
+    def to(self, device: torch.device) -> PackedResponses:
+        return PackedResponses(self.input_ids.to(device), self.position_ids.to(device), self.reads.to(device),
+                               self.targets.to(device), self.slots.to(device))
+
+
+def pack_responses(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
+                   row_length: int = 0) -> PackedResponses:
+    """Pack each prompt + response into rows of `row_length` (at least the longest sequence) tokens."""
+    seqs = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
+    length = max(row_length, *map(len, seqs))
+    ids, pos, reads, targets, slots = [], [], [], [], []
+    for r, members in enumerate(pack_lengths(list(map(len, seqs)), length)):
+        row_ids, row_pos = [], []
+        for j in members:
+            col, p, resp = len(row_ids), len(prompt_ids[j]), response_ids[j]
+            reads += [(r, col + p - 1 + t) for t in range(len(resp))]
+            slots += [(j, t) for t in range(len(resp))]
+            targets += resp
+            row_ids += seqs[j]
+            row_pos += range(len(seqs[j]))
+        ids.append(row_ids + [pad_id] * (length - len(row_ids)))
+        pos.append(row_pos + list(range(length - len(row_ids))))  # padding is a sequence of its own
+    return PackedResponses(torch.tensor(ids), torch.tensor(pos), torch.tensor(reads).view(-1, 2),
+                           torch.tensor(targets), torch.tensor(slots).view(-1, 2))
+
+
+@dataclass
 class PackedBatch:
     input_ids: torch.Tensor  # (R, L)
     position_ids: torch.Tensor  # (R, L), restarting at 0 for every example

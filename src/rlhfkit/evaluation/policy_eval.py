@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlhfkit.data import IGNORE, Example, collate_packed, pack, pack_lengths, shifted_targets
+from rlhfkit.data import IGNORE, Example, collate_packed, pack, pack_responses, shifted_targets
 from rlhfkit.data.records import Prompt
 from rlhfkit.evaluation.constraints import is_refusal, satisfaction
 from rlhfkit.feedback.simulated import SimulatedLabeler
@@ -54,38 +54,20 @@ def generate(model, tok, prompts: list[Prompt], max_new_tokens: int, temperature
 
 @torch.no_grad()
 def sequence_logprobs(model, tok, prompt_ids: list[list[int]], response_ids: list[list[int]],
-                      row_length: int = 512) -> list[float]:
+                      batch_size: int = 32, row_length: int = 512) -> list[float]:
     """Σ_t log π(y_t | x, y_<t) of each response under `model` (fp32). Prompt + response sequences are packed
-    end to end into rows (positions restart at 0, so none attends across another), and the unembedding runs
-    only on the states that predict a response token."""
-    seqs = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
-    if not seqs:
-        return []
-    rows = pack_lengths(list(map(len, seqs)), max(row_length, *map(len, seqs)))
-    out = torch.zeros(len(seqs), dtype=torch.float64)
-    for start in range(0, len(rows), 4):
-        ids, pos, reads, targets, owner = [], [], [], [], []
-        for r, members in enumerate(rows[start : start + 4]):
-            row: list[int] = []
-            row_pos: list[int] = []
-            for i in members:
-                col, p = len(row), len(prompt_ids[i])
-                reads += [(r, col + p - 1 + t) for t in range(len(response_ids[i]))]
-                targets += response_ids[i]
-                owner += [i] * len(response_ids[i])
-                row += seqs[i]
-                row_pos += range(len(seqs[i]))
-            ids.append(row)
-            pos.append(row_pos)
-        width = max(map(len, ids))
-        pos = [row + list(range(width - len(row))) for row in pos]  # padding: a sequence of its own
-        ids = [row + [tok.pad_token_id] * (width - len(row)) for row in ids]
-        hidden = model.get_decoder()(input_ids=torch.tensor(ids, device=device()),
-                                     position_ids=torch.tensor(pos, device=device()), use_cache=False).last_hidden_state
-        at = torch.tensor(reads, device=device()).view(-1, 2)
-        logp = F.log_softmax(model.get_output_embeddings()(hidden[at[:, 0], at[:, 1]]).float(), -1)
-        token_logp = logp.gather(-1, torch.tensor(targets, device=device())[:, None]).squeeze(-1)
-        out.index_add_(0, torch.tensor(owner), token_logp.double().cpu())
+    end to end into rows (`pack_responses`), and the unembedding runs only on the states that predict a
+    response token."""
+    out = torch.zeros(len(prompt_ids), dtype=torch.float64)
+    for start in range(0, len(prompt_ids), batch_size):
+        end = min(start + batch_size, len(prompt_ids))
+        pk = pack_responses(prompt_ids[start:end], response_ids[start:end], tok.pad_token_id, row_length)
+        pk = pk.to(device())
+        hidden = model.get_decoder()(input_ids=pk.input_ids, position_ids=pk.position_ids,
+                                     use_cache=False).last_hidden_state
+        logp = F.log_softmax(model.get_output_embeddings()(hidden[pk.reads[:, 0], pk.reads[:, 1]]).float(), -1)
+        token_logp = logp.gather(-1, pk.targets[:, None]).squeeze(-1)
+        out.index_add_(0, pk.slots[:, 0].cpu() + start, token_logp.double().cpu())
     return out.tolist()
 
 

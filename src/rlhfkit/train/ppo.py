@@ -36,7 +36,7 @@ from rlhfkit.data import (
     collate_packed,
     encode_demonstrations,
     pack,
-    pack_lengths,
+    pack_responses,
     read_demonstrations,
     read_prompts,
 )
@@ -76,7 +76,7 @@ RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses
 class PolicyModule(nn.Module):
     """The trained policy behind one forward (DDP hooks one forward per backward): log-probs and entropy of
     the response tokens, values when the value head shares the backbone, and the ptx NLL when given.
-    Inputs are packed rollouts (see `Packed`); outputs are flat, one entry per response token."""
+    Inputs are packed rollouts (see `packed`); outputs are flat, one entry per response token."""
 
     def __init__(self, model: nn.Module, value_head: nn.Linear | None = None, entropy_grad: bool = False):
         super().__init__()
@@ -127,52 +127,14 @@ class RolloutBatch:
     ended: torch.Tensor  # (B,) bool
 
 
-@dataclass
-class Packed:
-    """Some rows of a rollout batch laid end to end (prompt + response each, positions from 0) in a few rows
-    without padding between them: a minibatch of short and long rollouts costs its real tokens, not
-    rows x the longest. transformers sees the restarting positions (and no attention mask) and keeps each
-    sequence to itself. Every response token has the (row, column) of the state that predicts it."""
-
-    input_ids: torch.Tensor  # (R, L)
-    position_ids: torch.Tensor  # (R, L)
-    reads: torch.Tensor  # (N, 2) for the N response tokens
-    targets: torch.Tensor  # (N,) the response tokens
-    slots: torch.Tensor  # (N, 2): (row among the selected rollouts, response position) of each token
-
-    def args(self) -> tuple:
-        return self.input_ids, self.position_ids, self.reads, self.targets
-
-
-def pack_rollouts(batch: RolloutBatch, idx: list[int], pad_id: int) -> Packed:
-    seqs = [batch.prompt_ids[i] + batch.response_ids[i] for i in idx]
-    length = max(map(len, seqs))
-    rows = pack_lengths(list(map(len, seqs)), length)  # rows as long as the longest sequence
-    ids, pos, reads, targets, slots = [], [], [], [], []
-    for r, members in enumerate(rows):
-        row_ids, row_pos = [], []
-        for j in members:
-            p, resp = len(batch.prompt_ids[idx[j]]), batch.response_ids[idx[j]]
-            col = len(row_ids)
-            reads += [(r, col + p - 1 + t) for t in range(len(resp))]
-            slots += [(j, t) for t in range(len(resp))]
-            targets += resp
-            row_ids += seqs[j]
-            row_pos += range(len(seqs[j]))
-        pad = length - len(row_ids)
-        ids.append(row_ids + [pad_id] * pad)
-        pos.append(row_pos + list(range(pad)))  # padding is a sequence of its own
-    device = batch.mask.device
-    return Packed(torch.tensor(ids, device=device), torch.tensor(pos, device=device),
-                  torch.tensor(reads, device=device).view(-1, 2), torch.tensor(targets, device=device),
-                  torch.tensor(slots, device=device).view(-1, 2))
-
-
 def packed(fn, batch: RolloutBatch, idx, pad_id: int, *args):
-    """`fn(ids, positions, reads, targets, *args)` on rollouts `idx` packed; its per-token outputs come back as
-    (len(idx), T) like `batch.mask` (zeros after each response)."""
+    """`fn(ids, positions, reads, targets, *args)` on rollouts `idx` packed end to end (`pack_responses`: a
+    minibatch of short and long rollouts costs its real tokens, not rows x the longest; transformers sees the
+    restarting positions, with no attention mask, and keeps each sequence to itself). Per-token outputs come back
+    as (len(idx), T) like `batch.mask` (zeros after each response)."""
     idx = idx.tolist() if torch.is_tensor(idx) else list(idx)
-    pk = pack_rollouts(batch, idx, pad_id)
+    pk = pack_responses([batch.prompt_ids[i] for i in idx], [batch.response_ids[i] for i in idx], pad_id)
+    pk = pk.to(batch.mask.device)
 
     def unpack(x):
         if x.dim() != 1 or x.shape[0] != pk.targets.shape[0]:
@@ -180,7 +142,7 @@ def packed(fn, batch: RolloutBatch, idx, pad_id: int, *args):
         out = x.new_zeros((len(idx), batch.mask.shape[1]))
         return out.index_put((pk.slots[:, 0], pk.slots[:, 1]), x)
 
-    out = fn(*pk.args(), *args)
+    out = fn(pk.input_ids, pk.position_ids, pk.reads, pk.targets, *args)
     return {k: unpack(v) for k, v in out.items()} if isinstance(out, dict) else unpack(out)
 
 
