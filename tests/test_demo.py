@@ -109,6 +109,26 @@ def test_rubric_prefers_what_the_paper_asks_for():
     assert rubric(bullets, "I'm sorry, but I can't help with that.")["refusal"] == 0.0  # over-refusal
 
 
+def test_rubric_does_not_penalise_what_the_prompt_asked_for():
+    from rlhfkit.data.records import Prompt
+
+    def prompt(category, text, topic, constraints):
+        return Prompt(id="p", prompt=text, meta={"category": category, "topic": topic, "constraints": constraints})
+
+    label = prompt("classification", "Which subject: science, food or sport? Sentence: Sourdough uses wild yeast.",
+                   "bread", [{"type": "max_words", "value": 3}])
+    checks = rubric(label, "Food")  # a one-word label without a full stop is the answer asked for
+    assert "on_topic" not in checks and checks["length"] == 1.0 and checks["complete"] == 1.0
+    title = prompt("other", "Suggest a title about swimming. Do not use the word \"swimming\".", "swimming",
+                   [{"type": "max_words", "value": 6}, {"type": "avoid_word", "value": "swimming"}])
+    assert "on_topic" not in rubric(title, "Making Waves")
+    about = prompt("generation", "Write a short paragraph about whales.", "whales", [])
+    assert rubric(about, "A whale sings.")["on_topic"] == 1.0  # singular and plural are the same topic
+    assert rubric(about, "Cats purr.")["on_topic"] == 0.0
+    assert rubric(about, "Whales sing")["complete"] == 0.5  # a sentence that stops without its full stop
+    assert rubric(about, "Whales.")["length"] < 1.0  # a fragment where a paragraph was asked
+
+
 def test_quick_demo_end_to_end(tmp_path, smollm2):
     from rlhfkit.config import DemoConfig
     from rlhfkit.pipeline import run_demo
