@@ -237,6 +237,9 @@ class DemoConfig(StageConfig):
     ppo_rollout_batch: int = Field(16, ge=1, description="Prompts per PPO iteration.")
     ppo_epochs: int = Field(1, ge=1, description="PPO passes over each rollout batch.")
     ppo_lr: float = Field(1e-5, description="Policy learning rate.")
+    shared_value_head: bool = Field(True, description="PPO's value head on the policy's own backbone (as TRL's "
+                                    "first PPO trainer did) instead of a separate value model started from the RM "
+                                    "(the paper's): a third less compute per PPO iteration.")
     kl_coef: float = Field(0.05, ge=0, description="β, the per-token KL penalty to π_SFT.")
     ptx_coef: float = Field(0.5, ge=0, description="γ, the weight of the pretraining (prose) NLL.")
     compare_without_ptx: bool = Field(True, description="Also train round 1's PPO with γ = 0 to measure "

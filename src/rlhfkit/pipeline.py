@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
 from importlib.resources import files
@@ -132,11 +133,12 @@ def label_with_panel(run: Run, cfg: DemoConfig, samples: Path, project: str, pan
         except NotFound:
             ids[lab.name] = store.add_labeler(lab.name)[0].id
     active = list(panel)
+    shown_order = random.Random(f"{cfg.seed}:{project}")  # the order each labeler sees the responses in
     with make_progress(True) as progress:
         task = progress.add_task("label", total=len(records) * cfg.label_overlap, metrics="")
         while active:
             for lab in list(active):  # labelers take turns, as people working side by side would
-                a = store.lease_next(ids[lab.name], project)
+                a = store.lease_next(ids[lab.name], project, shown_order)
                 if a is None:
                     active.remove(lab)
                     continue
@@ -212,7 +214,7 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
             prompts=str(d / "data/ppo_prompts.jsonl"), ptx_data=str(d / "data/ptx.txt"), ptx_coef=ptx,
             output_dir=str(out), iterations=cfg.ppo_iterations, rollout_batch=cfg.ppo_rollout_batch,
             minibatch_size=8, ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.max_new_tokens, lr=cfg.ppo_lr,
-            kl_coef=cfg.kl_coef, save_every=5, samples_every=5, **common))
+            kl_coef=cfg.kl_coef, shared_value_head=cfg.shared_value_head, save_every=5, samples_every=5, **common))
         return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
 
     run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ptx_coef), trainer_dir=here / "ppo")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -305,8 +306,9 @@ class Store:
 
     # ---- leases and submissions ----
 
-    def lease_next(self, labeler_id: int, project: str, rng: secrets.SystemRandom | None = None) -> Assignment | None:
-        """The labeler's open lease in the project, or a new one on the highest-priority task with a free slot."""
+    def lease_next(self, labeler_id: int, project: str, rng: random.Random | None = None) -> Assignment | None:
+        """The labeler's open lease in the project, or a new one on the highest-priority task with a free slot.
+        The responses are shown in a random order (`rng`: a seeded one makes a simulated run repeatable)."""
         p = retry_when_busy(lambda: self.project(project))
         rng = rng or secrets.SystemRandom()
         for _ in range(50):  # lost races retry on the next candidate
