@@ -176,3 +176,30 @@ def test_calibration_table_matches_a_calibrated_model():
     assert len(table) == 10
     for row in table:
         assert abs(row["observed"] - row["predicted"]) < 0.05, row
+
+
+def test_rankings_of_the_same_responses_share_one_forward_and_the_split_keeps_prompts_apart(tiny_llama):
+    from rlhfkit.losses import ranking_loss
+    from rlhfkit.models.reward import reward_model_from_causal_lm
+    from rlhfkit.train.common import split_holdout
+    from rlhfkit.train.reward import encode_rankings, forward_rankings, ranked_prompt
+
+    rm, tok = reward_model_from_causal_lm(str(tiny_llama))
+    a, b = planted_rankings(2, 5)
+    second_labeler = a.model_copy(update={"ranks": list(reversed(a.ranks)), "labeler": "other"})
+    all_tied = b.model_copy(update={"ranks": [0] * len(b.responses)})
+    merged, _ = encode_rankings(tok, [a, b, second_labeler, all_tied], 64)
+    assert [len(m.ranks) for m in merged] == [2, 1]  # a's two labelers on one item; the all-tie ranking dropped
+    with torch.no_grad():
+        rewards, ranks, _ = forward_rankings(rm, merged, tok.pad_token_id, "cpu")
+        got = ranking_loss(rewards, ranks)
+        alone = []  # each ranking forwarded on its own, as if no other labeler had ranked the same responses
+        for r in (a, b, second_labeler):
+            (item,), _ = encode_rankings(tok, [r], 64)
+            alone.append(ranking_loss(*forward_rankings(rm, [item], tok.pad_token_id, "cpu")[:2]))
+    assert got.item() == pytest.approx(torch.stack(alone).mean().item(), rel=1e-5)
+
+    rounds = planted_rankings(30, 6) + [r.model_copy(update={"labeler": "again"}) for r in planted_rankings(30, 6)]
+    train, held = split_holdout(rounds, 0.2, 0, key=ranked_prompt)
+    assert len(held) == 12 and not {ranked_prompt(r) for r in train} & {ranked_prompt(r) for r in held}
+    assert split_holdout(list(range(10)), 0.2, 0)[1] == split_holdout(list(range(10)), 0.2, 0, key=lambda x: x)[1]

@@ -119,8 +119,8 @@ class RMConfig(SupervisedConfig):
     skip_invalid: bool = Field(False, description="Skip bad records (counted) instead of stopping.")
     max_length: int = Field(1024, ge=8, description="Tokens per prompt+response; longer responses are cut.")
     output_dir: str = Field("runs/rm", description="Run folder: final reward model, checkpoints/, logs/, config.yaml.")
-    batch_size: int = Field(8, ge=1, description="Rankings per micro-batch on each process (all K responses "
-                            "of a ranking go in together).")
+    batch_size: int = Field(8, ge=1, description="Prompts with their K responses per micro-batch on each "
+                            "process (every labeler's ranking of them goes in together).")
     epochs: float = Field(1.0, gt=0, description="Passes over the rankings (InstructGPT: 1; more overfits).")
     lr: float = Field(1e-5, description="Peak learning rate (AdamW).")
 

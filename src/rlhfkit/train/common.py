@@ -18,9 +18,10 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -273,14 +274,19 @@ def step_items(n_items: int, items_per_step: int, seed: int, step: int) -> list[
     return [perm[(i * items_per_step + j) % n_items] for j in range(items_per_step)]
 
 
-def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(train, held out): a seeded random `fraction` of the items held out."""
-    if fraction <= 0 or len(items) < 2:
+def split_holdout(items: list, fraction: float, seed: int, key: Callable[[Any], Hashable] | None = None
+                  ) -> tuple[list, list]:
+    """(train, held out): a seeded random `fraction` of the items held out. With `key`, a fraction of the
+    distinct keys: items sharing one (the rankings of one prompt) all land on the same side."""
+    ids = [key(x) for x in items] if key else list(range(len(items)))
+    distinct = list(dict.fromkeys(ids))
+    if fraction <= 0 or len(distinct) < 2:
         return items, []
-    n_eval = max(1, round(len(items) * fraction))
-    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(perm[:n_eval])
-    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+    n_eval = max(1, round(len(distinct) * fraction))
+    perm = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = {distinct[i] for i in perm[:n_eval]}
+    return [x for x, k in zip(items, ids, strict=True) if k not in held], [x for x, k in zip(items, ids, strict=True)
+                                                                           if k in held]
 
 
 # ---- the loop ----------------------------------------------------------------------------------

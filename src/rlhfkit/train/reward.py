@@ -1,10 +1,12 @@
 """Step 2: the reward model, trained on rankings.
 
-One ranking is one batch element. Its K responses are forwarded once each (packed into rows with the
-other rankings' responses, attention kept within each sequence), and the loss takes every strictly
-ordered pair among them with weight 1/C(K,2) per ranking (`losses.ranking_loss`). Forwarding K
-sequences instead of 2·C(K,2) pair members is where InstructGPT's speed-up comes from, and ours.
+One batch element is a prompt with its K responses and every labeler's ranking of them. The K responses
+are forwarded once each (packed into rows with the other prompts' responses, the prompt computed once for
+all K), and the loss takes every strictly ordered pair of each ranking with weight 1/C(K,2) per ranking
+(`losses.ranking_loss`). Forwarding K sequences instead of 2·C(K,2) pair members is where InstructGPT's
+speed-up comes from, and ours; a second labeler of the same responses costs no forward at all.
 
+The held-out split is by prompt: no held-out prompt is trained on, in any ranking or round.
 After training, the head's bias is shifted so the demonstrations score 0 on average (--demos).
 """
 
@@ -51,39 +53,51 @@ from rlhfkit.train.common import (
 
 @dataclass
 class EncodedRanking:
-    group: Group  # the prompt and the K responses, each + EOS
-    ranks: list[int]
+    """A prompt and its K responses, with every ranking of them (one per labeler who ranked them)."""
 
-    @property
-    def has_pair(self) -> bool:
-        return len(set(self.ranks)) > 1
+    group: Group  # the prompt and the K responses, each + EOS
+    ranks: list[list[int]]  # each with two differently ranked responses at least
+
+
+def ranked_prompt(r: Ranking) -> str:
+    """What the held-out split groups by: the prompt (all its turns)."""
+    return json.dumps(r.model_dump(mode="json")["prompt"])
 
 
 def encode_rankings(tokenizer, rankings: list[Ranking], max_length: int) -> tuple[list[EncodedRanking], int]:
-    out, truncated = [], 0
+    """One item per distinct prompt + responses, holding all its rankings; rankings that tie every response
+    teach nothing and are left out. Also returns the number of responses cut to max_length."""
+    items: dict[tuple, EncodedRanking] = {}
+    truncated = 0
     for r in rankings:
-        group, cut = encode_group(tokenizer, r.prompt, r.responses, max_length)
-        out.append(EncodedRanking(group, list(r.ranks)))
-        truncated += cut
-    return out, truncated
+        if len(set(r.ranks)) < 2:
+            continue
+        key = (ranked_prompt(r), tuple(r.responses))
+        if key not in items:
+            group, cut = encode_group(tokenizer, r.prompt, r.responses, max_length)
+            items[key] = EncodedRanking(group, [])
+            truncated += cut
+        items[key].ranks.append(list(r.ranks))
+    return list(items.values()), truncated
 
 
 def forward_rankings(rm: nn.Module, batch: list[EncodedRanking], pad_id: int, device
                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Rewards (B, Kmax) and ranks (B, Kmax, -1 where a ranking has fewer responses), and the token count.
-    Each ranking's prompt is computed once for its K responses (`pack_groups`)."""
+    """Rewards and ranks (J, Kmax), one row per ranking (ranks -1 where a prompt has fewer responses), and
+    the token count. Each prompt is computed once for its K responses (`pack_groups`), each response once
+    for all its rankings."""
     packed = pack_groups([r.group for r in batch], pad_id).to(device)
     flat = rm(packed.input_ids, packed.position_ids, packed.attention_mask, packed.ends)
-    k_max = max(len(r.ranks) for r in batch)
-    rewards = torch.zeros(len(batch), k_max, device=device, dtype=flat.dtype)
-    ranks = torch.full((len(batch), k_max), -1, dtype=torch.long, device=device)
-    i = 0
-    for b, r in enumerate(batch):
-        k = len(r.ranks)
-        rewards[b, :k] = flat[i : i + k]
-        ranks[b, :k] = torch.tensor(r.ranks, device=device)
+    k_max = max(len(r.group.response_ids) for r in batch)
+    rows, ranks, i = [], [], 0
+    for r in batch:
+        k = len(r.group.response_ids)
+        row = torch.nn.functional.pad(flat[i : i + k], (0, k_max - k))
+        for rk in r.ranks:
+            rows.append(row)
+            ranks.append(rk + [-1] * (k_max - k))
         i += k
-    return rewards, ranks, packed.n_tokens
+    return torch.stack(rows), torch.tensor(ranks, dtype=torch.long, device=device), packed.n_tokens
 
 
 @dataclass
@@ -116,7 +130,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
     if cfg.eval_data:
         train_rankings, eval_rankings = read.records, read_rankings(cfg.eval_data, cfg.skip_invalid).records
     else:
-        train_rankings, eval_rankings = split_holdout(read.records, cfg.eval_fraction, cfg.seed)
+        train_rankings, eval_rankings = split_holdout(read.records, cfg.eval_fraction, cfg.seed, key=ranked_prompt)
     demos = read_demonstrations(cfg.demos).records if cfg.demos else []  # fail on bad demos before training
 
     torch.manual_seed(cfg.seed)
@@ -131,7 +145,6 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
 
     train, truncated = encode_rankings(tokenizer, train_rankings, cfg.max_length)
     evals, _ = encode_rankings(tokenizer, eval_rankings, cfg.max_length)
-    train = [r for r in train if r.has_pair]  # all-tie rankings teach nothing
     if not train:
         raise ValueError(f"{cfg.data}: no ranking with two differently ranked responses")
 
@@ -139,11 +152,14 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
     per_step = cfg.batch_size * cfg.grad_accum * world
     steps_per_epoch = math.ceil(len(train) / per_step)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    ks = sorted({len(r.ranks) for r in train})
+    ks = sorted({len(r.group.response_ids) for r in train})
+    n_rankings = sum(len(r.ranks) for r in train)
     console.print(
-        f"rm: {len(train)} rankings (K in {ks}, {sum(math.comb(len(r.ranks), 2) for r in train)} pairs, "
-        f"{truncated} responses cut to --max-length {cfg.max_length}), {len(evals)} eval; {total_steps} steps of "
-        f"{per_step} rankings on {world} process(es), mixed precision: {acc.mixed_precision}"
+        f"rm: {n_rankings} rankings of {len(train)} prompts' responses (K in {ks}, "
+        f"{sum(math.comb(len(r.group.response_ids), 2) * len(r.ranks) for r in train)} pairs, {truncated} responses "
+        f"cut to --max-length {cfg.max_length}), {sum(len(r.ranks) for r in evals)} eval rankings of "
+        f"{len({ranked_prompt(r) for r in eval_rankings})} held-out prompts; {total_steps} steps of "
+        f"{per_step} prompts on {world} process(es), mixed precision: {acc.mixed_precision}"
     )
 
     optimizer = make_optimizer(rm.parameters(), cfg)
@@ -158,7 +174,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
 
     def step_fn(step: int) -> StepOutput:
         items = step_items(len(train), per_step, cfg.seed, step)
-        normalizer = len(items) / world  # every training ranking has a strict pair; DDP averages
+        normalizer = sum(len(train[i].ranks) for i in items) / world  # the mean over rankings; DDP averages
         total = torch.zeros((), device=acc.device)
         tokens = 0
         for micro in range(cfg.grad_accum):
@@ -168,7 +184,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
             with acc.no_sync(wrapped) if not last else nullcontext():
                 with acc.autocast():
                     rewards, ranks, n = forward_rankings(wrapped, batch, tokenizer.pad_token_id, acc.device)
-                    loss = ranking_loss(rewards.float(), ranks) * len(batch) / normalizer
+                    loss = ranking_loss(rewards.float(), ranks) * len(ranks) / normalizer
                 acc.backward(loss)
             total += loss.detach()
             tokens += n
@@ -181,9 +197,10 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
         with torch.no_grad(), acc.autocast():
             for i in range(0, len(mine), cfg.batch_size):
                 batch = mine[i : i + cfg.batch_size]
-                rewards, _, _ = forward_rankings(plain, batch, tokenizer.pad_token_id, acc.device)
-                for b, r in enumerate(batch):
-                    pairs.append(ranking_pairs(rewards[b, : len(r.ranks)].float().tolist(), r.ranks))
+                rewards, ranks, _ = forward_rankings(plain, batch, tokenizer.pad_token_id, acc.device)
+                for row, rk in zip(rewards.float().tolist(), ranks.tolist(), strict=True):
+                    k = sum(x >= 0 for x in rk)
+                    pairs.append(ranking_pairs(row[:k], rk[:k]))
         plain.train()
         m = reward_metrics(gather_object(pairs) if world > 1 else pairs)
         return {"eval_accuracy": m.get("accuracy", float("nan")), "eval_loss": m.get("loss", float("nan")),
