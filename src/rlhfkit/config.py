@@ -227,7 +227,8 @@ class DemoConfig(StageConfig):
     max_new_tokens: int = Field(48, ge=8, description="Longest response in sampling, PPO and evaluation.")
     panel_size: int = Field(6, ge=2, description="Simulated labelers who rank training comparisons.")
     held_out_labelers: int = Field(3, ge=1, description="Simulated held-out labelers who judge the evaluation.")
-    label_overlap: int = Field(2, ge=1, description="Labelers per comparison task (agreement is measured on these).")
+    label_overlap: int = Field(3, ge=1, description="Labelers per comparison task (agreement is measured on these; "
+                               "the RM trains on every one's ranking, their responses forwarded once).")
     panel_noise: float = Field(0.02, gt=0, description="Bradley–Terry noise of the simulated labelers (0.02: "
                                "about 70% agreement on the demo's comparisons, InstructGPT's labelers 73%).")
     rm_epochs: float = Field(1.0, gt=0, description="RM passes over the rankings.")
