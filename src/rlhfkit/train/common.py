@@ -285,8 +285,8 @@ def split_holdout(items: list, fraction: float, seed: int, key: Callable[[Any], 
     n_eval = max(1, round(len(distinct) * fraction))
     perm = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
     held = {distinct[i] for i in perm[:n_eval]}
-    return [x for x, k in zip(items, ids, strict=True) if k not in held], [x for x, k in zip(items, ids, strict=True)
-                                                                           if k in held]
+    train = [x for x, k in zip(items, ids, strict=True) if k not in held]
+    return train, [x for x, k in zip(items, ids, strict=True) if k in held]
 
 
 # ---- the loop ----------------------------------------------------------------------------------
