@@ -190,17 +190,21 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
             tokens += n
         return StepOutput(total, {"tokens": tokens})
 
-    def evaluate() -> dict:
-        plain.eval()
-        mine = evals[rank::world]
+    def held_out_pairs(model: nn.Module, items: list[EncodedRanking]) -> list:
+        """Each held-out ranking's scored pairs; each prompt's responses forwarded once for all its rankings."""
         pairs = []
         with torch.no_grad(), acc.autocast():
-            for i in range(0, len(mine), cfg.batch_size):
-                batch = mine[i : i + cfg.batch_size]
-                rewards, ranks, _ = forward_rankings(plain, batch, tokenizer.pad_token_id, acc.device)
+            for i in range(0, len(items), cfg.batch_size):
+                rewards, ranks, _ = forward_rankings(model, items[i : i + cfg.batch_size], tokenizer.pad_token_id,
+                                                     acc.device)
                 for row, rk in zip(rewards.float().tolist(), ranks.tolist(), strict=True):
                     k = sum(x >= 0 for x in rk)
                     pairs.append(ranking_pairs(row[:k], rk[:k]))
+        return pairs
+
+    def evaluate() -> dict:
+        plain.eval()
+        pairs = held_out_pairs(plain, evals[rank::world])
         plain.train()
         m = reward_metrics(gather_object(pairs) if world > 1 else pairs)
         return {"eval_accuracy": m.get("accuracy", float("nan")), "eval_loss": m.get("loss", float("nan")),
@@ -221,13 +225,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
         console.print(f"rm: shifted rewards by {shift:+.4f} so the {len(demos)} demonstrations average 0")
     report = {}
     if evals and acc.is_main_process:
-        rewards = score(final, tokenizer, [p for r in eval_rankings for p in [r.prompt] * len(r.responses)],
-                        [x for r in eval_rankings for x in r.responses], cfg.max_length)
-        pairs, i = [], 0
-        for r in eval_rankings:
-            pairs.append(ranking_pairs(rewards[i : i + len(r.responses)].tolist(), list(r.ranks)))
-            i += len(r.responses)
-        report = reward_metrics(pairs)
+        report = reward_metrics(held_out_pairs(final.eval(), evals))
         (run_dir / "eval_report.json").write_text(json.dumps(report, indent=2))
         _print_report(report)
     acc.wait_for_everyone()
