@@ -203,3 +203,20 @@ def test_rankings_of_the_same_responses_share_one_forward_and_the_split_keeps_pr
     train, held = split_holdout(rounds, 0.2, 0, key=ranked_prompt)
     assert len(held) == 12 and not {ranked_prompt(r) for r in train} & {ranked_prompt(r) for r in held}
     assert split_holdout(list(range(10)), 0.2, 0)[1] == split_holdout(list(range(10)), 0.2, 0, key=lambda x: x)[1]
+
+
+def test_a_cut_off_response_is_scored_without_eos_as_ppo_samples_it(tiny_llama):
+    from rlhfkit.models.reward import reward_model_from_causal_lm
+    from rlhfkit.train.reward import encode_rankings
+
+    rm, tok = reward_model_from_causal_lm(str(tiny_llama))
+    r = Ranking(prompt="the cat", responses=["the cat sat", "a dog ran"], ranks=[0, 1],
+                sources=[{"ended": True}, {"ended": False}])
+    (item,), _ = encode_rankings(tok, [r], 64)
+    finished, cut = item.group.response_ids
+    assert finished[-1] == tok.eos_token_id and cut[-1] != tok.eos_token_id
+    assert finished[:-1] == tok("the cat sat", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        as_sampled = score(rm, tok, ["the cat"] * 2, ["the cat sat", "a dog ran"], ended=[True, False])
+        assert as_sampled[0] == pytest.approx(score(rm, tok, ["the cat"], ["the cat sat"])[0].item(), abs=1e-5)
+        assert as_sampled[1] != pytest.approx(score(rm, tok, ["the cat"], ["a dog ran"])[0].item(), abs=1e-5)

@@ -41,8 +41,8 @@ def encode_prompt(tokenizer, prompt: PromptText) -> list[int]:
     return list(ids)
 
 
-def encode_response(tokenizer, response: str) -> list[int]:
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def encode_response(tokenizer, response: str, eos: bool = True) -> list[int]:
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * eos
 
 
 def encode_demonstration(

@@ -66,7 +66,8 @@ def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulate
     metrics = {}
     for name, out in outputs.items():
         m = policy_metrics(out, prompts, judges)
-        m["rm_score"] = score(rm, rm_tok, [p.prompt for p in prompts], out.rollout.texts, autocast=bf16).mean().item()
+        m["rm_score"] = score(rm, rm_tok, [p.prompt for p in prompts], out.rollout.texts, autocast=bf16,
+                             ended=out.rollout.ended).mean().item()
         if name != "base":  # KL(π || π_SFT) on the policy's own samples, summed over tokens
             ref = sequence_logprobs(sft_model, sft_tok, out.rollout.prompt_ids, out.rollout.response_ids)
             m["kl_to_sft"] = sum(a - b for a, b in zip(cached[name]["logprobs"], ref, strict=True)) / len(ref)

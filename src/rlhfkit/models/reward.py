@@ -4,8 +4,9 @@ Saved as a folder:
     config.json, model.safetensors, tokenizer files   the backbone (a HF base model, e.g. LlamaModel)
     reward_head.safetensors                           the head: weight (1, hidden), bias (1,)
     reward_model.json                                 base model, normalisation shift, max length
-Sequences are the prompt through the chat template, the response, and EOS (as in SFT), so the reward
-is read at the EOS token of a finished response.
+Sequences are the prompt through the chat template, the response, and EOS (as in SFT) if the response
+ended, so the reward is read at the EOS token of a finished response; a response cut off at the length limit
+has no EOS, as PPO samples it, and is read at its last token.
 """
 
 from __future__ import annotations
@@ -101,19 +102,22 @@ class Group:
     reward equals that of prompt+response alone while the prompt is computed once for all K."""
 
     prompt_ids: list[int]
-    response_ids: list[list[int]]  # response + EOS, cut to fit max_length with the prompt
+    response_ids: list[list[int]]  # response (+ EOS if it ended), cut to fit max_length with the prompt
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + sum(map(len, self.response_ids))
 
 
-def encode_group(tokenizer, prompt: PromptText, responses: list[str], max_length: int) -> tuple[Group, int]:
+def encode_group(tokenizer, prompt: PromptText, responses: list[str], max_length: int,
+                 ended: list[bool] | None = None) -> tuple[Group, int]:
     """(group, number of responses cut) so that the prompt plus each response fits in max_length tokens.
+    `ended` says which responses finished with EOS (default: all); the others get none.
 
     The responses are what is judged, so a long prompt gives way first: it keeps its last tokens (the
     latest turns, next to the response), down to half of max_length; then responses are cut at the end."""
     prompt_ids = encode_prompt(tokenizer, prompt)
-    encoded = [encode_response(tokenizer, r) for r in responses]
+    ended = ended or [True] * len(responses)
+    encoded = [encode_response(tokenizer, r, eos=e) for r, e in zip(responses, ended, strict=True)]
     longest = max(map(len, encoded))
     if len(prompt_ids) + longest > max_length:
         keep = max(max_length - longest, max_length // 2)
@@ -186,12 +190,13 @@ def pack_groups(groups: list[Group], pad_id: int) -> GroupBatch:
 
 @torch.no_grad()
 def score(rm: RewardModel, tokenizer, prompts: list[PromptText], responses: list[str], max_length: int = 1024,
-          tokens_per_batch: int = 8192, autocast: bool = False) -> torch.Tensor:
-    """Rewards (N,) for N (prompt, response) pairs. Responses to the same prompt share its computation;
-    batches hold about `tokens_per_batch` tokens."""
+          tokens_per_batch: int = 8192, autocast: bool = False, ended: list[bool] | None = None) -> torch.Tensor:
+    """Rewards (N,) for N (prompt, response) pairs (`ended`: which finished with EOS, default all).
+    Responses to the same prompt share its computation; batches hold about `tokens_per_batch` tokens."""
     device = next(rm.parameters()).device
     was_training = rm.training
     rm.eval()
+    ended = ended or [True] * len(responses)
     by_prompt: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
         by_prompt.setdefault(json.dumps(as_messages(p)), []).append(i)
@@ -199,7 +204,8 @@ def score(rm: RewardModel, tokenizer, prompts: list[PromptText], responses: list
     for idx in by_prompt.values():
         for start in range(0, len(idx), 16):  # bound a group's length (and its attention mask)
             chunk = idx[start : start + 16]
-            groups.append(encode_group(tokenizer, prompts[chunk[0]], [responses[i] for i in chunk], max_length)[0])
+            groups.append(encode_group(tokenizer, prompts[chunk[0]], [responses[i] for i in chunk], max_length,
+                                       [ended[i] for i in chunk])[0])
             members.append(chunk)
     out = torch.empty(len(prompts))
     order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))

@@ -64,6 +64,11 @@ def ranked_prompt(r: Ranking) -> str:
     return json.dumps(r.model_dump(mode="json")["prompt"])
 
 
+def response_ended(r: Ranking) -> list[bool]:
+    """Which responses finished with EOS: sampled ones record it in their source; others are taken as finished."""
+    return [bool((src or {}).get("ended", True)) for src in (r.sources or [{}] * len(r.responses))]
+
+
 def encode_rankings(tokenizer, rankings: list[Ranking], max_length: int) -> tuple[list[EncodedRanking], int]:
     """One item per distinct prompt + responses, holding all its rankings; rankings that tie every response
     teach nothing and are left out. Also returns the number of responses cut to max_length."""
@@ -74,7 +79,7 @@ def encode_rankings(tokenizer, rankings: list[Ranking], max_length: int) -> tupl
             continue
         key = (ranked_prompt(r), tuple(r.responses))
         if key not in items:
-            group, cut = encode_group(tokenizer, r.prompt, r.responses, max_length)
+            group, cut = encode_group(tokenizer, r.prompt, r.responses, max_length, response_ended(r))
             items[key] = EncodedRanking(group, [])
             truncated += cut
         items[key].ranks.append(list(r.ranks))
