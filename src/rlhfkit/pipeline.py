@@ -173,8 +173,9 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     run.stage("sft", lambda: str(train_sft(SFTConfig(
         model=cfg.model, data=str(d / "data/demonstrations.jsonl"), output_dir=str(d / "sft"), epochs=cfg.sft_epochs,
-        lr=cfg.sft_lr, batch_size=8, max_length=384, warmup_ratio=0.1, eval_fraction=0.05, eval_every=0,
-        save_every=25, seed=cfg.seed, resume=True, keep_checkpoints=1)).output_dir), trainer_dir=d / "sft")
+        lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, max_length=384, warmup_ratio=0.1, eval_fraction=0.05,
+        eval_every=0, save_every=25, seed=cfg.seed, resume=True, keep_checkpoints=1)).output_dir),
+        trainer_dir=d / "sft")
     policy = str(d / "sft")
     for r in range(1, cfg.rounds + 1):
         policy = run_round(run, cfg, r, policy, panel, judges)
