@@ -57,6 +57,15 @@ def test_score_rises_while_kl_tracks_its_target(tmp_path, tiny_llama, prompts_fi
     load_causal_lm(result.output_dir)
 
 
+def test_a_cut_off_response_loses_the_penalty_from_its_score(tmp_path, tiny_llama, prompts_file):
+    # A reward far below -1 everywhere: a penalty that replaced the score with a constant would reward cut-offs.
+    cfg = ppo_cfg(tmp_path, tiny_llama, prompts_file, max_new_tokens=3, missing_eos_penalty=0.5)
+    result = train_ppo(cfg, reward_fn=lambda prompts, responses: torch.full((len(responses),), -5.0))
+    assert any(m["no_eos"] > 0 for m in result.history)
+    for m in result.history:
+        assert m["score_with_penalty"] == pytest.approx(m["score"] - 0.5 * m["no_eos"], abs=1e-5)
+
+
 def ptx_nll(model, tok, path) -> float:
     rows = read_ptx(str(path), tok, 64)
     batch = collate_packed(rows, tok.pad_token_id)

@@ -182,8 +182,8 @@ class PPOConfig(TrainConfig):
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="Per-token KL estimator: k1 = log-ratio, "
                                               "k3 = the non-negative unbiased one.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
-    missing_eos_penalty: float | None = Field(-1.0, description="Score given instead of the RM's to a response "
-                                              "cut off without EOS (unset = score it anyway).")
+    missing_eos_penalty: float | None = Field(1.0, ge=0, description="Subtracted from the RM's score of a "
+                                              "response cut off without EOS, as TRL does (unset = none).")
     value_lr: float = Field(1e-5, description="Learning rate of the separate value model.")
     vf_coef: float = Field(0.1, ge=0, description="Value-loss weight when the value head shares the policy backbone.")
     value_warmup_iterations: int = Field(0, ge=0, description="Iterations that train only the value model first.")
@@ -235,12 +235,16 @@ class DemoConfig(StageConfig):
     panel_noise: float = Field(0.02, gt=0, description="Bradley–Terry noise of the simulated labelers (0.02: "
                                "about 70% agreement on the demo's comparisons, InstructGPT's labelers 73%).")
     rm_epochs: float = Field(1.0, gt=0, description="RM passes over the rankings.")
-    rm_lr: float = Field(2e-5, description="RM learning rate.")
+    rm_lr: float = Field(5e-5, description="RM learning rate.")
+    rm_batch_size: int = Field(2, ge=1, description="Prompts (with their K responses and every ranking of them) "
+                               "per RM step: 2 gives about 35 steps an epoch on the demo's comparisons.")
     # 3. PPO-ptx
     ppo_iterations: int = Field(10, ge=1, description="PPO iterations per round.")
     ppo_rollout_batch: int = Field(16, ge=1, description="Prompts per PPO iteration.")
     ppo_epochs: int = Field(1, ge=1, description="PPO passes over each rollout batch.")
     ppo_lr: float = Field(1e-5, description="Policy learning rate.")
+    ppo_temperature: float = Field(1.0, gt=0, description="Temperature of PPO's rollouts and of the log-probs "
+                                   "it optimises (and penalises with the KL).")
     shared_value_head: bool = Field(True, description="PPO's value head on the policy's own backbone (as TRL's "
                                     "first PPO trainer did) instead of a separate value model started from the RM "
                                     "(the paper's): a third less compute per PPO iteration.")

@@ -206,7 +206,7 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
     write_jsonl(rankings, [x for i in range(1, r + 1) for x in read_rankings(d / f"rm-round{i}.jsonl").records])
     run.stage(f"round{r}/rm", lambda: train_reward(RMConfig(
         model=str(d / "sft"), data=str(rankings), demos=str(d / "data/demonstrations.jsonl"),
-        output_dir=str(here / "rm"), epochs=cfg.rm_epochs, lr=cfg.rm_lr, batch_size=8, max_length=384,
+        output_dir=str(here / "rm"), epochs=cfg.rm_epochs, lr=cfg.rm_lr, batch_size=cfg.rm_batch_size, max_length=384,
         eval_fraction=0.1, eval_every=0, save_every=50, **common)).eval_metrics, trainer_dir=here / "rm")
 
     def ppo(out: Path, ptx: float) -> dict:
@@ -215,7 +215,8 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
             prompts=str(d / "data/ppo_prompts.jsonl"), ptx_data=str(d / "data/ptx.txt"), ptx_coef=ptx,
             output_dir=str(out), iterations=cfg.ppo_iterations, rollout_batch=cfg.ppo_rollout_batch,
             minibatch_size=8, ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.max_new_tokens, lr=cfg.ppo_lr,
-            kl_coef=cfg.kl_coef, shared_value_head=cfg.shared_value_head, save_every=5, samples_every=5, **common))
+            kl_coef=cfg.kl_coef, temperature=cfg.ppo_temperature, shared_value_head=cfg.shared_value_head,
+            save_every=5, samples_every=5, **common))
         return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
 
     run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ptx_coef), trainer_dir=here / "ppo")

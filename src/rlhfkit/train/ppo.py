@@ -5,7 +5,7 @@
 One iteration:
   1. rollout   sample a response to each prompt from π_RL (KV cache, stop at EOS or max_new_tokens)
   2. score     log-probs under π_RL (old) and π_SFT (reference), values, and the RM score r_θ(x,y) on the
-               last real response token (a response cut off without EOS gets `missing_eos_penalty`)
+               last real response token, less `missing_eos_penalty` for a response cut off without EOS
   3. rewards   per token −β·KL_t, plus the score at the last token      -> losses.kl_penalized_rewards
   4. GAE       advantages (whitened over the whole batch, all processes) and returns   -> losses.gae
   5. update    `ppo_epochs` passes of minibatches: clipped policy loss − entropy bonus + γ_ptx · NLL of
@@ -332,8 +332,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
                 else:
                     scores = _scores_from_rm(rm, batch, tokenizer.pad_token_id)
             raw_scores = scores.clone()
-            if cfg.missing_eos_penalty is not None:
-                scores = torch.where(batch.ended, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+            if cfg.missing_eos_penalty is not None:  # subtracted, not a fixed score: the RM's scale varies, and
+                # a fixed score above what the RM gives cut-off responses would reward running out of tokens
+                scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
             old_logprobs, ref_logprobs, values = old_logprobs.float(), ref_logprobs.float(), values.float()
             mask = batch.mask
 
