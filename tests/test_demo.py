@@ -129,6 +129,15 @@ def test_rubric_does_not_penalise_what_the_prompt_asked_for():
     assert rubric(about, "Whales.")["length"] < 1.0  # a fragment where a paragraph was asked
 
 
+def test_the_default_config_file_holds_the_built_in_defaults():
+    from pathlib import Path
+
+    from rlhfkit.config import DemoConfig, load_config
+
+    path = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    assert load_config(DemoConfig, path, {}) == DemoConfig()
+
+
 def test_quick_demo_end_to_end(tmp_path, smollm2):
     from rlhfkit.config import DemoConfig
     from rlhfkit.pipeline import run_demo
