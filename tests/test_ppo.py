@@ -66,6 +66,18 @@ def test_a_cut_off_response_loses_the_penalty_from_its_score(tmp_path, tiny_llam
         assert m["score_with_penalty"] == pytest.approx(m["score"] - 0.5 * m["no_eos"], abs=1e-5)
 
 
+def test_each_response_is_paired_with_its_own_prompt():
+    # `sample` returns rollouts sorted by prompt length, not in the order the prompts were drawn; the prompts
+    # a reward function and the samples table see must follow the rollout's order.
+    from rlhfkit.rollout import Rollout
+    from rlhfkit.train.ppo import build_batch
+
+    roll = Rollout([2, 0, 1], [[1], [1, 2], [1, 2, 3]], [[4], [5], [6]], [True] * 3, ["to c", "to a", "to b"])
+    batch = build_batch(roll, ["a", "b", "c"], torch.device("cpu"))
+    assert batch.prompts == ["c", "a", "b"]
+    assert batch.responses == ["to c", "to a", "to b"]
+
+
 def ptx_nll(model, tok, path) -> float:
     rows = read_ptx(str(path), tok, 64)
     batch = collate_packed(rows, tok.pad_token_id)

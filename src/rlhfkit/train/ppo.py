@@ -166,10 +166,13 @@ def _gather(parts: list, n: int) -> torch.Tensor:
 
 
 def build_batch(roll, prompts_text: list[str], device) -> RolloutBatch:
+    """`prompts_text` in the order the prompts were given; the rollout comes back in its own order (sorted by
+    length), so each response is paired with its prompt through `roll.prompt_index`."""
     t = max(1, max(map(len, roll.response_ids)))
     mask = torch.tensor([[1.0] * len(r) + [0.0] * (t - len(r)) for r in roll.response_ids])
     return RolloutBatch([list(p) for p in roll.prompt_ids], [list(r) for r in roll.response_ids], mask.to(device),
-                        prompts_text, roll.texts, torch.tensor(roll.ended, device=device))
+                        [prompts_text[i] for i in roll.prompt_index], roll.texts,
+                        torch.tensor(roll.ended, device=device))
 
 
 def read_ptx(path: str, tokenizer, row_length: int) -> list[list[Example]]:
