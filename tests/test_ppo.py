@@ -66,6 +66,25 @@ def test_a_cut_off_response_loses_the_penalty_from_its_score(tmp_path, tiny_llam
         assert m["score_with_penalty"] == pytest.approx(m["score"] - 0.5 * m["no_eos"], abs=1e-5)
 
 
+def test_several_responses_per_prompt_are_scored_against_each_other(tmp_path, tiny_llama, prompts_file):
+    seen = []
+
+    def reward(prompts, responses):
+        seen.append(list(prompts))
+        return torch.tensor([3.0 + len(r) % 2 for r in responses])
+
+    cfg = ppo_cfg(tmp_path, tiny_llama, prompts_file, rollout_batch=8, samples_per_prompt=4, missing_eos_penalty=None)
+    result = train_ppo(cfg, reward_fn=reward)
+    assert len(seen) == 2
+    for prompts in seen:  # two prompts an iteration, each answered four times
+        assert sorted(prompts.count(p) for p in set(prompts)) == [4, 4]
+    for m in result.history:  # the log keeps the RM's own scale; only the advantages are centred
+        assert 3.0 <= m["score"] <= 4.0
+    with pytest.raises(ValueError, match="not a multiple of --samples-per-prompt 3"):
+        train_ppo(ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, rollout_batch=8, samples_per_prompt=3),
+                  reward_fn=reward)
+
+
 def test_each_response_is_paired_with_its_own_prompt():
     # `sample` returns rollouts sorted by prompt length, not in the order the prompts were drawn; the prompts
     # a reward function and the samples table see must follow the rollout's order.

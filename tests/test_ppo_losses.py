@@ -7,6 +7,7 @@ from rlhfkit.losses import (
     AdaptiveKLController,
     gae,
     kl_penalized_rewards,
+    leave_one_out,
     ppo_policy_loss,
     ppo_value_loss,
     whiten,
@@ -89,3 +90,15 @@ def test_adaptive_kl_controller():
     c2 = AdaptiveKLController(1.0, 1.0, 1)
     c2.load_state_dict(c.state_dict())
     assert c2.beta == c.beta
+
+
+def test_leave_one_out_takes_the_mean_of_the_other_responses_to_the_same_prompt():
+    # two prompts, interleaved as a length-sorted rollout returns them: prompt 0 has three responses, prompt 1 two
+    scores = torch.tensor([1.0, 10.0, 4.0, 20.0, 7.0])
+    groups = torch.tensor([0, 1, 0, 1, 0])
+    out = leave_one_out(scores, groups)
+    assert out.tolist() == pytest.approx([1 - 5.5, 10 - 20, 4 - 4.0, 20 - 10, 7 - 2.5])
+    # a constant added to all of one prompt's scores (the RM's arbitrary level for that prompt) changes nothing
+    assert leave_one_out(scores + 100 * (groups == 1), groups).tolist() == pytest.approx(out.tolist())
+    with pytest.raises(ValueError, match="at least two"):
+        leave_one_out(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 0, 1]))

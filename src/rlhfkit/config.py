@@ -163,7 +163,10 @@ class PPOConfig(TrainConfig):
     ptx_max_length: int = Field(256, ge=8, description="Tokens per packed pretraining row.")
     output_dir: str = Field("runs/ppo", description="Run folder: final policy, value/, checkpoints/, logs/.")
     iterations: int = Field(50, ge=1, description="Rollout-and-update iterations.")
-    rollout_batch: int = Field(16, ge=1, description="Prompts sampled per iteration on each process.")
+    rollout_batch: int = Field(16, ge=1, description="Responses sampled per iteration on each process.")
+    samples_per_prompt: int = Field(1, ge=1, description="Responses to each prompt in a rollout (rollout_batch / "
+                                    "samples_per_prompt prompts an iteration). Above 1, each score is taken "
+                                    "relative to the mean score of the prompt's other responses (RLOO's baseline).")
     max_new_tokens: int = Field(64, ge=1, description="Longest response in a rollout.")
     max_prompt_length: int = Field(256, ge=8, description="Prompts are cut to their last N tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the policy (its log-probs use it too).")
@@ -240,7 +243,9 @@ class DemoConfig(StageConfig):
                                "per RM step: 2 gives about 35 steps an epoch on the demo's comparisons.")
     # 3. PPO-ptx
     ppo_iterations: int = Field(10, ge=1, description="PPO iterations per round.")
-    ppo_rollout_batch: int = Field(16, ge=1, description="Prompts per PPO iteration.")
+    ppo_rollout_batch: int = Field(16, ge=1, description="Responses per PPO iteration.")
+    ppo_samples_per_prompt: int = Field(1, ge=1, description="PPO responses to each prompt, each scored against "
+                                        "the mean of the others (RLOO's baseline).")
     ppo_epochs: int = Field(1, ge=1, description="PPO passes over each rollout batch.")
     ppo_lr: float = Field(1e-5, description="Policy learning rate.")
     ppo_temperature: float = Field(1.0, gt=0, description="Temperature of PPO's rollouts and of the log-probs "

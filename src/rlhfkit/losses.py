@@ -85,6 +85,24 @@ def kl_penalized_rewards(
     return rewards
 
 
+def leave_one_out(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each score minus the mean score of the other responses to the same prompt (the RLOO baseline,
+    Ahmadian et al. 2024). scores (B,) float, groups (B,) long: which prompt each response answers; every
+    group needs at least two responses.
+
+    A reward model trained on comparisons only fixes score differences between responses to the same
+    prompt; its level from one prompt to the next is arbitrary. Centred per prompt, the score says only
+    how this response compares with its siblings, which is what the policy can change.
+    """
+    n_groups = int(groups.max()) + 1
+    sums = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add(0, groups, scores)
+    counts = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add(
+        0, groups, torch.ones_like(scores))
+    if (counts[groups] < 2).any():
+        raise ValueError("leave_one_out: every prompt needs at least two responses")
+    return scores - (sums[groups] - scores) / (counts[groups] - 1)
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) over each row's unmasked tokens.

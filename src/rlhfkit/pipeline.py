@@ -214,6 +214,7 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
             policy=policy, reference=str(d / "sft"), reward_model=str(here / "rm"),
             prompts=str(d / "data/ppo_prompts.jsonl"), ptx_data=str(d / "data/ptx.txt"), ptx_coef=ptx,
             output_dir=str(out), iterations=cfg.ppo_iterations, rollout_batch=cfg.ppo_rollout_batch,
+            samples_per_prompt=cfg.ppo_samples_per_prompt,
             minibatch_size=8, ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.max_new_tokens, lr=cfg.ppo_lr,
             kl_coef=cfg.kl_coef, temperature=cfg.ppo_temperature, shared_value_head=cfg.shared_value_head,
             save_every=5, samples_every=5, **common))

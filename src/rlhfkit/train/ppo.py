@@ -3,9 +3,11 @@
     objective(φ) = E_(x,y)~π_RL [ r_θ(x,y) − β·log(π_RL(y|x) / π_SFT(y|x)) ] + γ·E_x~D_pretrain [ log π_RL(x) ]
 
 One iteration:
-  1. rollout   sample a response to each prompt from π_RL (KV cache, stop at EOS or max_new_tokens)
+  1. rollout   sample `samples_per_prompt` responses to each prompt from π_RL (KV cache, stop at EOS or
+               max_new_tokens)
   2. score     log-probs under π_RL (old) and π_SFT (reference), values, and the RM score r_θ(x,y) on the
-               last real response token, less `missing_eos_penalty` for a response cut off without EOS
+               last real response token, less `missing_eos_penalty` for a response cut off without EOS;
+               with several responses per prompt, less the mean score of the others   -> losses.leave_one_out
   3. rewards   per token −β·KL_t, plus the score at the last token      -> losses.kl_penalized_rewards
   4. GAE       advantages (whitened over the whole batch, all processes) and returns   -> losses.gae
   5. update    `ppo_epochs` passes of minibatches: clipped policy loss − entropy bonus + γ_ptx · NLL of
@@ -46,6 +48,7 @@ from rlhfkit.losses import (
     AdaptiveKLController,
     gae,
     kl_penalized_rewards,
+    leave_one_out,
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
@@ -125,6 +128,7 @@ class RolloutBatch:
     prompts: list[str]
     responses: list[str]
     ended: torch.Tensor  # (B,) bool
+    groups: torch.Tensor  # (B,) long: which prompt of the iteration each response answers
 
 
 def packed(fn, batch: RolloutBatch, idx, pad_id: int, *args):
@@ -172,7 +176,7 @@ def build_batch(roll, prompts_text: list[str], device) -> RolloutBatch:
     mask = torch.tensor([[1.0] * len(r) + [0.0] * (t - len(r)) for r in roll.response_ids])
     return RolloutBatch([list(p) for p in roll.prompt_ids], [list(r) for r in roll.response_ids], mask.to(device),
                         [prompts_text[i] for i in roll.prompt_index], roll.texts,
-                        torch.tensor(roll.ended, device=device))
+                        torch.tensor(roll.ended, device=device), torch.tensor(roll.prompt_index, device=device))
 
 
 def read_ptx(path: str, tokenizer, row_length: int) -> list[list[Example]]:
@@ -211,6 +215,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     reward is a program (e.g. a verifiable constraint); the value model then starts from the policy."""
     if cfg.prompts is None:
         raise ValueError("no prompts: pass --prompts FILE")
+    if cfg.rollout_batch % cfg.samples_per_prompt:
+        raise ValueError(f"--rollout-batch {cfg.rollout_batch} is not a multiple of --samples-per-prompt "
+                         f"{cfg.samples_per_prompt}")
     acc = make_accelerator(cfg)
     run_dir = prepare_run_dir(cfg, acc)
     checkpoints = Checkpoints(run_dir, acc, cfg.keep_checkpoints)
@@ -253,6 +260,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     module = PolicyModule(policy, value_head, entropy_grad=cfg.entropy_coef > 0)
     ptx_rows = read_ptx(cfg.ptx_data, tokenizer, cfg.ptx_max_length) if cfg.ptx_data and cfg.ptx_coef > 0 else None
 
+    n_prompts = cfg.rollout_batch // cfg.samples_per_prompt
     n_minibatches = math.ceil(cfg.rollout_batch / cfg.minibatch_size)
     total_updates = cfg.iterations * cfg.ppo_epochs * n_minibatches
     optimizer = make_optimizer(module.parameters(), cfg)
@@ -311,9 +319,10 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
         while iteration < cfg.iterations:
             # ---- 1. rollout ----
             t0 = time.perf_counter()
-            idx = step_items(len(prompts), cfg.rollout_batch * world, cfg.seed, iteration)
-            mine = [prompts[i] for i in idx[rank * cfg.rollout_batch : (rank + 1) * cfg.rollout_batch]]
-            roll = sample(plain_policy.model, tokenizer, [p.prompt for p in mine], 1, cfg.max_new_tokens,
+            idx = step_items(len(prompts), n_prompts * world, cfg.seed, iteration)
+            mine = [prompts[i] for i in idx[rank * n_prompts : (rank + 1) * n_prompts]]
+            roll = sample(plain_policy.model, tokenizer, [p.prompt for p in mine], cfg.samples_per_prompt,
+                          cfg.max_new_tokens,
                           cfg.temperature, cfg.top_p, cfg.rollout_batch, autocast, cfg.max_prompt_length)
             batch = build_batch(roll, [prompt_text(p.prompt) for p in mine], acc.device)
             t_generate = time.perf_counter() - t0
@@ -338,6 +347,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             if cfg.missing_eos_penalty is not None:  # subtracted, not a fixed score: the RM's scale varies, and
                 # a fixed score above what the RM gives cut-off responses would reward running out of tokens
                 scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
+            penalized = scores
+            if cfg.samples_per_prompt > 1:  # what the policy can change is how a response compares with its siblings
+                scores = leave_one_out(scores, batch.groups)
             old_logprobs, ref_logprobs, values = old_logprobs.float(), ref_logprobs.float(), values.float()
             mask = batch.mask
 
@@ -418,7 +430,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             seq_kl = ((old_logprobs - ref_logprobs) * mask).sum(1)
             totals = global_sum(torch.stack([
                 raw_scores.sum(), seq_kl.sum(), mask.sum(), (~batch.ended).float().sum(),
-                torch.tensor(float(b), device=acc.device), scores.sum(),
+                torch.tensor(float(b), device=acc.device), penalized.sum(),
             ]))
             n = totals[4].item()
             mean_kl = totals[1].item() / n
