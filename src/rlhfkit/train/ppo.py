@@ -322,8 +322,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             idx = step_items(len(prompts), n_prompts * world, cfg.seed, iteration)
             mine = [prompts[i] for i in idx[rank * n_prompts : (rank + 1) * n_prompts]]
             roll = sample(plain_policy.model, tokenizer, [p.prompt for p in mine], cfg.samples_per_prompt,
-                          cfg.max_new_tokens,
-                          cfg.temperature, cfg.top_p, cfg.rollout_batch, autocast, cfg.max_prompt_length)
+                          cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.rollout_batch, autocast,
+                          cfg.max_prompt_length)
             batch = build_batch(roll, [prompt_text(p.prompt) for p in mine], acc.device)
             t_generate = time.perf_counter() - t0
 
