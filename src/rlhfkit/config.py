@@ -244,8 +244,9 @@ class DemoConfig(StageConfig):
     # 3. PPO-ptx
     ppo_iterations: int = Field(10, ge=1, description="PPO iterations per round.")
     ppo_rollout_batch: int = Field(16, ge=1, description="Responses per PPO iteration.")
-    ppo_samples_per_prompt: int = Field(1, ge=1, description="PPO responses to each prompt, each scored against "
-                                        "the mean of the others (RLOO's baseline).")
+    ppo_samples_per_prompt: int = Field(4, ge=1, description="PPO responses to each prompt, each scored against "
+                                        "the mean of the others (RLOO's baseline): the RM's level for a prompt, "
+                                        "arbitrary, drops out.")
     ppo_epochs: int = Field(1, ge=1, description="PPO passes over each rollout batch.")
     ppo_lr: float = Field(1e-5, description="Policy learning rate.")
     ppo_temperature: float = Field(1.0, gt=0, description="Temperature of PPO's rollouts and of the log-probs "
