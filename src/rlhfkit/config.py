@@ -244,7 +244,7 @@ class DemoConfig(StageConfig):
     # 3. PPO-ptx
     ppo_iterations: int = Field(10, ge=1, description="PPO iterations per round.")
     ppo_rollout_batch: int = Field(16, ge=1, description="Responses per PPO iteration.")
-    ppo_samples_per_prompt: int = Field(4, ge=1, description="PPO responses to each prompt, each scored against "
+    ppo_samples_per_prompt: int = Field(1, ge=1, description="PPO responses to each prompt, each scored against "
                                         "the mean of the others (RLOO's baseline): the RM's level for a prompt, "
                                         "arbitrary, drops out.")
     ppo_epochs: int = Field(1, ge=1, description="PPO passes over each rollout batch.")
