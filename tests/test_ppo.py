@@ -78,8 +78,9 @@ def test_several_responses_per_prompt_are_scored_against_each_other(tmp_path, ti
     assert len(seen) == 2
     for prompts in seen:  # two prompts an iteration, each answered four times
         assert sorted(prompts.count(p) for p in set(prompts)) == [4, 4]
-    for m in result.history:  # the log keeps the RM's own scale; only the advantages are centred
+    for m in result.history:  # the log keeps the reward's own scale; only the advantages are centred
         assert 3.0 <= m["score"] <= 4.0
+        assert m["score_with_penalty"] == pytest.approx(m["score"])
     with pytest.raises(ValueError, match="not a multiple of --samples-per-prompt 3"):
         train_ppo(ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, rollout_batch=8, samples_per_prompt=3),
                   reward_fn=reward)
