@@ -150,20 +150,9 @@ def test_every_option_runs(tmp_path, tiny_llama, prompts_file, tiny_rm, options)
     assert (result.output_dir / "value").exists() != bool(options.get("shared_value_head"))
 
 
-def test_packed_rollouts_match_each_sequence_alone(tiny_llama):
-    # Rollouts are packed end to end (no padding) for the policy and value forwards; each response token's
-    # log-prob, entropy and value must equal those of its prompt + response run alone.
-    from rlhfkit.rollout import Rollout
-    from rlhfkit.train.ppo import PolicyModule, build_batch, in_chunks, packed
-
-    model, tok = load_causal_lm(tiny_llama)
-    head = torch.nn.Linear(model.config.hidden_size, 1)
-    prompts = [[5, 6, 7, 8, 9, 10, 11], [5, 6], [7, 8, 9], [12]]
-    responses = [[20, 21], [22, 23, 24, 25, 26], [27], [28, 29, 30]]
-    roll = Rollout([0, 1, 2, 3], prompts, responses, [True] * 4, ["a", "b", "c", "d"])
-    batch = build_batch(roll, ["a", "b", "c", "d"], torch.device("cpu"))
-    module = PolicyModule(model.eval(), head)
-    alone = {"logprobs": torch.zeros(4, 5), "entropy": torch.zeros(4, 5), "values": torch.zeros(4, 5)}
+def run_alone(model, head, prompts, responses, width):
+    """Log-probs, entropies and values of each response's tokens with its prompt run alone (no packing)."""
+    alone = {k: torch.zeros(len(prompts), width) for k in ("logprobs", "entropy", "values")}
     with torch.no_grad():
         for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
             out = model(input_ids=torch.tensor([p + r]), output_hidden_states=True)
@@ -171,10 +160,60 @@ def test_packed_rollouts_match_each_sequence_alone(tiny_llama):
             alone["logprobs"][i, : len(r)] = logp.gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
             alone["entropy"][i, : len(r)] = -(logp.exp() * logp).sum(-1)
             alone["values"][i, : len(r)] = head(out.hidden_states[-1][0, len(p) - 1 : -1]).squeeze(-1)
-        for idx in ([1, 2], [3, 0], [2], [0, 1, 2, 3]):
+    return alone
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_packed_rollouts_match_each_sequence_alone(tiny_llama, shared):
+    # Rollouts are packed end to end (no padding) for the policy and value forwards; responses to the same prompt
+    # share one copy of it. Each response token's log-prob, entropy and value must equal those of its prompt +
+    # response run alone.
+    from rlhfkit.rollout import Rollout
+    from rlhfkit.train.ppo import PolicyModule, build_batch, in_chunks, packed
+
+    model, tok = load_causal_lm(tiny_llama)
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    if shared:  # two prompts, two responses each; the rollout lists them interleaved
+        index, texts = [0, 1, 0, 1], ["a", "b"]
+        prompts = [[5, 6, 7, 8, 9, 10, 11], [7, 8, 9], [5, 6, 7, 8, 9, 10, 11], [7, 8, 9]]
+    else:
+        index, texts = [0, 1, 2, 3], ["a", "b", "c", "d"]
+        prompts = [[5, 6, 7, 8, 9, 10, 11], [5, 6], [7, 8, 9], [12]]
+    responses = [[20, 21], [22, 23, 24, 25, 26], [27], [28, 29, 30]]
+    roll = Rollout(index, prompts, responses, [True] * 4, ["w", "x", "y", "z"])
+    batch = build_batch(roll, texts, torch.device("cpu"))
+    module = PolicyModule(model.eval(), head)
+    alone = run_alone(model, head, prompts, responses, 5)
+    with torch.no_grad():
+        for idx in ([1, 2], [3, 0], [2], [0, 1, 2, 3], [2, 0, 3, 1]):
             part = packed(module, batch, torch.tensor(idx), tok.pad_token_id, 1.0)
             for key in ("logprobs", "values", "entropy"):
                 assert part[key].shape == (len(idx), 5)
                 torch.testing.assert_close(part[key], alone[key][idx], atol=1e-5, rtol=1e-4)
         chunked = in_chunks(module, batch, 3, tok.pad_token_id, 1.0)
         torch.testing.assert_close(chunked["logprobs"], alone["logprobs"], atol=1e-5, rtol=1e-4)
+
+
+def test_responses_to_one_prompt_share_its_forward(tiny_llama):
+    # With several responses per prompt the prompt is laid out once, and the RM scores each response as if alone.
+    from rlhfkit.data import pack_shared_prompts
+    from rlhfkit.rollout import Rollout
+    from rlhfkit.train.ppo import _scores_from_rm, build_batch
+
+    prompt = list(range(5, 25))
+    responses = [[30, 31, 2], [32, 2], [33, 34, 35, 36]]
+    pk = pack_shared_prompts([prompt] * 3, responses, [7, 7, 7], pad_id=0)
+    assert pk.input_ids.shape == (1, 20 + 3 + 2 + 4)
+    # each response's first token is read from the prompt's last state, the rest from the response's own
+    assert pk.reads[:, 1].tolist() == [19, 20, 21, 19, 23, 19, 25, 26, 27]
+    assert pk.slots.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [2, 1], [2, 2], [2, 3]]
+    assert pk.targets.tolist() == [t for r in responses for t in r]
+    rm, tok = reward_model_from_causal_lm(tiny_llama)
+    rm.eval()
+    batch = build_batch(Rollout([0, 1, 0], [prompt, [5, 6], prompt], responses, [True, True, False], list("abc")),
+                        ["p", "q"], torch.device("cpu"))
+    with torch.no_grad():
+        shared = _scores_from_rm(rm, batch, tok.pad_token_id)
+        alone = [rm(torch.tensor([p + r]), torch.arange(len(p + r))[None], None, torch.tensor([[0, len(p + r) - 1]]))
+                 for p, r in zip(batch.prompt_ids, responses, strict=True)]
+    torch.testing.assert_close(shared, torch.cat(alone), atol=1e-5, rtol=1e-4)

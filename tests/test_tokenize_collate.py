@@ -84,30 +84,31 @@ def test_decode_loop_matches_transformers_generate(tiny_llama, tiny_gpt2):
 def test_static_decoder_matches_the_dynamic_cache(tiny_llama):
     # The fixed-shape step (the CUDA-graph path on a GPU) against transformers' own forward, on left-padded
     # prompts of different lengths: the same logits step by step, so the same greedy tokens. The two short
-    # prompts share a row of the packed prefill.
+    # prompts share a row of the packed prefill; the repeated one is computed once and copied.
     from rlhfkit.data import pack_lengths
     from rlhfkit.rollout import StaticDecoder, decode_dynamic
 
     model, tok = load_causal_lm(tiny_llama)
     assert StaticDecoder.supports(model)
     long = "why is the sky blue and the river green " * 8
-    prompts = [encode_prompt(tok, p) for p in ["a dog", long, "the cat"]]
+    prompts = [encode_prompt(tok, p) for p in ["a dog", long, "the cat", "a dog"]]
     width = max(map(len, prompts))
-    assert len(pack_lengths(list(map(len, prompts)), width)) == 2
-    ids = torch.full((3, width), tok.pad_token_id)
+    assert len(pack_lengths(list(map(len, prompts[:3])), width)) == 2
+    rows = len(prompts)
+    ids = torch.full((rows, width), tok.pad_token_id)
     mask = torch.zeros_like(ids)
     for row, p in enumerate(prompts):
         ids[row, width - len(p):] = torch.tensor(p)
         mask[row, width - len(p):] = 1
     # eos=-1: no row stops, so every step of every row is compared
-    static = StaticDecoder(model, 3, width + 12).run(ids, mask, 12, 0.0, 1.0, -1, tok.pad_token_id)
+    static = StaticDecoder(model, rows, width + 12).run(ids, mask, 12, 0.0, 1.0, -1, tok.pad_token_id)
     dynamic = decode_dynamic(model, ids, mask, 12, 0.0, 1.0, -1, tok.pad_token_id)
     assert static.tolist() == dynamic.tolist()
 
     # the packed prefill: the same logits and, slot for slot, the same cache as the padded forward
     from transformers import DynamicCache
 
-    decoder = StaticDecoder(model, 3, width + 12)
+    decoder = StaticDecoder(model, rows, width + 12)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         logits = decoder._prefill(ids, mask)
@@ -116,7 +117,7 @@ def test_static_decoder_matches_the_dynamic_cache(tiny_llama):
     torch.testing.assert_close(logits, padded, atol=1e-5, rtol=1e-4)
     real = mask.bool()
     for i, layer in enumerate(cache.layers):
-        for row in range(3):
+        for row in range(rows):
             torch.testing.assert_close(decoder.keys[i, row, :, :width][:, real[row]], layer.keys[row][:, real[row]])
             torch.testing.assert_close(decoder.values[i, row, :, :width][:, real[row]], layer.values[row][:, real[row]])
         assert not decoder.keys[i, :, :, :width].transpose(1, 2)[~real].any()  # padding slots hold zeros

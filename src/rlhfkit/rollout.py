@@ -236,20 +236,26 @@ class StaticDecoder:
         """Run the left-padded prompts through the model and fill the cache; the logits after each prompt.
 
         The prompts go in packed end to end (rows as long as the longest prompt, a block-diagonal causal mask),
-        not padded: a batch with one long prompt would otherwise pay for its length in every row. Each prompt's
-        keys and values are then copied to its row of the cache, right-aligned at the prompt width, where the
-        left-padded layout of the decoding steps expects them. Padding slots stay zero and masked."""
+        not padded: a batch with one long prompt would otherwise pay for its length in every row; a prompt in
+        several rows (several samples of it) goes in once. Each prompt's keys and values are then copied to its
+        rows of the cache, right-aligned at the prompt width, where the left-padded layout of the decoding steps
+        expects them. Padding slots stay zero and masked."""
         from transformers import DynamicCache
 
         from rlhfkit.data.collate import pack_lengths
 
         width = ids.shape[1]
         lengths = mask.sum(1).tolist()
-        rows = pack_lengths(lengths, width)
+        # a prompt sampled several times is computed once; its copies take its keys and values
+        first: dict[tuple, int] = {}
+        source = [first.setdefault(tuple(row[width - n :]), b)
+                  for b, (row, n) in enumerate(zip(ids.tolist(), lengths, strict=True))]
+        unique = sorted(first.values())
+        rows = [[unique[i] for i in members] for members in pack_lengths([lengths[b] for b in unique], width)]
         packed = torch.full((len(rows), width), int(ids[0, 0]), dtype=torch.long, device=ids.device)
         positions = torch.zeros_like(packed)
         segment = torch.full_like(packed, -1)
-        src_row, src_col, dst_row, dst_slot, last = [], [], [], [], [0] * len(lengths)
+        place: dict[int, tuple[int, int]] = {}  # prompt -> (row, first column) in `packed`
         for r, members in enumerate(rows):
             col = 0
             for b in members:
@@ -257,12 +263,16 @@ class StaticDecoder:
                 packed[r, col : col + n] = ids[b, width - n :]
                 positions[r, col : col + n] = torch.arange(n, device=ids.device)
                 segment[r, col : col + n] = b
-                src_row += [r] * n
-                src_col += range(col, col + n)
-                dst_row += [b] * n
-                dst_slot += range(width - n, width)
+                place[b] = (r, col)
                 col += n
-                last[b] = (r, col - 1)
+        src_row, src_col, dst_row, dst_slot, last = [], [], [], [], []
+        for b, n in enumerate(lengths):
+            r, col = place[source[b]]
+            src_row += [r] * n
+            src_col += range(col, col + n)
+            dst_row += [b] * n
+            dst_slot += range(width - n, width)
+            last.append((r, col + n - 1))
         causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
         same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
         attend = (same & causal) | torch.eye(width, dtype=torch.bool, device=ids.device)  # padding sees itself

@@ -7,6 +7,7 @@ from rlhfkit.data.collate import (
     pack,
     pack_lengths,
     pack_responses,
+    pack_shared_prompts,
     shifted_targets,
 )
 from rlhfkit.data.io import (
@@ -33,6 +34,6 @@ from rlhfkit.data.tokenize import IGNORE, Example, TokenizeStats, encode_demonst
 __all__ = [
     "DataError", "Demonstration", "Example", "IGNORE", "METADATA_FLAGS", "Message", "PackedBatch", "PackedResponses",
     "Prompt", "PromptText", "Ranking", "ReadResult", "TokenizeStats", "append_jsonl", "as_messages", "collate_packed",
-    "encode_demonstrations", "encode_prompt", "pack", "pack_lengths", "pack_responses", "prompt_text",
-    "read_demonstrations", "read_prompts", "read_records", "shifted_targets", "write_jsonl",
+    "encode_demonstrations", "encode_prompt", "pack", "pack_lengths", "pack_responses", "pack_shared_prompts",
+    "prompt_text", "read_demonstrations", "read_prompts", "read_records", "shifted_targets", "write_jsonl",
 ]

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
+from rlhfkit.data.collate import layout_groups
 from rlhfkit.data.records import PromptText, as_messages
 from rlhfkit.data.tokenize import encode_prompt, encode_response
 from rlhfkit.models.loading import ModelLoadError, is_peft, load_causal_lm, load_tokenizer
@@ -140,52 +141,12 @@ class GroupBatch:
 
 
 def pack_groups(groups: list[Group], pad_id: int) -> GroupBatch:
-    """Pack groups into rows as long as the longest group (first-fit decreasing)."""
-    length = max(map(len, groups))
-    order = sorted(range(len(groups)), key=lambda i: -len(groups[i]))
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        for r, free in enumerate(room):
-            if free >= len(groups[i]):
-                rows[r].append(i)
-                room[r] -= len(groups[i])
-                break
-        else:
-            rows.append([i])
-            room.append(length - len(groups[i]))
-    starts = [0] * len(groups)  # index of each group's first response among all responses
-    for i in range(1, len(groups)):
-        starts[i] = starts[i - 1] + len(groups[i - 1].response_ids)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(rows), length), dtype=torch.long)
-    seg = torch.full((len(rows), length), -1, dtype=torch.long)  # which group; -1 = padding
-    part = torch.zeros((len(rows), length), dtype=torch.long)  # 0 = prompt, k = response k
-    ends = torch.zeros((starts[-1] + len(groups[-1].response_ids), 2), dtype=torch.long)
-    for r, members in enumerate(rows):
-        col = 0
-        for g in members:
-            group = groups[g]
-            p = len(group.prompt_ids)
-            ids[r, col : col + p] = torch.tensor(group.prompt_ids)
-            pos[r, col : col + p] = torch.arange(p)
-            seg[r, col : col + p] = g
-            col += p
-            for k, resp in enumerate(group.response_ids, start=1):
-                n = len(resp)
-                ids[r, col : col + n] = torch.tensor(resp)
-                pos[r, col : col + n] = torch.arange(p, p + n)
-                seg[r, col : col + n] = g
-                part[r, col : col + n] = k
-                col += n
-                ends[starts[g] + k - 1] = torch.tensor([r, col - 1])
-    idx = torch.arange(length)
-    causal = idx[None, :] <= idx[:, None]
-    same_group = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
-    visible = (part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None])
-    mask = (same_group & causal & visible) | torch.eye(length, dtype=torch.bool)  # padding sees itself: no empty rows
-    n_tokens = sum(map(len, groups))
-    return GroupBatch(ids, pos, mask[:, None], ends, n_tokens)
+    """Pack groups into rows as long as the longest group (`layout_groups`: first-fit decreasing)."""
+    layout = layout_groups([(g.prompt_ids, g.response_ids) for g in groups], pad_id)
+    ends = [(row, col + len(resp) - 1) for g, starts in zip(groups, layout.response_starts, strict=True)
+            for (row, col), resp in zip(starts, g.response_ids, strict=True)]
+    return GroupBatch(layout.input_ids, layout.position_ids, layout.attention_mask, torch.tensor(ends).view(-1, 2),
+                      sum(map(len, groups)))
 
 
 @torch.no_grad()

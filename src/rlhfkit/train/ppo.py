@@ -39,6 +39,7 @@ from rlhfkit.data import (
     encode_demonstrations,
     pack,
     pack_responses,
+    pack_shared_prompts,
     read_demonstrations,
     read_prompts,
 )
@@ -87,9 +88,9 @@ class PolicyModule(nn.Module):
         self.value_head = value_head
         self.entropy_grad = entropy_grad  # without an entropy bonus it is only logged: no graph over the vocabulary
 
-    def forward(self, input_ids, position_ids, reads, targets, temperature: float, ptx=None) -> dict:
+    def forward(self, input_ids, position_ids, attention_mask, reads, targets, temperature: float, ptx=None) -> dict:
         hidden = self.model.get_decoder()(input_ids=input_ids, position_ids=position_ids,
-                                          use_cache=False).last_hidden_state
+                                          attention_mask=attention_mask, use_cache=False).last_hidden_state
         h = hidden[reads[:, 0], reads[:, 1]]  # the states that predict each response token
         # the unembedding only where a response token is predicted: (N, V), not (rows, columns, V)
         logp = F.log_softmax(self.model.get_output_embeddings()(h).float() / temperature, dim=-1)
@@ -115,8 +116,9 @@ class ValueModel(nn.Module):
         self.backbone, self.head = rm.backbone, rm.head
         self.rm = [rm]  # for saving in the reward-model format, kept out of the module tree
 
-    def forward(self, input_ids, position_ids, reads, targets=None) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    def forward(self, input_ids, position_ids, attention_mask, reads, targets=None) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                               use_cache=False).last_hidden_state
         return self.head(hidden[reads[:, 0], reads[:, 1]].to(self.head.weight.dtype)).squeeze(-1)
 
 
@@ -132,12 +134,19 @@ class RolloutBatch:
 
 
 def packed(fn, batch: RolloutBatch, idx, pad_id: int, *args):
-    """`fn(ids, positions, reads, targets, *args)` on rollouts `idx` packed end to end (`pack_responses`: a
-    minibatch of short and long rollouts costs its real tokens, not rows x the longest; transformers sees the
-    restarting positions, with no attention mask, and keeps each sequence to itself). Per-token outputs come back
-    as (len(idx), T) like `batch.mask` (zeros after each response)."""
+    """`fn(ids, positions, attention_mask, reads, targets, *args)` on rollouts `idx` packed end to end
+    (`pack_responses`: a minibatch of short and long rollouts costs its real tokens, not rows x the longest;
+    transformers sees the restarting positions, with no attention mask, and keeps each sequence to itself).
+    Rollouts that answer the same prompt share one copy of it (`pack_shared_prompts`, with an attention mask):
+    a 65-token prompt and four 20-token responses cost 145 tokens, not 340. Per-token outputs come back as
+    (len(idx), T) like `batch.mask` (zeros after each response)."""
     idx = idx.tolist() if torch.is_tensor(idx) else list(idx)
-    pk = pack_responses([batch.prompt_ids[i] for i in idx], [batch.response_ids[i] for i in idx], pad_id)
+    prompts, responses = [batch.prompt_ids[i] for i in idx], [batch.response_ids[i] for i in idx]
+    groups = batch.groups[idx].tolist()
+    if len(set(groups)) < len(groups):
+        pk = pack_shared_prompts(prompts, responses, groups, pad_id)
+    else:
+        pk = pack_responses(prompts, responses, pad_id)
     pk = pk.to(batch.mask.device)
 
     def unpack(x):
@@ -146,20 +155,32 @@ def packed(fn, batch: RolloutBatch, idx, pad_id: int, *args):
         out = x.new_zeros((len(idx), batch.mask.shape[1]))
         return out.index_put((pk.slots[:, 0], pk.slots[:, 1]), x)
 
-    out = fn(pk.input_ids, pk.position_ids, pk.reads, pk.targets, *args)
+    out = fn(pk.input_ids, pk.position_ids, pk.attention_mask, pk.reads, pk.targets, *args)
     return {k: unpack(v) for k, v in out.items()} if isinstance(out, dict) else unpack(out)
 
 
 def in_chunks(fn, batch: RolloutBatch, size: int, pad_id: int, *args):
-    """`packed` over the whole batch in chunks of `size` rollouts of similar length (scoring: no gradients)."""
+    """`packed` over the whole batch in chunks of about `size` rollouts of similar length, a prompt's rollouts
+    in the same chunk (scoring: no gradients)."""
     lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)]
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    parts = [(idx, packed(fn, batch, idx, pad_id, *args)) for idx in (order[i : i + size]
-                                                                    for i in range(0, len(order), size))]
+    chunks: list[list[int]] = [[]]
+    for members in sorted(by_prompt(batch), key=lambda m: sum(lengths[i] for i in m)):
+        if chunks[-1] and len(chunks[-1]) + len(members) > size:
+            chunks.append([])
+        chunks[-1] += members
+    parts = [(idx, packed(fn, batch, idx, pad_id, *args)) for idx in chunks]
     first = parts[0][1]
     if isinstance(first, dict):
-        return {k: _gather([(idx, p[k]) for idx, p in parts], len(order)) for k in first}
-    return _gather(parts, len(order))
+        return {k: _gather([(idx, p[k]) for idx, p in parts], len(lengths)) for k in first}
+    return _gather(parts, len(lengths))
+
+
+def by_prompt(batch: RolloutBatch) -> list[list[int]]:
+    """The rollouts' indices grouped by the prompt they answer, in order of first appearance."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(batch.groups.tolist()):
+        members.setdefault(g, []).append(i)
+    return list(members.values())
 
 
 def _gather(parts: list, n: int) -> torch.Tensor:
@@ -203,10 +224,14 @@ class PPOResult:
 
 
 def _scores_from_rm(rm: RewardModel, batch: RolloutBatch, pad_id: int) -> torch.Tensor:
-    groups = [Group(p, [r or [pad_id]]) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)]
+    """RM scores (B,), the responses to one prompt packed after one copy of it."""
+    members = by_prompt(batch)
+    groups = [Group(batch.prompt_ids[m[0]], [batch.response_ids[i] or [pad_id] for i in m]) for m in members]
     packed_groups = pack_groups(groups, pad_id).to(batch.mask.device)
-    return rm(packed_groups.input_ids, packed_groups.position_ids, packed_groups.attention_mask,
-              packed_groups.ends).float()
+    rewards = rm(packed_groups.input_ids, packed_groups.position_ids, packed_groups.attention_mask,
+                 packed_groups.ends).float()
+    order = torch.tensor([i for m in members for i in m], device=rewards.device)
+    return torch.empty_like(rewards).index_copy_(0, order, rewards)
 
 
 def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
@@ -370,7 +395,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             gen = torch.Generator().manual_seed(cfg.seed * 7919 + iteration * 31 + rank)
             b = mask.shape[0]
             for epoch in range(cfg.ppo_epochs):
-                perm = torch.randperm(b, generator=gen)
+                # whole prompts in random order: a minibatch computes each prompt once for all its responses
+                groups = by_prompt(batch)
+                perm = torch.tensor([i for g in torch.randperm(len(groups), generator=gen).tolist() for i in groups[g]])
                 for mb_i, start in enumerate(range(0, b, cfg.minibatch_size)):
                     mb = perm[start : start + cfg.minibatch_size].to(acc.device)
                     m = mask[mb]
