@@ -7,9 +7,10 @@ SmolLM2-135M as policy, reference, value model and reward model (a scalar head o
   1. rollout: `rlhfkit.rollout.sample` (what `rlhfkit ppo` calls, with the fp32 policy and bf16 decoding) vs
      `model.generate` of transformers on a bf16 copy, same prompts, batch, and sampling settings; tokens/s
      counts the real response tokens (up to and including EOS).
-  2. rlhfkit PPO: seconds per iteration split into generate / score / train, samples/s.
+  2. rlhfkit PPO: seconds per iteration split into generate / score / train, samples/s; 32 samples per
+     iteration, `--samples-per-prompt` (default 2) to each of 32 / n prompts.
   3. TRL RLOOTrainer: the same policy and reward model weights (as a sequence-classification model),
-     the same prompts, 32 samples per generation round (16 prompts x 2, RLOO needs >= 2 per prompt) and
+     the same prompts, 32 samples per generation round (32 / n prompts x n, RLOO needs n >= 2) and
      4 optimiser steps of 8 per round, like PPO's 4 minibatches of 8 with one epoch; samples/s.
 Needs `pip install -e '.[bench]'`.
 """
@@ -95,7 +96,8 @@ def run_rlhfkit_ppo(prompts: list[str], rm_dir: Path, work: Path, args) -> dict:
     write_jsonl(data, [{"prompt": p} for p in prompts])
     policy = str(resolve_model_path(args.model))
     cfg = PPOConfig(policy=policy, reward_model=str(rm_dir), prompts=str(data), output_dir=str(work / "ppo"),
-                    iterations=args.warmup + args.rounds, rollout_batch=len(prompts), minibatch_size=8, ppo_epochs=1,
+                    iterations=args.warmup + args.rounds, rollout_batch=len(prompts),
+                    samples_per_prompt=args.samples_per_prompt, minibatch_size=8, ppo_epochs=1,
                     max_new_tokens=args.new_tokens, ptx_coef=0.0, dtype="bf16", save_every=0, progress=False,
                     samples_every=1000)
     history = train_ppo(cfg).history[args.warmup:]
@@ -135,7 +137,7 @@ def run_trl_rloo(prompts: list[str], rm_dir: Path, work: Path, args) -> dict:
     cfg = RLOOConfig(
         output_dir=str(work / "trl"), use_cpu=not torch.cuda.is_available(), bf16=True,
         per_device_train_batch_size=8, gradient_accumulation_steps=1, steps_per_generation=steps_per_round,
-        num_generations=2, max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0,
+        num_generations=args.samples_per_prompt, max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0,
         max_steps=(args.warmup + args.rounds) * steps_per_round, logging_steps=1000, save_strategy="no",
         report_to="none", gradient_checkpointing=False, disable_tqdm=True, seed=0, learning_rate=3e-6,
     )
@@ -156,11 +158,13 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3, help="timed rounds / iterations")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--samples-per-prompt", type=int, default=2, help="responses per prompt, both tools")
     p.add_argument("--skip-trl", action="store_true")
     args = p.parse_args()
     prompts = read_seed_prompts(args.prompts, args.num_prompts)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model}, {len(prompts)} prompts, {args.new_tokens} new tokens, bf16, {device}", flush=True)
+    print(f"{args.model}, {len(prompts)} samples per iteration ({args.samples_per_prompt} per prompt), "
+          f"{args.new_tokens} new tokens, bf16, {device}", flush=True)
 
     roll = time_rollouts(prompts, args)
     print(f"rollout tokens/s: transformers generate {roll['generate']:.1f}, rlhfkit {roll['rlhfkit']:.1f} "
