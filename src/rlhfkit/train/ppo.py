@@ -394,9 +394,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
                                                               "entropy", "ptx_loss")}
             gen = torch.Generator().manual_seed(cfg.seed * 7919 + iteration * 31 + rank)
             b = mask.shape[0]
+            groups = by_prompt(batch)
             for epoch in range(cfg.ppo_epochs):
                 # whole prompts in random order: a minibatch computes each prompt once for all its responses
-                groups = by_prompt(batch)
                 perm = torch.tensor([i for g in torch.randperm(len(groups), generator=gen).tolist() for i in groups[g]])
                 for mb_i, start in enumerate(range(0, b, cfg.minibatch_size)):
                     mb = perm[start : start + cfg.minibatch_size].to(acc.device)
