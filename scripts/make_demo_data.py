@@ -1,4 +1,4 @@
-"""Build the bundled demo data (src/rlhfkit/demo_data/) from the hand-written topics and requests.
+"""Build the bundled demo data (src/rlhfkit/demo/data/) from the hand-written topics and requests.
 
     python scripts/make_demo_data.py
 
@@ -24,7 +24,7 @@ from demo_topics import TOPICS  # noqa: E402
 
 from rlhfkit.evaluation.constraints import instruction, is_refusal, satisfied  # noqa: E402
 
-OUT = ROOT / "src" / "rlhfkit" / "demo_data"
+OUT = ROOT / "src" / "rlhfkit" / "demo" / "data"
 SPLITS = (("sft", 0.40), ("rm", 0.22), ("ppo", 0.20), ("eval", 0.18))
 DOMAINS = ["science", "history", "food", "sport", "nature", "technology", "health", "arts"]
 ENDINGS = ["Hope this helps.", "That is all.", "Thanks for asking!", "Have a great day."]

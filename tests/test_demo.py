@@ -7,9 +7,9 @@ from importlib.resources import files
 import pytest
 
 from rlhfkit.data import read_demonstrations, read_prompts
+from rlhfkit.demo.labelers import make_panel, rubric
 from rlhfkit.evaluation.constraints import instruction, is_refusal, satisfied
 from rlhfkit.feedback.export import pair_signs
-from rlhfkit.feedback.simulated import make_panel, rubric
 
 CASES = [  # constraint, responses that meet it, responses that do not
     ({"type": "max_words", "value": 5}, ["One two three four five.", "Short."], ["one two three four five six"]),
@@ -49,7 +49,7 @@ def test_refusals_are_recognised():
 
 
 def bundled_prompts():
-    return read_prompts(files("rlhfkit") / "demo_data" / "prompts.jsonl").records
+    return read_prompts(files("rlhfkit.demo") / "data" / "prompts.jsonl").records
 
 
 def test_bundled_data_is_as_promised():
@@ -64,14 +64,14 @@ def test_bundled_data_is_as_promised():
     for a in splits:
         for b in splits:
             assert a == b or not splits[a] & splits[b], (a, b)  # disjoint splits
-    demos = read_demonstrations(files("rlhfkit") / "demo_data" / "sft_demonstrations.jsonl").records
+    demos = read_demonstrations(files("rlhfkit.demo") / "data" / "sft_demonstrations.jsonl").records
     assert len(demos) >= 150
     by_prompt = {p.prompt: p for p in prompts}
     for d in demos:  # every demonstration meets its prompt's constraints, and refuses exactly the harmful ones
         p = by_prompt[d.prompt]
         assert all(satisfied(c, d.response) for c in p.meta["constraints"]), d
         assert is_refusal(d.response) == p.meta["harmful"], d
-    prose = (files("rlhfkit") / "demo_data" / "prose.txt").read_text().splitlines()
+    prose = (files("rlhfkit.demo") / "data" / "prose.txt").read_text().splitlines()
     assert len(prose) >= 200
 
 
@@ -132,15 +132,16 @@ def test_rubric_does_not_penalise_what_the_prompt_asked_for():
 def test_the_default_config_file_holds_the_built_in_defaults():
     from pathlib import Path
 
-    from rlhfkit.config import DemoConfig, load_config
+    from rlhfkit.config import load_config
+    from rlhfkit.demo.config import DemoConfig
 
     path = Path(__file__).parents[1] / "configs" / "demo.yaml"
     assert load_config(DemoConfig, path, {}) == DemoConfig()
 
 
 def test_quick_demo_end_to_end(tmp_path, smollm2):
-    from rlhfkit.config import DemoConfig
-    from rlhfkit.pipeline import run_demo
+    from rlhfkit.demo.config import DemoConfig
+    from rlhfkit.demo.pipeline import run_demo
 
     report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick")).read_text()
     for heading in ("## Stages", "## Data", "## Comparisons and reward model", "## PPO",

@@ -169,7 +169,7 @@ def test_packed_rollouts_match_each_sequence_alone(tiny_llama, shared):
     # share one copy of it. Each response token's log-prob, entropy and value must equal those of its prompt +
     # response run alone.
     from rlhfkit.rollout import Rollout
-    from rlhfkit.train.ppo import PolicyModule, build_batch, in_chunks, packed
+    from rlhfkit.train.ppo import PolicyModule, build_batch, forward_rollouts, score_rollouts
 
     model, tok = load_causal_lm(tiny_llama)
     head = torch.nn.Linear(model.config.hidden_size, 1)
@@ -186,34 +186,35 @@ def test_packed_rollouts_match_each_sequence_alone(tiny_llama, shared):
     alone = run_alone(model, head, prompts, responses, 5)
     with torch.no_grad():
         for idx in ([1, 2], [3, 0], [2], [0, 1, 2, 3], [2, 0, 3, 1]):
-            part = packed(module, batch, torch.tensor(idx), tok.pad_token_id, 1.0)
+            part = forward_rollouts(module, batch, idx, tok.pad_token_id, 1.0)
             for key in ("logprobs", "values", "entropy"):
                 assert part[key].shape == (len(idx), 5)
                 torch.testing.assert_close(part[key], alone[key][idx], atol=1e-5, rtol=1e-4)
-        chunked = in_chunks(module, batch, 3, tok.pad_token_id, 1.0)
+        chunked = score_rollouts(module, batch, 3, tok.pad_token_id, 1.0)
         torch.testing.assert_close(chunked["logprobs"], alone["logprobs"], atol=1e-5, rtol=1e-4)
 
 
 def test_responses_to_one_prompt_share_its_forward(tiny_llama):
     # With several responses per prompt the prompt is laid out once, and the RM scores each response as if alone.
-    from rlhfkit.data import pack_shared_prompts
+    from rlhfkit.data import Group, pack_groups
     from rlhfkit.rollout import Rollout
-    from rlhfkit.train.ppo import _scores_from_rm, build_batch
+    from rlhfkit.train.ppo import build_batch, rm_scores
 
     prompt = list(range(5, 25))
     responses = [[30, 31, 2], [32, 2], [33, 34, 35, 36]]
-    pk = pack_shared_prompts([prompt] * 3, responses, [7, 7, 7], pad_id=0)
+    pk = pack_groups([Group(prompt, responses)], pad_id=0)
     assert pk.input_ids.shape == (1, 20 + 3 + 2 + 4)
     # each response's first token is read from the prompt's last state, the rest from the response's own
     assert pk.reads[:, 1].tolist() == [19, 20, 21, 19, 23, 19, 25, 26, 27]
     assert pk.slots.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [2, 1], [2, 2], [2, 3]]
     assert pk.targets.tolist() == [t for r in responses for t in r]
+    assert pk.ends.tolist() == [[0, 22], [0, 24], [0, 28]]
     rm, tok = reward_model_from_causal_lm(tiny_llama)
     rm.eval()
     batch = build_batch(Rollout([0, 1, 0], [prompt, [5, 6], prompt], responses, [True, True, False], list("abc")),
                         ["p", "q"], torch.device("cpu"))
     with torch.no_grad():
-        shared = _scores_from_rm(rm, batch, tok.pad_token_id)
+        shared = rm_scores(rm, batch, tok.pad_token_id)
         alone = [rm(torch.tensor([p + r]), torch.arange(len(p + r))[None], None, torch.tensor([[0, len(p + r) - 1]]))
                  for p, r in zip(batch.prompt_ids, responses, strict=True)]
     torch.testing.assert_close(shared, torch.cat(alone), atol=1e-5, rtol=1e-4)

@@ -10,10 +10,10 @@ from rlhfkit.config import RMConfig, SampleConfig
 from rlhfkit.data import Ranking, read_demonstrations, write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.evaluation.elo import bradley_terry, compare_policies, ranking_outcomes
-from rlhfkit.evaluation.reward_metrics import ranking_pairs, reward_metrics
 from rlhfkit.models.reward import load_reward_model, score
 from rlhfkit.sampling import sample_rankings
 from rlhfkit.train.reward import train_reward
+from rlhfkit.train.reward_metrics import ranking_pairs, reward_metrics
 
 PLAIN = [w for w in WORDS if w != "banana"]
 
@@ -164,7 +164,7 @@ def test_calibration_table_matches_a_calibrated_model():
     # even though the better response is mostly in the first slot.
     import random
 
-    from rlhfkit.evaluation.reward_metrics import Pair, reward_metrics
+    from rlhfkit.train.reward_metrics import Pair, reward_metrics
 
     rng = random.Random(0)
     pairs = []
@@ -191,12 +191,12 @@ def test_rankings_of_the_same_responses_share_one_forward_and_the_split_keeps_pr
     merged, _ = encode_rankings(tok, [a, b, second_labeler, all_tied], 64)
     assert [len(m.ranks) for m in merged] == [2, 1]  # a's two labelers on one item; the all-tie ranking dropped
     with torch.no_grad():
-        rewards, ranks, _ = forward_rankings(rm, merged, tok.pad_token_id, "cpu")
+        rewards, ranks = forward_rankings(rm, merged, tok.pad_token_id)
         got = ranking_loss(rewards, ranks)
         alone = []  # each ranking forwarded on its own, as if no other labeler had ranked the same responses
         for r in (a, b, second_labeler):
             (item,), _ = encode_rankings(tok, [r], 64)
-            alone.append(ranking_loss(*forward_rankings(rm, [item], tok.pad_token_id, "cpu")[:2]))
+            alone.append(ranking_loss(*forward_rankings(rm, [item], tok.pad_token_id)))
     assert got.item() == pytest.approx(torch.stack(alone).mean().item(), rel=1e-5)
 
     rounds = planted_rankings(30, 6) + [r.model_copy(update={"labeler": "again"}) for r in planted_rankings(30, 6)]

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
+import yaml
 from pydantic import BaseModel
 
 from rlhfkit.config import (
     ConfigError,
-    DemoConfig,
     GenerateConfig,
     PPOConfig,
     RMConfig,
@@ -27,6 +27,7 @@ from rlhfkit.config import (
     SFTConfig,
     load_config,
 )
+from rlhfkit.demo.config import DemoConfig
 
 app = typer.Typer(
     help="rlhfkit: InstructGPT end to end. SFT on demonstrations, a reward model from rankings, "
@@ -56,6 +57,10 @@ def _cli_type(annotation) -> tuple[type, str]:
     return annotation, ""
 
 
+def _is_section(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], None], help: str) -> None:
     params = [
         inspect.Parameter(
@@ -63,9 +68,17 @@ def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], N
             default=typer.Option(None, "--config", "-c", help="YAML file of options; flags given here override it."),
         )
     ]
+    sections = [n for n, f in cls.model_fields.items() if _is_section(f.annotation)]
+    if sections:  # nested configs (the demo's stages) take dotted overrides
+        params.append(inspect.Parameter(
+            "set", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],  # noqa: UP045
+            default=typer.Option(None, "--set", help=f"SECTION.OPTION=VALUE for a section ({', '.join(sections)}), "
+                                 "e.g. --set ppo.lr=2e-5 (repeat for several); VALUE is read as YAML.")))
     own = list(cls.__annotations__)  # the stage's own options first, then the shared training ones
     ordered = sorted(cls.model_fields.items(), key=lambda kv: (kv[0] not in own, 0))
     for field_name, field in ordered:
+        if field_name in sections:
+            continue
         kind, extra = _cli_type(field.annotation)
         flag = "--" + field_name.replace("_", "-")
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
@@ -80,6 +93,11 @@ def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], N
 
     def command(**kwargs):
         config_path = kwargs.pop("config")
+        for item in kwargs.pop("set", None) or []:
+            key, sep, value = item.partition("=")
+            if not sep or "." not in key:
+                raise ConfigError(f"--set {item}: expected SECTION.OPTION=VALUE, e.g. ppo.lr=2e-5")
+            kwargs[key.strip()] = yaml.safe_load(value)
         cfg = load_config(cls, config_path, kwargs)
         run(cfg)
 
@@ -141,7 +159,7 @@ config_command(
 )
 
 def _run_demo(cfg: DemoConfig) -> None:
-    from rlhfkit.pipeline import run_demo
+    from rlhfkit.demo.pipeline import run_demo
 
     run_demo(cfg)
 
@@ -150,7 +168,8 @@ config_command(
     "demo", DemoConfig, _run_demo,
     help="The whole loop on the bundled data with simulated labelers: SFT, comparisons, reward model, "
     "PPO-ptx, evaluation against base and SFT, a second round; writes runs/<name>/report.md. "
-    "--quick runs a tiny configuration; --resume continues an interrupted run.",
+    "--quick runs a tiny configuration; --resume continues an interrupted run; the stages' own options are "
+    "sections of the config (sft, sample, rm, ppo), set with --set ppo.iterations=20.",
 )
 
 def _run_generate(cfg: GenerateConfig) -> None:
@@ -308,9 +327,9 @@ def eval_elo(
 
     from rich.table import Table
 
+    from rlhfkit.console import console
     from rlhfkit.data.rankings import read_rankings
     from rlhfkit.evaluation.elo import compare_policies
-    from rlhfkit.train.common import console
 
     scores = compare_policies(read_rankings(rankings).records, bootstrap, seed)
     table = Table("policy", "Bradley-Terry (Elo scale)", "95% interval", "online Elo", "games", "win rate",
@@ -326,9 +345,10 @@ def eval_elo(
 def main() -> None:
     from rich.markup import escape
 
+    from rlhfkit.console import console
     from rlhfkit.data import DataError
     from rlhfkit.models import ModelLoadError, ModelNotAvailable
-    from rlhfkit.train.common import NonFiniteLoss, RunExists, console
+    from rlhfkit.train.common import NonFiniteLoss, RunExists
 
     try:
         app()

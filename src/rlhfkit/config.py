@@ -31,9 +31,9 @@ class StageConfig(BaseModel):
 
 
 class TrainConfig(StageConfig):
-    """What every trainer shares: optimiser, schedule, precision, checkpoints, logs."""
+    """What every trainer shares: optimiser, schedule, precision, checkpoints, logs. (Each stage names its own
+    output_dir.)"""
 
-    output_dir: str = Field("runs/sft", description="Run folder: final model, checkpoints/, logs/, config.yaml.")
     seed: int = Field(0, description="Seed for data order, splits and initialisation.")
     dtype: Dtype = Field("auto", description="Compute precision: auto = bf16 autocast where the hardware "
                          "supports it, else fp32. Master weights stay fp32.")
@@ -69,16 +69,18 @@ class SupervisedConfig(TrainConfig):
     epochs: float = Field(2.0, gt=0, description="Passes over the training data (ignored if --max-steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
     eval_every: int = Field(50, ge=0, description="Evaluate every N steps (0 = only at the end).")
+    eval_data: str | None = Field(None, description="Held-out data in --data's format (default: split off "
+                                  "--eval-fraction of --data).")
+    skip_invalid: bool = Field(False, description="Skip bad records (counted) instead of stopping.")
 
 
 class SFTConfig(SupervisedConfig):
     model: str = Field("smollm2-135m", description="Starting model: a Hugging Face folder or smollm2-135m.")
+    output_dir: str = Field("runs/sft", description="Run folder: final model, checkpoints/, logs/, config.yaml.")
     data: str | None = Field(None, description="Demonstrations: JSONL or Parquet with prompt/response, "
                              "prompt/completion, messages, or instruction/input/output records.")
-    eval_data: str | None = Field(None, description="Held-out demonstrations (default: split off --eval-fraction).")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="Share of --data held out for eval loss "
                                  "when --eval-data is not given.")
-    skip_invalid: bool = Field(False, description="Skip bad records (counted) instead of stopping.")
     max_length: int = Field(512, ge=8, description="Tokens per packed row; longer examples are "
                             "truncated or dropped.")
     truncation: Literal["truncate", "drop"] = Field(
@@ -87,7 +89,8 @@ class SFTConfig(SupervisedConfig):
 
 
 def load_config(cls: type[C], path: str | Path | None, overrides: dict[str, Any]) -> C:
-    """Defaults < YAML file < command-line overrides (only flags actually given)."""
+    """Defaults < YAML file < command-line overrides (only flags actually given). A dotted key (`ppo.lr`, from
+    `--set ppo.lr=1e-5`) sets an option of a nested config, leaving its other options as they were."""
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -97,7 +100,16 @@ def load_config(cls: type[C], path: str | Path | None, overrides: dict[str, Any]
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of option names to values")
         values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        target = values
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"option '{key}': '{part}' is not a section")
+        target[leaf] = value
     try:
         return cls(**values)
     except ValidationError as e:
@@ -112,11 +124,9 @@ class RMConfig(SupervisedConfig):
                        "SFT output); its unembedding is dropped and a scalar head added.")
     data: str | None = Field(None, description="Rankings: ours, scored lists, pairwise prompt/chosen/rejected, "
                              "HH-RLHF transcripts or OpenAssistant trees (JSONL or Parquet).")
-    eval_data: str | None = Field(None, description="Held-out rankings (default: split off --eval-fraction).")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data held out when --eval-data is not given.")
     demos: str | None = Field(None, description="Demonstrations: after training, shift the head's bias so "
                               "they score 0 on average (InstructGPT's normalisation).")
-    skip_invalid: bool = Field(False, description="Skip bad records (counted) instead of stopping.")
     max_length: int = Field(1024, ge=8, description="Tokens per prompt+response; longer responses are cut.")
     output_dir: str = Field("runs/rm", description="Run folder: final reward model, checkpoints/, logs/, config.yaml.")
     batch_size: int = Field(8, ge=1, description="Prompts with their K responses per micro-batch on each "
@@ -207,67 +217,3 @@ class GenerateConfig(StageConfig):
     batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
     seed: int = Field(0, description="Seed for sampling.")
     dtype: Dtype = Field("auto", description="auto = bf16 autocast where supported, else fp32.")
-
-
-class DemoConfig(StageConfig):
-    """The whole loop on the bundled data with simulated labelers (`rlhfkit demo`)."""
-
-    name: str = Field("demo", description="Run name: everything goes to <runs-dir>/<name>/.")
-    runs_dir: str = Field("runs", description="Folder holding the runs.")
-    model: str = Field("smollm2-135m", description="Pretrained model to start from (a HF folder or smollm2-135m).")
-    seed: int = Field(0, description="Seed for every stage.")
-    resume: bool = Field(False, description="Continue an interrupted run from its last finished stage or checkpoint.")
-    rounds: int = Field(2, ge=1, description="Rounds of comparisons + RM + PPO (round 2 samples the current policy).")
-    quick: bool = Field(False, description="A tiny configuration for a smoke test (minutes on a CPU).")
-    # 1. SFT
-    sft_epochs: float = Field(2.0, gt=0, description="SFT passes over the demonstrations.")
-    sft_lr: float = Field(1e-4, description="SFT learning rate.")
-    sft_batch_size: int = Field(4, ge=1, description="Packed rows (384 tokens, about 4 demonstrations each) per SFT "
-                                "step: 4 gives 26 steps over 2 epochs of the bundled demonstrations; 8 gave 14, too "
-                                "few for the model to learn the refusals.")
-    sft_demos: int | None = Field(None, description="Use only the first N demonstrations.")
-    # 2. comparisons and the reward model
-    rm_prompts: int | None = Field(80, description="RM-split prompts to sample comparisons for (None: all 121).")
-    k: int = Field(4, ge=2, le=9, description="Responses sampled per prompt for the labelers to rank.")
-    sample_temperature: float = Field(1.0, gt=0, description="Temperature when sampling comparisons.")
-    max_new_tokens: int = Field(48, ge=8, description="Longest response in sampling, PPO and evaluation.")
-    panel_size: int = Field(6, ge=2, description="Simulated labelers who rank training comparisons.")
-    held_out_labelers: int = Field(3, ge=1, description="Simulated held-out labelers who judge the evaluation.")
-    label_overlap: int = Field(3, ge=1, description="Labelers per comparison task (agreement is measured on these; "
-                               "the RM trains on every one's ranking, their responses forwarded once).")
-    panel_noise: float = Field(0.02, gt=0, description="Bradley–Terry noise of the simulated labelers (0.02: "
-                               "about 70% agreement on the demo's comparisons, InstructGPT's labelers 73%).")
-    rm_epochs: float = Field(1.0, gt=0, description="RM passes over the rankings.")
-    rm_lr: float = Field(5e-5, description="RM learning rate.")
-    rm_batch_size: int = Field(2, ge=1, description="Prompts (with their K responses and every ranking of them) "
-                               "per RM step: 2 gives about 35 steps an epoch on the demo's comparisons.")
-    # 3. PPO-ptx
-    ppo_iterations: int = Field(10, ge=1, description="PPO iterations per round.")
-    ppo_rollout_batch: int = Field(16, ge=1, description="Responses per PPO iteration.")
-    ppo_samples_per_prompt: int = Field(1, ge=1, description="PPO responses to each prompt, each scored against "
-                                        "the mean of the others (RLOO's baseline): the RM's level for a prompt, "
-                                        "arbitrary, drops out.")
-    ppo_epochs: int = Field(1, ge=1, description="PPO passes over each rollout batch.")
-    ppo_lr: float = Field(1e-5, description="Policy learning rate.")
-    ppo_temperature: float = Field(1.0, gt=0, description="Temperature of PPO's rollouts and of the log-probs "
-                                   "it optimises (and penalises with the KL).")
-    shared_value_head: bool = Field(True, description="PPO's value head on the policy's own backbone (as TRL's "
-                                    "first PPO trainer did) instead of a separate value model started from the RM "
-                                    "(the paper's): a third less compute per PPO iteration.")
-    kl_coef: float = Field(0.05, ge=0, description="β, the per-token KL penalty to π_SFT.")
-    ptx_coef: float = Field(0.5, ge=0, description="γ, the weight of the pretraining (prose) NLL.")
-    compare_without_ptx: bool = Field(True, description="Also train round 1's PPO with γ = 0 to measure "
-                                      "the alignment tax with and without ptx.")
-    # 4. evaluation
-    eval_prompts: int | None = Field(None, description="Held-out prompts to evaluate on (default all).")
-    eval_temperature: float = Field(0.7, ge=0, description="Sampling temperature of the evaluated policies.")
-    prose_lines: int | None = Field(None, description="Held-out prose lines for the perplexity (default all).")
-
-    def sized(self) -> DemoConfig:
-        """This config, shrunk to the --quick sizes when asked."""
-        if not self.quick:
-            return self
-        return self.model_copy(update={
-            "sft_epochs": 1.0, "sft_demos": 32, "rm_prompts": 10, "max_new_tokens": 16, "rm_epochs": 1.0,
-            "ppo_iterations": 2, "ppo_rollout_batch": 8, "ppo_epochs": 1, "eval_prompts": 10, "prose_lines": 8,
-            "panel_size": 4, "held_out_labelers": 2})

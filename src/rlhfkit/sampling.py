@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import SampleConfig
+from rlhfkit.console import console, make_progress
 from rlhfkit.data import Ranking, append_jsonl, read_prompts
 from rlhfkit.models import default_device, load_causal_lm, mixed_precision
 from rlhfkit.rollout import sample
-from rlhfkit.train.common import console, make_progress
 
 
 def prompt_key(index: int, prompt_id: str | None) -> str:

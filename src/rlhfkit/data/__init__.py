@@ -2,12 +2,11 @@
 
 from rlhfkit.data.collate import (
     PackedBatch,
-    PackedResponses,
+    PackedGroups,
     collate_packed,
     pack,
+    pack_groups,
     pack_lengths,
-    pack_responses,
-    pack_shared_prompts,
     shifted_targets,
 )
 from rlhfkit.data.io import (
@@ -27,13 +26,23 @@ from rlhfkit.data.records import (
     PromptText,
     Ranking,
     as_messages,
+    prompt_key,
     prompt_text,
 )
-from rlhfkit.data.tokenize import IGNORE, Example, TokenizeStats, encode_demonstrations, encode_prompt
+from rlhfkit.data.tokenize import (
+    IGNORE,
+    Example,
+    Group,
+    TokenizeStats,
+    encode_demonstrations,
+    encode_group,
+    encode_prompt,
+)
 
 __all__ = [
-    "DataError", "Demonstration", "Example", "IGNORE", "METADATA_FLAGS", "Message", "PackedBatch", "PackedResponses",
-    "Prompt", "PromptText", "Ranking", "ReadResult", "TokenizeStats", "append_jsonl", "as_messages", "collate_packed",
-    "encode_demonstrations", "encode_prompt", "pack", "pack_lengths", "pack_responses", "pack_shared_prompts",
-    "prompt_text", "read_demonstrations", "read_prompts", "read_records", "shifted_targets", "write_jsonl",
+    "DataError", "Demonstration", "Example", "Group", "IGNORE", "METADATA_FLAGS", "Message", "PackedBatch",
+    "PackedGroups", "Prompt", "PromptText", "Ranking", "ReadResult", "TokenizeStats", "append_jsonl", "as_messages",
+    "collate_packed", "encode_demonstrations", "encode_group", "encode_prompt", "pack", "pack_groups", "pack_lengths",
+    "prompt_key", "prompt_text", "read_demonstrations", "read_prompts", "read_records", "shifted_targets",
+    "write_jsonl",
 ]

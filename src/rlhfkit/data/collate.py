@@ -2,7 +2,7 @@
 
 Several examples share one row; each restarts its `position_ids` at 0. With no attention mask given,
 transformers reads the restarts as sequence boundaries and builds a block-diagonal causal mask, so no
-token attends across examples (tests/test_collate.py checks the logits match the unpacked ones).
+token attends across examples (tests/test_tokenize_collate.py checks the logits match the unpacked ones).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.data.tokenize import IGNORE, Example
+from rlhfkit.data.tokenize import IGNORE, Example, Group
 
 
 def pack(examples: list[Example], row_length: int) -> list[list[int]]:
@@ -39,114 +39,75 @@ def pack_lengths(lengths: list[int], row_length: int) -> list[list[int]]:
 
 
 @dataclass
-class PackedResponses:
-    """Prompt + response sequences laid end to end in rows (positions restart at 0 for each), for scoring the
-    responses: every response token has the (row, column) of the state that predicts it."""
+class PackedGroups:
+    """Groups laid out in rows, and where each response's tokens are read. Responses are numbered in group
+    order (group 0's responses, then group 1's, ...): `slots` and `ends` use that numbering."""
 
     input_ids: torch.Tensor  # (R, L)
-    position_ids: torch.Tensor  # (R, L)
-    reads: torch.Tensor  # (N, 2) for the N response tokens
+    position_ids: torch.Tensor  # (R, L): a response continues its prompt's positions
+    attention_mask: torch.Tensor | None  # (R, 1, L, L) bool (True = may attend) where a prompt is shared, else None
+    reads: torch.Tensor  # (N, 2): (row, column) of the state that predicts each of the N response tokens
     targets: torch.Tensor  # (N,) the response tokens
-    slots: torch.Tensor  # (N, 2): (which sequence, position in its response) of each token
-    attention_mask: torch.Tensor | None = None  # (R, 1, L, L) bool where prompts are shared, else None
+    slots: torch.Tensor  # (N, 2): (which response, position in it) of each token
+    ends: torch.Tensor  # (M, 2): (row, column) of each of the M responses' last token (where an RM reads)
+    n_tokens: int  # real (non-pad) tokens
 
-    def to(self, device: torch.device) -> PackedResponses:
+    def to(self, device: torch.device) -> PackedGroups:
         mask = self.attention_mask.to(device) if self.attention_mask is not None else None
-        return PackedResponses(self.input_ids.to(device), self.position_ids.to(device), self.reads.to(device),
-                               self.targets.to(device), self.slots.to(device), mask)
+        return PackedGroups(self.input_ids.to(device), self.position_ids.to(device), mask, self.reads.to(device),
+                            self.targets.to(device), self.slots.to(device), self.ends.to(device), self.n_tokens)
 
 
-def pack_responses(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
-                   row_length: int = 0) -> PackedResponses:
-    """Pack each prompt + response into rows of `row_length` (at least the longest sequence) tokens."""
-    seqs = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
-    length = max(row_length, *map(len, seqs))
-    ids, pos, reads, targets, slots = [], [], [], [], []
-    for r, members in enumerate(pack_lengths(list(map(len, seqs)), length)):
-        row_ids, row_pos = [], []
-        for j in members:
-            col, p, resp = len(row_ids), len(prompt_ids[j]), response_ids[j]
-            reads += [(r, col + p - 1 + t) for t in range(len(resp))]
-            slots += [(j, t) for t in range(len(resp))]
-            targets += resp
-            row_ids += seqs[j]
-            row_pos += range(len(seqs[j]))
-        ids.append(row_ids + [pad_id] * (length - len(row_ids)))
-        pos.append(row_pos + list(range(length - len(row_ids))))  # padding is a sequence of its own
-    return PackedResponses(torch.tensor(ids), torch.tensor(pos), torch.tensor(reads).view(-1, 2),
-                           torch.tensor(targets), torch.tensor(slots).view(-1, 2))
+def pack_groups(groups: list[Group], pad_id: int, row_length: int = 0) -> PackedGroups:
+    """Groups packed into rows of max(row_length, the longest group) tokens, first-fit decreasing.
 
-
-def pack_shared_prompts(prompt_ids: list[list[int]], response_ids: list[list[int]], groups: list[int],
-                        pad_id: int) -> PackedResponses:
-    """`pack_responses` where several sequences answer the same prompt (equal `groups`): the prompt is laid out
-    once and its responses after it (`layout_groups`), so it is computed once for all of them."""
-    members: dict[int, list[int]] = {}
-    for j, g in enumerate(groups):
-        members.setdefault(g, []).append(j)
-    seqs = list(members.values())
-    layout = layout_groups([(prompt_ids[m[0]], [response_ids[j] for j in m]) for m in seqs], pad_id)
-    reads, targets, slots = [], [], []
-    for g, m in enumerate(seqs):
-        prompt_row, prompt_last = layout.prompt_ends[g]
-        for k, j in enumerate(m):
-            row, col = layout.response_starts[g][k]
-            resp = response_ids[j]
-            # the first token is predicted from the prompt's last state, the others from the response's own
-            reads += [(prompt_row, prompt_last) if t == 0 else (row, col + t - 1) for t in range(len(resp))]
-            slots += [(j, t) for t in range(len(resp))]
-            targets += resp
-    return PackedResponses(layout.input_ids, layout.position_ids, torch.tensor(reads).view(-1, 2),
-                           torch.tensor(targets), torch.tensor(slots).view(-1, 2), layout.attention_mask)
-
-
-@dataclass
-class GroupLayout:
-    input_ids: torch.Tensor  # (R, L)
-    position_ids: torch.Tensor  # (R, L)
-    attention_mask: torch.Tensor  # (R, 1, L, L) bool, True = may attend
-    prompt_ends: list[tuple[int, int]]  # (row, column) of each group's last prompt token
-    response_starts: list[list[tuple[int, int]]]  # (row, column) of each response's first token, per group
-
-
-def layout_groups(groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> GroupLayout:
-    """Groups of (prompt, responses) packed into rows as long as the longest group (first-fit decreasing), each
-    as [prompt][response 1]...[response K]. Each response attends to its prompt and to itself, never to another
-    response, and continues the prompt's positions: every response sees exactly what it would see after the
-    prompt alone, while the prompt is computed once for all K."""
-    sizes = [len(p) + sum(map(len, rs)) for p, rs in groups]
-    length = max(sizes)
+    Each response attends to its prompt and to itself, never to another response, and continues the prompt's
+    positions: it sees exactly what it would see after the prompt alone. Where every group has one response,
+    positions restart at each sequence and no mask is built (transformers reads the restarts as boundaries);
+    where a prompt is shared, the (R, 1, L, L) mask says who sees whom."""
+    sizes = list(map(len, groups))
+    length = max(row_length, *sizes)
     rows = pack_lengths(sizes, length)
+    shared = any(len(g.response_ids) > 1 for g in groups)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), length), dtype=torch.long)
     seg = torch.full((len(rows), length), -1, dtype=torch.long)  # which group; -1 = padding
     part = torch.zeros((len(rows), length), dtype=torch.long)  # 0 = prompt, k = response k
-    prompt_ends: list[tuple[int, int]] = [(0, 0)] * len(groups)
-    starts: list[list[tuple[int, int]]] = [[] for _ in groups]
+    first = [0] * len(groups)  # number of each group's first response
+    for g in range(1, len(groups)):
+        first[g] = first[g - 1] + len(groups[g - 1].response_ids)
+    reads, targets, slots, ends = [], [], [], [(0, 0)] * (first[-1] + len(groups[-1].response_ids))
     for r, members in enumerate(rows):
         col = 0
         for g in members:
-            prompt, responses = groups[g]
-            p = len(prompt)
+            prompt, p = groups[g].prompt_ids, len(groups[g].prompt_ids)
             ids[r, col : col + p] = torch.tensor(prompt, dtype=torch.long)
             pos[r, col : col + p] = torch.arange(p)
             seg[r, col : col + p] = g
-            col += p
-            prompt_ends[g] = (r, col - 1)
-            for k, resp in enumerate(responses, start=1):
+            prompt_last, col = col + p - 1, col + p
+            for k, resp in enumerate(groups[g].response_ids):
                 n = len(resp)
-                starts[g].append((r, col))
                 ids[r, col : col + n] = torch.tensor(resp, dtype=torch.long)
                 pos[r, col : col + n] = torch.arange(p, p + n)
                 seg[r, col : col + n] = g
-                part[r, col : col + n] = k
+                part[r, col : col + n] = k + 1
+                # the first token is predicted from the prompt's last state, the others from the response's own
+                reads += [(r, prompt_last) if t == 0 else (r, col + t - 1) for t in range(n)]
+                slots += [(first[g] + k, t) for t in range(n)]
+                targets += resp
+                ends[first[g] + k] = (r, col + n - 1)
                 col += n
-    idx = torch.arange(length)
-    causal = idx[None, :] <= idx[:, None]
-    same_group = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
-    visible = (part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None])
-    mask = (same_group & causal & visible) | torch.eye(length, dtype=torch.bool)  # padding sees itself: no empty rows
-    return GroupLayout(ids, pos, mask[:, None], prompt_ends, starts)
+        if not shared:  # padding is a sequence of its own
+            pos[r, col:] = torch.arange(length - col)
+    mask = None
+    if shared:
+        idx = torch.arange(length)
+        causal = idx[None, :] <= idx[:, None]
+        same_group = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+        visible = (part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None])
+        mask = ((same_group & causal & visible) | torch.eye(length, dtype=torch.bool))[:, None]  # padding sees itself
+    return PackedGroups(ids, pos, mask, torch.tensor(reads).view(-1, 2), torch.tensor(targets, dtype=torch.long),
+                        torch.tensor(slots).view(-1, 2), torch.tensor(ends).view(-1, 2), sum(sizes))
 
 
 @dataclass

@@ -6,6 +6,7 @@ A prompt is either a plain string (one user turn) or a list of chat messages end
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -39,6 +40,11 @@ def as_messages(prompt: PromptText) -> list[dict[str, str]]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [m.model_dump() for m in prompt]
+
+
+def prompt_key(prompt: PromptText) -> str:
+    """What makes two prompts the same prompt: their chat messages, as one string."""
+    return json.dumps(as_messages(prompt), ensure_ascii=False)
 
 
 def prompt_text(prompt: PromptText) -> str:

@@ -24,6 +24,18 @@ class Example:
 
 
 @dataclass
+class Group:
+    """A prompt and responses to it, as token ids. Packed as [prompt][response 1]...[response K]: the prompt is
+    computed once for all K."""
+
+    prompt_ids: list[int]
+    response_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + sum(map(len, self.response_ids))
+
+
+@dataclass
 class TokenizeStats:
     kept: int = 0
     truncated: int = 0  # response cut to fit max_length (loses its EOS)
@@ -67,3 +79,21 @@ def encode_demonstrations(
     stats = TokenizeStats()
     examples = [encode_demonstration(tokenizer, d, max_length, truncation, stats) for d in demos]
     return [e for e in examples if e is not None], stats
+
+
+def encode_group(tokenizer, prompt: PromptText, responses: list[str], max_length: int,
+                 ended: list[bool] | None = None) -> tuple[Group, int]:
+    """(group, number of responses cut) so that the prompt plus each response fits in max_length tokens.
+    `ended` says which responses finished with EOS (default: all); the others get none, as they were sampled.
+
+    The responses are what is judged, so a long prompt gives way first: it keeps its last tokens (the
+    latest turns, next to the response), down to half of max_length; then responses are cut at the end."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    ended = ended or [True] * len(responses)
+    encoded = [encode_response(tokenizer, r, eos=e) for r, e in zip(responses, ended, strict=True)]
+    longest = max(map(len, encoded))
+    if len(prompt_ids) + longest > max_length:
+        keep = max(max_length - longest, max_length // 2)
+        prompt_ids = prompt_ids[-min(keep, len(prompt_ids)):]
+    room = max_length - len(prompt_ids)
+    return Group(prompt_ids, [ids[:room] for ids in encoded]), sum(len(ids) > room for ids in encoded)

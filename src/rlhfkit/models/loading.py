@@ -77,11 +77,14 @@ def load_causal_lm(
     return model, tokenizer
 
 
-def apply_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float, targets: list[str]):
+def apply_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float, targets: list[str],
+               task_type: str | None = "CAUSAL_LM"):
+    """LoRA adapters on `targets` (["all-linear"]: every linear layer). task_type None for a bare decoder
+    (the reward model's backbone)."""
     from peft import LoraConfig, get_peft_model
 
     target = "all-linear" if targets == ["all-linear"] else targets
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, task_type="CAUSAL_LM")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, task_type=task_type)
     return get_peft_model(model, config)
 
 

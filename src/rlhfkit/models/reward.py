@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,9 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
-from rlhfkit.data.collate import layout_groups
-from rlhfkit.data.records import PromptText, as_messages
-from rlhfkit.data.tokenize import encode_prompt, encode_response
+from rlhfkit.data import Group, PromptText, encode_group, pack_groups, prompt_key
 from rlhfkit.models.loading import ModelLoadError, is_peft, load_causal_lm, load_tokenizer
 
 HEAD_FILE = "reward_head.safetensors"
@@ -43,7 +40,7 @@ class RewardModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 ends: torch.Tensor) -> torch.Tensor:
-        """Rewards (N,) of the N responses packed in the rows (see `pack_groups`); `ends` (N, 2) holds each
+        """Rewards (N,) of the N responses packed in the rows (`data.pack_groups`); `ends` (N, 2) holds each
         response's (row, last column)."""
         hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                use_cache=False).last_hidden_state
@@ -94,65 +91,20 @@ def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32) -> t
     return rm, tokenizer
 
 
-# ---- batching: one prompt, its K responses, the prompt computed once ------------------------------
+# ---- scoring -------------------------------------------------------------------------------------
 
-@dataclass
-class Group:
-    """A prompt and responses to it. Packed as [prompt][response 1]...[response K]: each response attends to
-    the prompt and to itself, never to another response, and continues the prompt's positions, so each
-    reward equals that of prompt+response alone while the prompt is computed once for all K."""
-
-    prompt_ids: list[int]
-    response_ids: list[list[int]]  # response (+ EOS if it ended), cut to fit max_length with the prompt
-
-    def __len__(self) -> int:
-        return len(self.prompt_ids) + sum(map(len, self.response_ids))
-
-
-def encode_group(tokenizer, prompt: PromptText, responses: list[str], max_length: int,
-                 ended: list[bool] | None = None) -> tuple[Group, int]:
-    """(group, number of responses cut) so that the prompt plus each response fits in max_length tokens.
-    `ended` says which responses finished with EOS (default: all); the others get none.
-
-    The responses are what is judged, so a long prompt gives way first: it keeps its last tokens (the
-    latest turns, next to the response), down to half of max_length; then responses are cut at the end."""
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    ended = ended or [True] * len(responses)
-    encoded = [encode_response(tokenizer, r, eos=e) for r, e in zip(responses, ended, strict=True)]
-    longest = max(map(len, encoded))
-    if len(prompt_ids) + longest > max_length:
-        keep = max(max_length - longest, max_length // 2)
-        prompt_ids = prompt_ids[-min(keep, len(prompt_ids)):]
-    room = max_length - len(prompt_ids)
-    return Group(prompt_ids, [ids[:room] for ids in encoded]), sum(len(ids) > room for ids in encoded)
-
-
-@dataclass
-class GroupBatch:
-    input_ids: torch.Tensor  # (R, L)
-    position_ids: torch.Tensor  # (R, L)
-    attention_mask: torch.Tensor  # (R, 1, L, L) bool, True = may attend
-    ends: torch.Tensor  # (N, 2): (row, column) of each response's last token, in group order
-    n_tokens: int
-
-    def to(self, device) -> GroupBatch:
-        return GroupBatch(self.input_ids.to(device), self.position_ids.to(device), self.attention_mask.to(device),
-                          self.ends.to(device), self.n_tokens)
-
-
-def pack_groups(groups: list[Group], pad_id: int) -> GroupBatch:
-    """Pack groups into rows as long as the longest group (`layout_groups`: first-fit decreasing)."""
-    layout = layout_groups([(g.prompt_ids, g.response_ids) for g in groups], pad_id)
-    ends = [(row, col + len(resp) - 1) for g, starts in zip(groups, layout.response_starts, strict=True)
-            for (row, col), resp in zip(starts, g.response_ids, strict=True)]
-    return GroupBatch(layout.input_ids, layout.position_ids, layout.attention_mask, torch.tensor(ends).view(-1, 2),
-                      sum(map(len, groups)))
+def score_groups(rm: RewardModel, groups: list[Group], pad_id: int) -> torch.Tensor:
+    """Rewards (M,) of every response of `groups`, in group order, each prompt computed once for its
+    responses (`data.pack_groups`). Gradients flow if enabled: the RM trainer's forward is this too."""
+    device = next(rm.parameters()).device
+    packed = pack_groups(groups, pad_id).to(device)
+    return rm(packed.input_ids, packed.position_ids, packed.attention_mask, packed.ends)
 
 
 @torch.no_grad()
 def score(rm: RewardModel, tokenizer, prompts: list[PromptText], responses: list[str], max_length: int = 1024,
           tokens_per_batch: int = 8192, autocast: bool = False, ended: list[bool] | None = None) -> torch.Tensor:
-    """Rewards (N,) for N (prompt, response) pairs (`ended`: which finished with EOS, default all).
+    """Rewards (N,) for N (prompt, response) pairs of text (`ended`: which finished with EOS, default all).
     Responses to the same prompt share its computation; batches hold about `tokens_per_batch` tokens."""
     device = next(rm.parameters()).device
     was_training = rm.training
@@ -160,7 +112,7 @@ def score(rm: RewardModel, tokenizer, prompts: list[PromptText], responses: list
     ended = ended or [True] * len(responses)
     by_prompt: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
-        by_prompt.setdefault(json.dumps(as_messages(p)), []).append(i)
+        by_prompt.setdefault(prompt_key(p), []).append(i)
     groups, members = [], []
     for idx in by_prompt.values():
         for start in range(0, len(idx), 16):  # bound a group's length (and its attention mask)
@@ -177,12 +129,8 @@ def score(rm: RewardModel, tokenizer, prompts: list[PromptText], responses: list
             batch.append(order[start])
             tokens += len(groups[order[start]])
             start += 1
-        packed = pack_groups([groups[g] for g in batch], tokenizer.pad_token_id).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            rewards = rm(packed.input_ids, packed.position_ids, packed.attention_mask, packed.ends).float().cpu()
-        i = 0
-        for g in batch:
-            out[members[g]] = rewards[i : i + len(members[g])]
-            i += len(members[g])
+            rewards = score_groups(rm, [groups[g] for g in batch], tokenizer.pad_token_id).float().cpu()
+        out[[i for g in batch for i in members[g]]] = rewards
     rm.train(was_training)
     return out

@@ -19,27 +19,20 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.markup import escape
+from torch import nn
 
-from rlhfkit.config import SupervisedConfig, TrainConfig
+from rlhfkit.config import TrainConfig
+from rlhfkit.console import console, make_progress
 from rlhfkit.models import apply_lora, default_device, is_peft, load_causal_lm, mixed_precision
-
-console = Console(stderr=True)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -144,10 +137,11 @@ class Checkpoints:
         path = self.root / pointer.read_text().strip()
         return path if (path / "trainer_state.json").exists() else None
 
-    def save(self, name: str, write_model: Callable[[Path], None], state: dict, info: dict,
+    def save(self, name: str, write_models: Callable[[Path], None], state: dict, info: dict,
              update_latest: bool = True) -> Path:
-        """write_model(folder) runs on the main process; `state` (tensors, numbers) is saved with
-        torch.save and read back with weights_only=True; `info` goes to trainer_state.json."""
+        """write_models(checkpoint) runs on the main process and writes checkpoint/model (and any other model
+        folder); `state` (tensors, numbers) is saved with torch.save and read back with weights_only=True;
+        `info` goes to trainer_state.json."""
         final, tmp = self.root / name, self.root / f".{name}.tmp"
         if self.acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -155,7 +149,7 @@ class Checkpoints:
         self.acc.wait_for_everyone()
         torch.save(_rng_state(), tmp / f"rng-rank{self.acc.process_index}.pt")
         if self.acc.is_main_process:
-            write_model(tmp / "model")
+            write_models(tmp)
             torch.save(state, tmp / "trainer_state.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(info, indent=2))
         self.acc.wait_for_everyone()
@@ -195,19 +189,33 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def publish_model(src: Path, run_dir: Path) -> None:
-    """Put a checkpoint's model files in the run folder, each file replaced atomically. Hard links where the
-    filesystem allows (checkpoint files are never modified after they are written, so the link is a copy
-    that costs no space), else copies."""
-    for f in src.iterdir():
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def publish(checkpoint: Path, run_dir: Path) -> None:
+    """Put a checkpoint's models in the run folder: the files of its model/ in the run folder itself, each
+    replaced atomically, and any other folder (a PPO value model) as a subfolder, swapped in whole. Hard links
+    where the filesystem allows (checkpoint files are never modified after they are written, so a link is a
+    copy that costs no space), else copies."""
+    for f in (checkpoint / "model").iterdir():
         if f.is_file():
             tmp = run_dir / f".{f.name}.tmp"
             tmp.unlink(missing_ok=True)
-            try:
-                os.link(f, tmp)
-            except OSError:
-                shutil.copyfile(f, tmp)
+            _link_or_copy(str(f), str(tmp))
             os.replace(tmp, run_dir / f.name)
+    for folder in checkpoint.iterdir():
+        if folder.is_dir() and folder.name != "model":
+            tmp, old = run_dir / f".{folder.name}.tmp", run_dir / f".{folder.name}.old"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(folder, tmp, copy_function=_link_or_copy)
+            if (run_dir / folder.name).exists():
+                os.replace(run_dir / folder.name, old)
+            os.replace(tmp, run_dir / folder.name)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # ---- logs --------------------------------------------------------------------------------------
@@ -254,14 +262,6 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
-def make_progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-        console=console, disable=not enabled,
-    )
-
-
 # ---- data order --------------------------------------------------------------------------------
 
 def step_items(n_items: int, items_per_step: int, seed: int, step: int) -> list[int]:
@@ -289,102 +289,225 @@ def split_holdout(items: list, fraction: float, seed: int, key: Callable[[Any], 
     return train, [x for x, k in zip(items, ids, strict=True) if k in held]
 
 
+
+
+def read_splits(read: Callable[[str, bool], Any], cfg, key: Callable[[Any], Hashable] | None = None
+                ) -> tuple[list, list]:
+    """(train, held-out) records of a supervised stage: --data read in full (a bad line stops the run here,
+    before any model work), held out by --eval-data or a seeded --eval-fraction (by `key`, if given)."""
+    if cfg.data is None:
+        raise ValueError("no training data: pass --data FILE (or data: in the config)")
+    result = read(cfg.data, cfg.skip_invalid)
+    if result.skipped:
+        console.print(f"[yellow]skipped {result.skipped} invalid records in {cfg.data}; "
+                      f"first: {escape(result.errors[0])}")
+    if cfg.eval_data:
+        return result.records, read(cfg.eval_data, cfg.skip_invalid).records
+    return split_holdout(result.records, cfg.eval_fraction, cfg.seed, key=key)
+
+
 # ---- the loop ----------------------------------------------------------------------------------
 
 @dataclass
-class StepOutput:
-    """What a trainer's step function returns after forward and backward over its micro-batches."""
+class Schedule:
+    """How a supervised stage walks its data: items (rows, prompts) per optimiser step over all processes."""
 
-    loss: torch.Tensor  # this process's share: summed over processes and divided by their number it is the step loss
-    counts: dict[str, float] = field(default_factory=dict)  # summed over processes (e.g. tokens, padding)
+    items_per_step: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, n_items: int, cfg, world: int) -> Schedule:
+        per_step = cfg.batch_size * cfg.grad_accum * world
+        steps_per_epoch = math.ceil(n_items / per_step)
+        return cls(per_step, steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch)))
+
+
+@dataclass
+class Optimised:
+    """A trained module as the loop holds it: wrapped for the processes, with its optimiser and schedule."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
 class TrainLoop:
-    """The optimiser-step loop every trainer shares: clip, NaN guard, step, schedule, logs, eval, best model,
-    atomic checkpoints and resume. A trainer supplies `step_fn(step)` (forward + backward) and `evaluate()`."""
+    """What every trainer shares: the accelerator, the run folder, resume, atomic checkpoints, logs and
+    TensorBoard, the progress bar, publishing the final model, gradient accumulation, clipping and the NaN
+    guard. A trainer supplies its models (`prepare`), the writers of their folders, and `step_fn(step) ->
+    metrics`: one optimiser step over its micro-batches (SFT, RM: `accumulate` + `optimizer_step`) or one
+    whole iteration (PPO)."""
 
-    def __init__(self, cfg: SupervisedConfig, acc: Accelerator, run_dir: Path, module, optimizer, scheduler,
-                 total_steps: int, steps_per_epoch: int, name: str,
-                 write_resume_model: Callable[[Path], None], write_export_model: Callable[[Path], None]):
-        self.cfg, self.acc, self.run_dir, self.name = cfg, acc, run_dir, name
-        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
-        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
-        self.write_resume_model, self.write_export_model = write_resume_model, write_export_model
-        self.checkpoints = Checkpoints(run_dir, acc, cfg.keep_checkpoints)
+    def __init__(self, cfg: TrainConfig, name: str):
+        self.cfg, self.name = cfg, name
+        self.acc = make_accelerator(cfg)
+        self.run_dir = prepare_run_dir(cfg, self.acc)
+        self.checkpoints = Checkpoints(self.run_dir, self.acc, cfg.keep_checkpoints)
+        self.resume_from = self.checkpoints.latest() if cfg.resume else None
+        if cfg.resume and self.resume_from is None:
+            console.print(f"[yellow]--resume: no checkpoint in {self.run_dir}, starting from the beginning")
+        self.parts: dict[str, Optimised] = {}
+        self.write_resume: Callable[[Path], None] = lambda checkpoint: None  # model folders to continue from
+        self.write_export: Callable[[Path], None] = lambda checkpoint: None  # model folders to publish
+        self.extra_state: Callable[[], dict] = dict  # e.g. PPO's KL controller, kept in trainer_state.json
         self.step, self.best = 0, None
-        self.last_metrics: dict = {}
+        self.history: list[dict] = []
 
-    def resume(self, path: Path) -> None:
-        state, info = self.checkpoints.load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+    @property
+    def device(self) -> torch.device:
+        return self.acc.device
+
+    @property
+    def world(self) -> int:
+        return self.acc.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.acc.process_index
+
+    def prepare(self, name: str, module: nn.Module, lr: float | None = None, total_steps: int | None = None
+                ) -> Optimised:
+        """`module` wrapped for the processes with its AdamW (and, given `total_steps`, warmup + cosine)."""
+        optimizer = make_optimizer(module.parameters(), self.cfg, lr)
+        scheduler = (warmup_cosine(optimizer, total_steps, self.cfg.warmup_ratio, self.cfg.min_lr_ratio)
+                     if total_steps else None)
+        module, optimizer = self.acc.prepare(module, optimizer)
+        self.parts[name] = Optimised(module, optimizer, scheduler)
+        return self.parts[name]
+
+    def resume(self) -> dict:
+        """Optimiser and schedule states (and RNG) of the checkpoint being resumed; its trainer_state.json."""
+        if self.resume_from is None:
+            return {}
+        state, info = self.checkpoints.load_state(self.resume_from)
+        for name, part in self.parts.items():
+            part.optimizer.load_state_dict(state[f"{name}.optimizer"])
+            if part.scheduler is not None:
+                part.scheduler.load_state_dict(state[f"{name}.scheduler"])
         self.step, self.best = info["step"], info.get("best_metric")
-        console.print(f"resumed from {path} at step {self.step}")
+        console.print(f"resumed from {self.resume_from} at step {self.step}")
+        return info
 
     def save_step(self) -> None:
-        self.checkpoints.save(
-            f"step-{self.step}", self.write_resume_model,
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-            {"step": self.step, "best_metric": self.best, "total_steps": self.total_steps},
-        )
+        state = {}
+        for name, part in self.parts.items():
+            state[f"{name}.optimizer"] = part.optimizer.state_dict()
+            if part.scheduler is not None:
+                state[f"{name}.scheduler"] = part.scheduler.state_dict()
+        info = {"step": self.step, "best_metric": self.best, **self.extra_state()}
+        self.checkpoints.save(f"step-{self.step}", self.write_resume, state, info)
 
-    def run(self, step_fn: Callable[[int], StepOutput], evaluate: Callable[[], dict] | None,
-            score: Callable[[dict], float], on_step: Callable[[int, dict], None] | None = None) -> dict:
+    # ---- one optimiser step ----
+
+    def accumulate(self, part: Optimised, n_micro: int, loss_fn: Callable[[int], tuple[torch.Tensor, dict]]
+                   ) -> tuple[float, dict]:
+        """Forward and backward `loss_fn(micro)` for each micro-batch, gradients all-reduced once (on the
+        last). Returns the step's loss (summed over micro-batches, averaged over processes) and the counts
+        `loss_fn` reported, summed over micro-batches and processes."""
+        total = torch.zeros((), device=self.device)
+        counts: dict[str, float] = {}
+        for micro in range(n_micro):
+            last = micro == n_micro - 1
+            with self.acc.no_sync(part.module) if not last else nullcontext():
+                with self.acc.autocast():
+                    loss, c = loss_fn(micro)
+                self.acc.backward(loss)
+            total += loss.detach()
+            for k, v in c.items():
+                counts[k] = counts.get(k, 0.0) + float(v)
+        loss = (self.acc.reduce(total.float(), "sum") / self.world).item()
+        return loss, self.sum_over_processes(counts)
+
+    def optimizer_step(self, part: Optimised, loss: float, what: str = "the loss") -> float:
+        """Clip, refuse a non-finite loss or gradient (before the weights change), step, schedule, zero."""
+        grad_norm = float(self.acc.clip_grad_norm_(part.module.parameters(), self.cfg.max_grad_norm or float("inf")))
+        check_finite(loss, what, self.step + 1, self.checkpoints.latest())
+        check_finite(grad_norm, f"the gradient norm of {what}", self.step + 1, self.checkpoints.latest())
+        part.optimizer.step()
+        if part.scheduler is not None:
+            part.scheduler.step()
+        part.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def supervised_step(self, part: Optimised, n_micro: int, loss_fn: Callable[[int], tuple[torch.Tensor, dict]],
+                        steps_per_epoch: int) -> dict:
+        """One optimiser step of SFT or the RM, and its metrics (`tokens` and `padding_tokens` counts, if
+        `loss_fn` reports them, become throughput and the padding share)."""
+        t0 = time.perf_counter()
+        loss, counts = self.accumulate(part, n_micro, loss_fn)
+        grad_norm = self.optimizer_step(part, loss)
+        seconds = time.perf_counter() - t0
+        metrics = {"loss": loss, "lr": part.scheduler.get_last_lr()[0], "grad_norm": grad_norm, **counts,
+                   "step_seconds": seconds, "epoch": (self.step + 1) / steps_per_epoch}
+        if "tokens" in metrics:
+            metrics["tokens_per_s"] = metrics["tokens"] / seconds
+        if "padding_tokens" in metrics:  # the share of the step's batch that was padding
+            metrics["padding"] = metrics["padding_tokens"] / max(1, metrics["padding_tokens"] + metrics["tokens"])
+        return metrics
+
+    def micro_batch(self, items: list[int], micro: int, batch_size: int) -> list[int]:
+        """This process's share of a step's items for micro-batch `micro` (processes interleave)."""
+        start = (micro * self.world + self.rank) * batch_size
+        return items[start : start + batch_size]
+
+    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """A tensor summed over processes (detached, fp32)."""
+        x = x.detach().float()
+        return self.acc.reduce(x, "sum") if self.world > 1 else x
+
+    def sum_over_processes(self, values: dict[str, float | torch.Tensor]) -> dict[str, float]:
+        """Each named value summed over processes."""
+        keys = sorted(values)
+        local = torch.tensor([float(values[k]) for k in keys], device=self.device, dtype=torch.float64)
+        summed = self.acc.reduce(local, "sum") if self.world > 1 else local
+        return dict(zip(keys, summed.tolist(), strict=True))
+
+    # ---- the loop ----
+
+    def run(self, total_steps: int, step_fn: Callable[[int], dict], evaluate: Callable[[], dict] | None = None,
+            select: Callable[[dict], float] | None = None, on_step: Callable[[int, dict], None] | None = None,
+            describe: Callable[[dict], str] | None = None) -> dict:
+        """`step_fn(step)` until `total_steps`, then the last metrics. After each step: evaluation every
+        --eval-every steps and at the end (the best by `select` is kept as the `best` checkpoint), the metrics
+        log, a checkpoint every --save-every steps and at the end, the progress bar, `on_step(step, metrics)`."""
         cfg, acc = self.cfg, self.acc
+        eval_every = getattr(cfg, "eval_every", 0)
         log = MetricsLog(self.run_dir, acc, resume_step=self.step)
-        self.module.train()
+        metrics: dict = {}
         with make_progress(cfg.progress and acc.is_main_process) as progress:
-            task = progress.add_task(self.name, total=self.total_steps, completed=self.step, metrics="")
-            while self.step < self.total_steps:
+            task = progress.add_task(self.name, total=total_steps, completed=self.step, metrics="")
+            while self.step < total_steps:
                 t0 = time.perf_counter()
-                out = step_fn(self.step)
-                loss = (acc.reduce(out.loss.detach().float(), "sum") / acc.num_processes).item()
-                grad_norm = float(acc.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm or float("inf")))
-                check_finite(loss, "the loss", self.step + 1, self.checkpoints.latest())
-                check_finite(grad_norm, "the gradient norm", self.step + 1, self.checkpoints.latest())
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                metrics = step_fn(self.step)
                 self.step += 1
-
-                seconds = time.perf_counter() - t0
-                keys = sorted(out.counts)
-                summed = acc.reduce(torch.tensor([float(out.counts[k]) for k in keys], device=acc.device), "sum")
-                metrics = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                           **dict(zip(keys, summed.tolist(), strict=True)), "step_seconds": seconds,
-                           "epoch": self.step / self.steps_per_epoch}
-                if "tokens" in metrics:
-                    metrics["tokens_per_s"] = metrics["tokens"] / seconds
-                if "padding_tokens" in metrics:  # the share of the step's batch that was padding
-                    pad = metrics["padding_tokens"]
-                    metrics["padding"] = pad / max(1, pad + metrics["tokens"])
-                last = self.step == self.total_steps
-                if evaluate is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
+                metrics.setdefault("step_seconds", time.perf_counter() - t0)
+                last = self.step == total_steps
+                if evaluate is not None and ((eval_every and self.step % eval_every == 0) or last):
                     metrics.update(evaluate())
-                    metrics["select_score"] = s = score(metrics)
+                    metrics["select_score"] = s = select(metrics)
                     if self.best is None or s > self.best:
                         self.best = s
-                        self.checkpoints.save("best", self.write_export_model, {}, {"step": self.step, "score": s},
+                        self.checkpoints.save("best", self.write_export, {}, {"step": self.step, "score": s},
                                               update_latest=False)
                 if self.step % cfg.log_every == 0 or last or "select_score" in metrics:
                     log.log(self.step, metrics)
                 if (cfg.save_every and self.step % cfg.save_every == 0) or last:
                     self.save_step()
-                self.last_metrics = metrics
-                progress.update(task, completed=self.step, metrics=_short(metrics))
+                self.history.append(metrics)
+                progress.update(task, completed=self.step, metrics=(describe or _short)(metrics))
                 if on_step is not None:
                     on_step(self.step, metrics)
         log.close()
-        return self.last_metrics
+        return metrics
 
     def publish(self) -> Path:
-        """The final model in the run folder: the best evaluation if there was one, else the last step."""
+        """The final models in the run folder: the best evaluation if there was one, else the last step."""
         chosen = self.checkpoints.root / "best"
         if not (chosen / "trainer_state.json").exists():
-            chosen = self.checkpoints.save("final", self.write_export_model, {}, {"step": self.step},
-                                           update_latest=False)
+            chosen = self.checkpoints.save("final", self.write_export, {}, {"step": self.step}, update_latest=False)
         if self.acc.is_main_process:
-            publish_model(chosen / "model", self.run_dir)
+            publish(chosen, self.run_dir)
         self.acc.wait_for_everyone()
         return chosen
 

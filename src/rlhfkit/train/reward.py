@@ -14,54 +14,35 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
-from rich.markup import escape
 from torch import nn
 
 from rlhfkit.config import RMConfig
-from rlhfkit.data import Ranking, read_demonstrations
+from rlhfkit.console import console
+from rlhfkit.data import Group, Ranking, encode_group, prompt_key, read_demonstrations
 from rlhfkit.data.rankings import read_rankings
-from rlhfkit.evaluation.reward_metrics import ranking_pairs, reward_metrics
 from rlhfkit.losses import ranking_loss
-from rlhfkit.models.reward import (
-    Group,
-    RewardModel,
-    encode_group,
-    load_reward_model,
-    pack_groups,
-    reward_model_from_causal_lm,
-    score,
-)
-from rlhfkit.train.common import (
-    Checkpoints,
-    StepOutput,
-    TrainLoop,
-    console,
-    make_accelerator,
-    make_optimizer,
-    prepare_run_dir,
-    split_holdout,
-    step_items,
-    warmup_cosine,
-)
+from rlhfkit.models import apply_lora
+from rlhfkit.models.reward import RewardModel, load_reward_model, reward_model_from_causal_lm, score, score_groups
+from rlhfkit.train.common import Schedule, TrainLoop, read_splits, step_items
+from rlhfkit.train.reward_metrics import ranking_pairs, reward_metrics
 
 
 @dataclass
 class EncodedRanking:
     """A prompt and its K responses, with every ranking of them (one per labeler who ranked them)."""
 
-    group: Group  # the prompt and the K responses, each + EOS
+    group: Group  # the prompt and the K responses, each + EOS if it ended
     ranks: list[list[int]]  # each with two differently ranked responses at least
 
 
 def ranked_prompt(r: Ranking) -> str:
     """What the held-out split groups by: the prompt (all its turns)."""
-    return json.dumps(r.model_dump(mode="json")["prompt"])
+    return prompt_key(r.prompt)
 
 
 def response_ended(r: Ranking) -> list[bool]:
@@ -86,13 +67,10 @@ def encode_rankings(tokenizer, rankings: list[Ranking], max_length: int) -> tupl
     return list(items.values()), truncated
 
 
-def forward_rankings(rm: nn.Module, batch: list[EncodedRanking], pad_id: int, device
-                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Rewards and ranks (J, Kmax), one row per ranking (ranks -1 where a prompt has fewer responses), and
-    the token count. Each prompt is computed once for its K responses (`pack_groups`), each response once
-    for all its rankings."""
-    packed = pack_groups([r.group for r in batch], pad_id).to(device)
-    flat = rm(packed.input_ids, packed.position_ids, packed.attention_mask, packed.ends)
+def forward_rankings(rm: nn.Module, batch: list[EncodedRanking], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards and ranks (J, Kmax), one row per ranking (ranks -1 where a prompt has fewer responses). Each
+    prompt is computed once for its K responses, each response once for all its rankings."""
+    flat = score_groups(rm, [r.group for r in batch], pad_id)
     k_max = max(len(r.group.response_ids) for r in batch)
     rows, ranks, i = [], [], 0
     for r in batch:
@@ -102,7 +80,7 @@ def forward_rankings(rm: nn.Module, batch: list[EncodedRanking], pad_id: int, de
             rows.append(row)
             ranks.append(rk + [-1] * (k_max - k))
         i += k
-    return torch.stack(rows), torch.tensor(ranks, dtype=torch.long, device=device), packed.n_tokens
+    return torch.stack(rows), torch.tensor(ranks, dtype=torch.long, device=flat.device)
 
 
 @dataclass
@@ -114,37 +92,18 @@ class RMResult:
     model: nn.Module  # the model as it ended training, before normalisation
 
 
-def _apply_lora(rm: RewardModel, cfg: RMConfig) -> None:
-    from peft import LoraConfig, get_peft_model
-
-    target = "all-linear" if cfg.lora_targets == ["all-linear"] else cfg.lora_targets
-    rm.backbone = get_peft_model(rm.backbone, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                         lora_dropout=cfg.lora_dropout, target_modules=target))
-
-
 def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
-    if cfg.data is None:
-        raise ValueError("no rankings: pass --data FILE (or data: in the config)")
-    acc = make_accelerator(cfg)
-    run_dir = prepare_run_dir(cfg, acc)
-    resume_from = Checkpoints(run_dir, acc, cfg.keep_checkpoints).latest() if cfg.resume else None
-
-    read = read_rankings(cfg.data, cfg.skip_invalid)
-    if read.skipped:
-        console.print(f"[yellow]skipped {read.skipped} invalid records in {cfg.data}; first: {escape(read.errors[0])}")
-    if cfg.eval_data:
-        train_rankings, eval_rankings = read.records, read_rankings(cfg.eval_data, cfg.skip_invalid).records
-    else:
-        train_rankings, eval_rankings = split_holdout(read.records, cfg.eval_fraction, cfg.seed, key=ranked_prompt)
+    train_rankings, eval_rankings = read_splits(read_rankings, cfg, key=ranked_prompt)
     demos = read_demonstrations(cfg.demos).records if cfg.demos else []  # fail on bad demos before training
-
+    loop = TrainLoop(cfg, "rm")
     torch.manual_seed(cfg.seed)
-    if resume_from is not None:
-        rm, tokenizer = load_reward_model(resume_from / "model")
+    if loop.resume_from is not None:
+        rm, tokenizer = load_reward_model(loop.resume_from / "model")
     else:
         rm, tokenizer = reward_model_from_causal_lm(cfg.model)
     if cfg.lora_r:
-        _apply_lora(rm, cfg)
+        rm.backbone = apply_lora(rm.backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                                 task_type=None)
     if cfg.gradient_checkpointing:
         rm.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -152,56 +111,39 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
     evals, _ = encode_rankings(tokenizer, eval_rankings, cfg.max_length)
     if not train:
         raise ValueError(f"{cfg.data}: no ranking with two differently ranked responses")
-
-    world, rank = acc.num_processes, acc.process_index
-    per_step = cfg.batch_size * cfg.grad_accum * world
-    steps_per_epoch = math.ceil(len(train) / per_step)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    plan = Schedule.of(len(train), cfg, loop.world)
     ks = sorted({len(r.group.response_ids) for r in train})
-    n_rankings = sum(len(r.ranks) for r in train)
     console.print(
-        f"rm: {n_rankings} rankings of {len(train)} prompts' responses (K in {ks}, "
+        f"rm: {sum(len(r.ranks) for r in train)} rankings of {len(train)} prompts' responses (K in {ks}, "
         f"{sum(math.comb(len(r.group.response_ids), 2) * len(r.ranks) for r in train)} pairs, {truncated} responses "
         f"cut to --max-length {cfg.max_length}), {sum(len(r.ranks) for r in evals)} eval rankings of "
-        f"{len({ranked_prompt(r) for r in eval_rankings})} held-out prompts; {total_steps} steps of "
-        f"{per_step} prompts on {world} process(es), mixed precision: {acc.mixed_precision}"
+        f"{len({ranked_prompt(r) for r in eval_rankings})} held-out prompts; {plan.total_steps} steps of "
+        f"{plan.items_per_step} prompts on {loop.world} process(es), mixed precision: {loop.acc.mixed_precision}"
     )
 
-    optimizer = make_optimizer(rm.parameters(), cfg)
-    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
-    wrapped, optimizer = acc.prepare(rm, optimizer)
-    plain: RewardModel = acc.unwrap_model(wrapped)
-    loop = TrainLoop(cfg, acc, run_dir, wrapped, optimizer, scheduler, total_steps, steps_per_epoch, "rm",
-                     write_resume_model=lambda folder: plain.save(folder, tokenizer),
-                     write_export_model=lambda folder: plain.save(folder, tokenizer))
-    if resume_from is not None:
-        loop.resume(resume_from)
+    part = loop.prepare("rm", rm, total_steps=plan.total_steps)
+    plain: RewardModel = loop.acc.unwrap_model(part.module)
+    loop.write_resume = loop.write_export = lambda ckpt: plain.save(ckpt / "model", tokenizer)
+    loop.resume()
 
-    def step_fn(step: int) -> StepOutput:
-        items = step_items(len(train), per_step, cfg.seed, step)
-        normalizer = sum(len(train[i].ranks) for i in items) / world  # the mean over rankings; DDP averages
-        total = torch.zeros((), device=acc.device)
-        tokens = 0
-        for micro in range(cfg.grad_accum):
-            start = (micro * world + rank) * cfg.batch_size
-            batch = [train[i] for i in items[start : start + cfg.batch_size]]
-            last = micro == cfg.grad_accum - 1
-            with acc.no_sync(wrapped) if not last else nullcontext():
-                with acc.autocast():
-                    rewards, ranks, n = forward_rankings(wrapped, batch, tokenizer.pad_token_id, acc.device)
-                    loss = ranking_loss(rewards.float(), ranks) * len(ranks) / normalizer
-                acc.backward(loss)
-            total += loss.detach()
-            tokens += n
-        return StepOutput(total, {"tokens": tokens})
+    def step_fn(step: int) -> dict:
+        items = step_items(len(train), plan.items_per_step, cfg.seed, step)
+        normalizer = sum(len(train[i].ranks) for i in items) / loop.world  # the mean over rankings; DDP averages
+
+        def loss_fn(micro: int) -> tuple[torch.Tensor, dict]:
+            batch = [train[i] for i in loop.micro_batch(items, micro, cfg.batch_size)]
+            rewards, ranks = forward_rankings(part.module, batch, tokenizer.pad_token_id)
+            loss = ranking_loss(rewards.float(), ranks) * len(ranks) / normalizer
+            return loss, {"tokens": sum(len(r.group) for r in batch)}
+
+        return loop.supervised_step(part, cfg.grad_accum, loss_fn, plan.steps_per_epoch)
 
     def held_out_pairs(model: nn.Module, items: list[EncodedRanking]) -> list:
         """Each held-out ranking's scored pairs; each prompt's responses forwarded once for all its rankings."""
         pairs = []
-        with torch.no_grad(), acc.autocast():
+        with torch.no_grad(), loop.acc.autocast():
             for i in range(0, len(items), cfg.batch_size):
-                rewards, ranks, _ = forward_rankings(model, items[i : i + cfg.batch_size], tokenizer.pad_token_id,
-                                                     acc.device)
+                rewards, ranks = forward_rankings(model, items[i : i + cfg.batch_size], tokenizer.pad_token_id)
                 for row, rk in zip(rewards.float().tolist(), ranks.tolist(), strict=True):
                     k = sum(x >= 0 for x in rk)
                     pairs.append(ranking_pairs(row[:k], rk[:k]))
@@ -209,32 +151,37 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
 
     def evaluate() -> dict:
         plain.eval()
-        pairs = held_out_pairs(plain, evals[rank::world])
+        pairs = held_out_pairs(plain, evals[loop.rank :: loop.world])
         plain.train()
-        m = reward_metrics(gather_object(pairs) if world > 1 else pairs)
+        m = reward_metrics(gather_object(pairs) if loop.world > 1 else pairs)
         return {"eval_accuracy": m.get("accuracy", float("nan")), "eval_loss": m.get("loss", float("nan")),
                 "eval_top_bottom_accuracy": m.get("top_bottom_accuracy") or float("nan")}
 
-    loop.run(step_fn, evaluate if evals else None, lambda m: m["eval_accuracy"], on_step)
+    plain.train()
+    loop.run(plan.total_steps, step_fn, evaluate if evals else None, lambda m: m["eval_accuracy"], on_step)
     loop.publish()
+    shift, report = normalise_and_report(loop, cfg, demos, evals, held_out_pairs)
+    return RMResult(loop.run_dir, loop.step, report, shift, plain)
 
-    # ---- normalise on the demonstrations, then the full held-out report ----
-    shift = 0.0
-    final, tokenizer = load_reward_model(run_dir)
-    final.to(acc.device)
-    if demos and acc.is_main_process:
+
+def normalise_and_report(loop: TrainLoop, cfg: RMConfig, demos: list, evals: list[EncodedRanking], held_out_pairs
+                         ) -> tuple[float, dict]:
+    """Shift the published RM so the demonstrations score 0 on average, then write its full held-out report."""
+    shift, report = 0.0, {}
+    final, tokenizer = load_reward_model(loop.run_dir)
+    final.to(loop.device)
+    if demos and loop.acc.is_main_process:
         scores = score(final, tokenizer, [d.prompt for d in demos], [d.response for d in demos], cfg.max_length)
         shift = -scores.mean().item()
         final.apply_shift(shift)
-        final.save_head(run_dir)
+        final.save_head(loop.run_dir)
         console.print(f"rm: shifted rewards by {shift:+.4f} so the {len(demos)} demonstrations average 0")
-    report = {}
-    if evals and acc.is_main_process:
+    if evals and loop.acc.is_main_process:
         report = reward_metrics(held_out_pairs(final.eval(), evals))
-        (run_dir / "eval_report.json").write_text(json.dumps(report, indent=2))
+        (loop.run_dir / "eval_report.json").write_text(json.dumps(report, indent=2))
         _print_report(report)
-    acc.wait_for_everyone()
-    return RMResult(run_dir, loop.step, report, shift, plain)
+    loop.acc.wait_for_everyone()
+    return shift, report
 
 
 def _print_report(m: dict) -> None:

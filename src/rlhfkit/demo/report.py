@@ -1,84 +1,13 @@
-"""`rlhfkit demo`'s evaluation of each round and its report (runs/<name>/report.md with PNG plots)."""
+"""`rlhfkit demo`'s report: runs/<name>/report.md with PNG plots, from the stages' results."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from rlhfkit.config import DemoConfig
-from rlhfkit.data import read_prompts
-from rlhfkit.evaluation.policy_eval import (
-    PolicyOutputs,
-    device,
-    generate,
-    load,
-    perplexity,
-    policy_metrics,
-    sequence_logprobs,
-    win_rate,
-)
-from rlhfkit.feedback.simulated import SimulatedLabeler
-from rlhfkit.models import mixed_precision
-from rlhfkit.models.reward import load_reward_model, score
-from rlhfkit.rollout import Rollout
-from rlhfkit.train.common import console
+from rlhfkit.demo.config import DemoConfig
 
 TARGET_WIN_RATE, TARGET_CONSTRAINT_GAIN = 0.60, 0.10
-
-
-def _policies(run_dir: Path, cfg: DemoConfig, r: int) -> dict[str, str]:
-    if r == 1:
-        out = {"base": cfg.model, "sft": str(run_dir / "sft"), "ppo-ptx r1": str(run_dir / "round1/ppo")}
-        if (run_dir / "round1/ppo-no-ptx").exists():
-            out["ppo r1 (γ=0)"] = str(run_dir / "round1/ppo-no-ptx")
-        return out
-    return {f"ppo-ptx r{r}": str(run_dir / f"round{r}/ppo")}
-
-
-def _policy_outputs(run_dir: Path, name: str, path: str, prompts, prose: list[str], cfg: DemoConfig) -> dict:
-    """What a policy's evaluation needs from the policy itself (its held-out responses, their log-probs under
-    it, its prose perplexity), computed once with one load of the model and kept in evals/."""
-    cache = run_dir / "evals" / (name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "") + ".json")
-    if cache.exists():
-        return json.loads(cache.read_text())
-    model, tok = load(path)
-    roll = generate(model, tok, prompts, cfg.max_new_tokens, cfg.eval_temperature, 0.95, cfg.seed)
-    out = {"rollout": roll.__dict__, "logprobs": sequence_logprobs(model, tok, roll.prompt_ids, roll.response_ids),
-           "prose_perplexity": perplexity(model, tok, prose)}
-    cache.parent.mkdir(exist_ok=True)
-    cache.write_text(json.dumps(out))
-    return out
-
-
-def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler]) -> dict:
-    prompts = read_prompts(run_dir / "data/eval_prompts.jsonl").records
-    prose = [ln for ln in (run_dir / "data/prose_heldout.txt").read_text().splitlines() if ln.strip()]
-    cached, outputs = {}, {}
-    for round_ in range(1, r + 1):
-        for name, path in _policies(run_dir, cfg, round_).items():
-            console.print(f"eval: {name}")
-            cached[name] = _policy_outputs(run_dir, name, path, prompts, prose, cfg)
-            outputs[name] = PolicyOutputs(name, path, Rollout(**cached[name]["rollout"]))
-    rm, rm_tok = load_reward_model(run_dir / f"round{r}/rm")
-    rm.to(device())
-    bf16 = mixed_precision("auto", device()) == "bf16"
-    sft_model, sft_tok = load(str(run_dir / "sft"))
-    metrics = {}
-    for name, out in outputs.items():
-        m = policy_metrics(out, prompts, judges)
-        m["rm_score"] = score(rm, rm_tok, [p.prompt for p in prompts], out.rollout.texts, autocast=bf16,
-                             ended=out.rollout.ended).mean().item()
-        if name != "base":  # KL(π || π_SFT) on the policy's own samples, summed over tokens
-            ref = sequence_logprobs(sft_model, sft_tok, out.rollout.prompt_ids, out.rollout.response_ids)
-            m["kl_to_sft"] = sum(a - b for a, b in zip(cached[name]["logprobs"], ref, strict=True)) / len(ref)
-        m["prose_perplexity"] = cached[name]["prose_perplexity"]
-        metrics[name] = m
-    ppo = f"ppo-ptx r{r}"
-    pairs = [(ppo, "sft"), (ppo, "base")] + ([("sft", "base")] if r == 1 else [(ppo, f"ppo-ptx r{r - 1}")])
-    if r == 1 and "ppo r1 (γ=0)" in outputs:
-        pairs.append(("ppo r1 (γ=0)", "sft"))
-    wins = {f"{a} vs {b}": win_rate(judges, prompts, outputs[a], outputs[b], seed=cfg.seed) for a, b in pairs}
-    return {"policies": metrics, "win_rates": wins, "prompts": len(prompts)}
 
 
 # ---- the report ----

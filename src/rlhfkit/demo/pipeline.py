@@ -23,14 +23,19 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-from rlhfkit.config import DemoConfig, PPOConfig, RMConfig, SampleConfig, SFTConfig
-from rlhfkit.data import read_demonstrations, read_prompts, write_jsonl
+from rlhfkit.console import console, make_progress
+from rlhfkit.data import Prompt, read_demonstrations, read_prompts, write_jsonl
 from rlhfkit.data.rankings import read_rankings
-from rlhfkit.data.records import Prompt
+from rlhfkit.demo.config import DemoConfig
+from rlhfkit.demo.evaluate import evaluate_round
+from rlhfkit.demo.labelers import SimulatedLabeler, make_panel
+from rlhfkit.demo.report import write_report
 from rlhfkit.feedback.export import agreement, export_rankings
-from rlhfkit.feedback.simulated import SimulatedLabeler, make_panel
 from rlhfkit.feedback.store import NotFound, Store
-from rlhfkit.train.common import console, make_progress
+from rlhfkit.sampling import sample_rankings
+from rlhfkit.train.ppo import train_ppo
+from rlhfkit.train.reward import train_reward
+from rlhfkit.train.sft import train_sft
 
 
 class Run:
@@ -68,7 +73,7 @@ class Run:
 
 
 def bundled(name: str) -> Path:
-    return Path(str(files("rlhfkit") / "demo_data" / name))
+    return Path(str(files("rlhfkit.demo") / "data" / name))
 
 
 def prepare_data(run: Run, cfg: DemoConfig) -> dict:
@@ -85,14 +90,14 @@ def prepare_data(run: Run, cfg: DemoConfig) -> dict:
         write_jsonl(folder / f"{split}_prompts.jsonl", by_split[split])
     demos = read_demonstrations(bundled("sft_demonstrations.jsonl")).records
     demos += read_demonstrations(bundled("demonstrations.jsonl")).records  # the general hand-written ones
-    write_jsonl(folder / "demonstrations.jsonl", demos[: cfg.sft_demos])
+    write_jsonl(folder / "demonstrations.jsonl", demos[: cfg.demonstrations])
     lines = [ln for ln in bundled("prose.txt").read_text().splitlines() if ln.strip()]
     # The alignment-tax text, never trained on: every fifth topic's lines (six lines a topic).
     held_out = [ln for i, ln in enumerate(lines) if (i // 6) % 5 == 0]
     (folder / "ptx.txt").write_text("\n".join(ln for i, ln in enumerate(lines) if (i // 6) % 5) + "\n")
     (folder / "prose_heldout.txt").write_text("\n".join(held_out[: cfg.prose_lines]) + "\n")
     sizes = {split: len(records) for split, records in by_split.items()}
-    return sizes | {"demonstrations": len(demos[: cfg.sft_demos])}
+    return sizes | {"demonstrations": len(demos[: cfg.demonstrations])}
 
 
 def spread(records: list[Prompt], n: int | None) -> list[Prompt]:
@@ -159,9 +164,6 @@ def label_with_panel(run: Run, cfg: DemoConfig, samples: Path, project: str, pan
 
 
 def run_demo(cfg: DemoConfig) -> Path:
-    from rlhfkit.evaluation.demo_report import write_report
-    from rlhfkit.train.sft import train_sft
-
     cfg = cfg.sized()
     run = Run(cfg)
     cfg.save(run.dir / "demo.yaml")
@@ -171,11 +173,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     panel = make_panel(cfg.panel_size, cfg.seed, "labeler", noise=cfg.panel_noise)
     judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
 
-    run.stage("sft", lambda: str(train_sft(SFTConfig(
-        model=cfg.model, data=str(d / "data/demonstrations.jsonl"), output_dir=str(d / "sft"), epochs=cfg.sft_epochs,
-        lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, max_length=384, warmup_ratio=0.1, eval_fraction=0.05,
-        eval_every=0, save_every=25, seed=cfg.seed, resume=True, keep_checkpoints=1)).output_dir),
-        trainer_dir=d / "sft")
+    sft = cfg.sft.model_copy(update={"model": cfg.model, "data": str(d / "data/demonstrations.jsonl"),
+                                     "output_dir": str(d / "sft"), **trainer_run(cfg)})
+    run.stage("sft", lambda: str(train_sft(sft).output_dir), trainer_dir=d / "sft")
     policy = str(d / "sft")
     for r in range(1, cfg.rounds + 1):
         policy = run_round(run, cfg, r, policy, panel, judges)
@@ -184,43 +184,38 @@ def run_demo(cfg: DemoConfig) -> Path:
     return Path(report)
 
 
+def trainer_run(cfg: DemoConfig) -> dict:
+    """What every trainer of the run shares: its seed, and resuming what an interrupted run left. One checkpoint
+    at a time is kept (each holds weights and optimiser states, gigabytes for a 135M-parameter policy with its
+    value model)."""
+    return {"seed": cfg.seed, "resume": True, "keep_checkpoints": 1}
+
+
 def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[SimulatedLabeler],
               judges: list[SimulatedLabeler]) -> str:
     """Steps 2-4 from `policy`: comparisons sampled from it, the RM, PPO-ptx, evaluation. Returns the new policy."""
-    from rlhfkit.evaluation.demo_report import evaluate_round
-    from rlhfkit.sampling import sample_rankings
-    from rlhfkit.train.ppo import train_ppo
-    from rlhfkit.train.reward import train_reward
-
     d, here = run.dir, run.dir / f"round{r}"
-    # A stage that did not finish continues from its checkpoint; one checkpoint at a time is kept (each holds
-    # weights and optimiser states, gigabytes for a 135M-parameter policy with its value model).
-    common = {"seed": cfg.seed, "resume": True, "keep_checkpoints": 1}
     samples = here / "samples.jsonl"
-    run.stage(f"round{r}/sample", lambda: sample_rankings(SampleConfig(
-        model=policy, prompts=str(d / "data/rm_prompts.jsonl"), output=str(samples), k=cfg.k,
-        temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r, resume=True)))
+    run.stage(f"round{r}/sample", lambda: sample_rankings(cfg.sample.model_copy(update={
+        "model": policy, "prompts": str(d / "data/rm_prompts.jsonl"), "output": str(samples), "seed": cfg.seed + r,
+        "resume": True})))
     run.stage(f"round{r}/label", lambda: label_with_panel(run, cfg, samples, f"rm-round{r}", panel))
     # the RM is trained again from the SFT model on every comparison collected so far
     rankings = here / "rankings.jsonl"
     write_jsonl(rankings, [x for i in range(1, r + 1) for x in read_rankings(d / f"rm-round{i}.jsonl").records])
-    run.stage(f"round{r}/rm", lambda: train_reward(RMConfig(
-        model=str(d / "sft"), data=str(rankings), demos=str(d / "data/demonstrations.jsonl"),
-        output_dir=str(here / "rm"), epochs=cfg.rm_epochs, lr=cfg.rm_lr, batch_size=cfg.rm_batch_size, max_length=384,
-        eval_fraction=0.1, eval_every=0, save_every=50, **common)).eval_metrics, trainer_dir=here / "rm")
+    rm = cfg.rm.model_copy(update={"model": str(d / "sft"), "data": str(rankings),
+                                   "demos": str(d / "data/demonstrations.jsonl"), "output_dir": str(here / "rm"),
+                                   **trainer_run(cfg)})
+    run.stage(f"round{r}/rm", lambda: train_reward(rm).eval_metrics, trainer_dir=here / "rm")
 
     def ppo(out: Path, ptx: float) -> dict:
-        result = train_ppo(PPOConfig(
-            policy=policy, reference=str(d / "sft"), reward_model=str(here / "rm"),
-            prompts=str(d / "data/ppo_prompts.jsonl"), ptx_data=str(d / "data/ptx.txt"), ptx_coef=ptx,
-            output_dir=str(out), iterations=cfg.ppo_iterations, rollout_batch=cfg.ppo_rollout_batch,
-            samples_per_prompt=cfg.ppo_samples_per_prompt,
-            minibatch_size=8, ppo_epochs=cfg.ppo_epochs, max_new_tokens=cfg.max_new_tokens, lr=cfg.ppo_lr,
-            kl_coef=cfg.kl_coef, temperature=cfg.ppo_temperature, shared_value_head=cfg.shared_value_head,
-            save_every=5, samples_every=5, **common))
+        result = train_ppo(cfg.ppo.model_copy(update={
+            "policy": policy, "reference": str(d / "sft"), "reward_model": str(here / "rm"),
+            "prompts": str(d / "data/ppo_prompts.jsonl"), "ptx_data": str(d / "data/ptx.txt"), "ptx_coef": ptx,
+            "output_dir": str(out), **trainer_run(cfg)}))
         return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
 
-    run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ptx_coef), trainer_dir=here / "ppo")
+    run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ppo.ptx_coef), trainer_dir=here / "ppo")
     if r == 1 and cfg.compare_without_ptx:
         run.stage("round1/ppo-no-ptx", lambda: ppo(here / "ppo-no-ptx", 0.0), trainer_dir=here / "ppo-no-ptx")
     run.stage(f"round{r}/eval", lambda: evaluate_round(d, cfg, r, judges))

@@ -1,0 +1,125 @@
+"""`rlhfkit demo`'s evaluation, as the paper's section 4: held-out prompts judged by held-out (simulated) labelers.
+
+For each policy: responses to the held-out prompts; win rates between policies with 95% bootstrap intervals
+(resampling prompts); a Likert-style mean score; the share of prompts whose constraints are all met; refusal
+rates on harmful and on harmless prompts; mean reward-model score; KL to the SFT policy on the policy's own
+samples; perplexity on held-out prose (the alignment tax).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhfkit.console import console
+from rlhfkit.data import Prompt, read_prompts
+from rlhfkit.demo.config import DemoConfig
+from rlhfkit.demo.labelers import SimulatedLabeler
+from rlhfkit.evaluation.constraints import is_refusal, satisfaction
+from rlhfkit.evaluation.policy_eval import generate, load, perplexity, sequence_logprobs
+from rlhfkit.models import default_device, mixed_precision
+from rlhfkit.models.reward import load_reward_model, score
+from rlhfkit.rollout import Rollout
+
+
+@dataclass
+class PolicyOutputs:
+    name: str
+    path: str
+    rollout: Rollout  # one response per prompt, in prompt order
+
+
+def win_rate(judges: list[SimulatedLabeler], prompts: list[Prompt], a: PolicyOutputs, b: PolicyOutputs,
+             bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Share of prompts where a's response beats b's (ties count half), each prompt judged by every held-out
+    labeler and averaged; the 95% interval resamples prompts."""
+    per_prompt = []
+    for i, p in enumerate(prompts):
+        votes = [j.compare(p, a.rollout.texts[i], b.rollout.texts[i], (a.rollout.ended[i], b.rollout.ended[i]))
+                 for j in judges]
+        per_prompt.append(sum(votes) / len(votes))
+    rng = random.Random(seed)
+    n = len(per_prompt)
+    means = sorted(sum(per_prompt[rng.randrange(n)] for _ in range(n)) / n for _ in range(bootstrap))
+    return {"win_rate": sum(per_prompt) / n, "low": means[int(0.025 * bootstrap)],
+            "high": means[int(0.975 * bootstrap) - 1], "prompts": n}
+
+
+def policy_metrics(out: PolicyOutputs, prompts: list[Prompt], judges: list[SimulatedLabeler]) -> dict:
+    texts, ended = out.rollout.texts, out.rollout.ended
+    with_constraints = [i for i, p in enumerate(prompts) if p.meta.get("constraints")]
+    harmful = [i for i, p in enumerate(prompts) if p.meta.get("harmful")]
+    harmless = [i for i, p in enumerate(prompts) if not p.meta.get("harmful")]
+    likert = [sum(j.likert(j.quality(p, texts[i], ended[i])) for j in judges) / len(judges)
+              for i, p in enumerate(prompts)]
+
+    def share(idx, fn):
+        return sum(fn(i) for i in idx) / len(idx) if idx else None
+
+    return {
+        "likert": sum(likert) / len(likert),
+        "constraints_all_met": share(with_constraints, lambda i: satisfaction(prompts[i].meta["constraints"],
+                                                                               texts[i]) == 1.0),
+        "constraints_met": share(with_constraints, lambda i: satisfaction(prompts[i].meta["constraints"], texts[i])),
+        "refusal_harmful": share(harmful, lambda i: is_refusal(texts[i])),
+        "refusal_harmless": share(harmless, lambda i: is_refusal(texts[i])),
+        "no_eos": share(range(len(prompts)), lambda i: not ended[i]),
+        "response_words": share(range(len(prompts)), lambda i: len(texts[i].split())),
+    }
+
+
+def _policies(run_dir: Path, cfg: DemoConfig, r: int) -> dict[str, str]:
+    if r == 1:
+        out = {"base": cfg.model, "sft": str(run_dir / "sft"), "ppo-ptx r1": str(run_dir / "round1/ppo")}
+        if (run_dir / "round1/ppo-no-ptx").exists():
+            out["ppo r1 (γ=0)"] = str(run_dir / "round1/ppo-no-ptx")
+        return out
+    return {f"ppo-ptx r{r}": str(run_dir / f"round{r}/ppo")}
+
+
+def _policy_outputs(run_dir: Path, name: str, path: str, prompts, prose: list[str], cfg: DemoConfig) -> dict:
+    """What a policy's evaluation needs from the policy itself (its held-out responses, their log-probs under
+    it, its prose perplexity), computed once with one load of the model and kept in evals/."""
+    cache = run_dir / "evals" / (name.replace(" ", "_").replace("(", "").replace(")", "").replace("=", "") + ".json")
+    if cache.exists():
+        return json.loads(cache.read_text())
+    model, tok = load(path)
+    roll = generate(model, tok, prompts, cfg.ppo.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, cfg.seed)
+    out = {"rollout": roll.__dict__, "logprobs": sequence_logprobs(model, tok, roll.prompt_ids, roll.response_ids),
+           "prose_perplexity": perplexity(model, tok, prose)}
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler]) -> dict:
+    prompts = read_prompts(run_dir / "data/eval_prompts.jsonl").records
+    prose = [ln for ln in (run_dir / "data/prose_heldout.txt").read_text().splitlines() if ln.strip()]
+    cached, outputs = {}, {}
+    for round_ in range(1, r + 1):
+        for name, path in _policies(run_dir, cfg, round_).items():
+            console.print(f"eval: {name}")
+            cached[name] = _policy_outputs(run_dir, name, path, prompts, prose, cfg)
+            outputs[name] = PolicyOutputs(name, path, Rollout(**cached[name]["rollout"]))
+    rm, rm_tok = load_reward_model(run_dir / f"round{r}/rm")
+    rm.to(default_device())
+    bf16 = mixed_precision("auto", default_device()) == "bf16"
+    sft_model, sft_tok = load(str(run_dir / "sft"))
+    metrics = {}
+    for name, out in outputs.items():
+        m = policy_metrics(out, prompts, judges)
+        m["rm_score"] = score(rm, rm_tok, [p.prompt for p in prompts], out.rollout.texts, autocast=bf16,
+                             ended=out.rollout.ended).mean().item()
+        if name != "base":  # KL(π || π_SFT) on the policy's own samples, summed over tokens
+            ref = sequence_logprobs(sft_model, sft_tok, out.rollout.prompt_ids, out.rollout.response_ids)
+            m["kl_to_sft"] = sum(a - b for a, b in zip(cached[name]["logprobs"], ref, strict=True)) / len(ref)
+        m["prose_perplexity"] = cached[name]["prose_perplexity"]
+        metrics[name] = m
+    ppo = f"ppo-ptx r{r}"
+    pairs = [(ppo, "sft"), (ppo, "base")] + ([("sft", "base")] if r == 1 else [(ppo, f"ppo-ptx r{r - 1}")])
+    if r == 1 and "ppo r1 (γ=0)" in outputs:
+        pairs.append(("ppo r1 (γ=0)", "sft"))
+    wins = {f"{a} vs {b}": win_rate(judges, prompts, outputs[a], outputs[b], seed=cfg.seed) for a, b in pairs}
+    return {"policies": metrics, "win_rates": wins, "prompts": len(prompts)}
