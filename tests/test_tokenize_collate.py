@@ -101,7 +101,7 @@ def test_static_decoder_matches_the_dynamic_cache(tiny_llama):
         ids[row, width - len(p):] = torch.tensor(p)
         mask[row, width - len(p):] = 1
     # eos=-1: no row stops, so every step of every row is compared
-    static = StaticDecoder(model, rows, width + 12).run(ids, mask, 12, 0.0, 1.0, -1, tok.pad_token_id)
+    static = StaticDecoder(model, rows, width + 12).run(ids, mask, 12, 0.0, 1.0, -1, tok.pad_token_id, [0, 1, 2, 0])
     dynamic = decode_dynamic(model, ids, mask, 12, 0.0, 1.0, -1, tok.pad_token_id)
     assert static.tolist() == dynamic.tolist()
 
@@ -111,7 +111,7 @@ def test_static_decoder_matches_the_dynamic_cache(tiny_llama):
     decoder = StaticDecoder(model, rows, width + 12)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        logits = decoder._prefill(ids, mask)
+        logits = decoder._prefill(ids, mask, [0, 1, 2, 0])  # rows 0 and 3 answer the same prompt
         padded = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                        past_key_values=cache, use_cache=True).logits[:, -1]
     torch.testing.assert_close(logits, padded, atol=1e-5, rtol=1e-4)

@@ -65,7 +65,7 @@ def sample(
             ids[row, width - n :] = torch.tensor(encoded[i])
             mask[row, width - n :] = 1
         generated = decode(decoder, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, eos,
-                           pad).cpu()
+                           pad, batch).cpu()
         for row, i in enumerate(batch):
             tokens = generated[row].tolist()
             ended = eos in tokens
@@ -111,11 +111,12 @@ def draw(weights: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-           eos: int, pad: int) -> torch.Tensor:
-    """Tokens (B, <= max_new_tokens) after left-padded prompts; rows that ended are padded after their EOS."""
+           eos: int, pad: int, prompt_of: list[int] | None = None) -> torch.Tensor:
+    """Tokens (B, <= max_new_tokens) after left-padded prompts; rows that ended are padded after their EOS.
+    `prompt_of[b]` says which prompt row b answers: rows of the same prompt share its prefill."""
     if StaticDecoder.supports(model):
         return StaticDecoder(model, ids.shape[0], ids.shape[1] + max_new_tokens).run(
-            ids, mask, max_new_tokens, temperature, top_p, eos, pad)
+            ids, mask, max_new_tokens, temperature, top_p, eos, pad, prompt_of)
     return decode_dynamic(model, ids, mask, max_new_tokens, temperature, top_p, eos, pad)
 
 
@@ -232,53 +233,37 @@ class StaticDecoder:
         self.graph.replay()
         return self.logits
 
-    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor, prompt_of: list[int]) -> torch.Tensor:
         """Run the left-padded prompts through the model and fill the cache; the logits after each prompt.
 
-        The prompts go in packed end to end (rows as long as the longest prompt, a block-diagonal causal mask),
-        not padded: a batch with one long prompt would otherwise pay for its length in every row; a prompt in
-        several rows (several samples of it) goes in once. Each prompt's keys and values are then copied to its
-        rows of the cache, right-aligned at the prompt width, where the left-padded layout of the decoding steps
-        expects them. Padding slots stay zero and masked."""
+        The prompts go in packed end to end (`data.pack_groups`: rows as long as the longest prompt, a
+        block-diagonal causal mask), not padded: a batch with one long prompt would otherwise pay for its length
+        in every row; rows answering the same prompt (`prompt_of`, several samples of it) take it once. Each
+        prompt's keys and values are then copied to its rows of the cache, right-aligned at the prompt width,
+        where the left-padded layout of the decoding steps expects them. Padding slots stay zero and masked."""
         from transformers import DynamicCache
 
-        from rlhfkit.data.collate import pack_lengths
+        from rlhfkit.data import Group, pack_groups
 
         width = ids.shape[1]
         lengths = mask.sum(1).tolist()
-        # a prompt sampled several times is computed once; its copies take its keys and values
-        first: dict[tuple, int] = {}
-        source = [first.setdefault(tuple(row[width - n :]), b)
-                  for b, (row, n) in enumerate(zip(ids.tolist(), lengths, strict=True))]
-        unique = sorted(first.values())
-        rows = [[unique[i] for i in members] for members in pack_lengths([lengths[b] for b in unique], width)]
-        packed = torch.full((len(rows), width), int(ids[0, 0]), dtype=torch.long, device=ids.device)
-        positions = torch.zeros_like(packed)
-        segment = torch.full_like(packed, -1)
-        place: dict[int, tuple[int, int]] = {}  # prompt -> (row, first column) in `packed`
-        for r, members in enumerate(rows):
-            col = 0
-            for b in members:
-                n = lengths[b]
-                packed[r, col : col + n] = ids[b, width - n :]
-                positions[r, col : col + n] = torch.arange(n, device=ids.device)
-                segment[r, col : col + n] = b
-                place[b] = (r, col)
-                col += n
+        first: dict[int, int] = {}  # prompt -> the row whose copy of it is computed
+        source = [first.setdefault(p, b) for b, p in enumerate(prompt_of)]
+        group_of = {b: g for g, b in enumerate(first.values())}
+        groups = [Group(ids[b, width - lengths[b] :].tolist(), []) for b in first.values()]
+        packed = pack_groups(groups, int(ids[0, 0]), row_length=width, mask=True).to(ids.device)
         src_row, src_col, dst_row, dst_slot, last = [], [], [], [], []
         for b, n in enumerate(lengths):
-            r, col = place[source[b]]
+            r, col = packed.prompt_starts[group_of[source[b]]].tolist()
             src_row += [r] * n
             src_col += range(col, col + n)
             dst_row += [b] * n
             dst_slot += range(width - n, width)
             last.append((r, col + n - 1))
-        causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
-        same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
-        attend = (same & causal) | torch.eye(width, dtype=torch.bool, device=ids.device)  # padding sees itself
         cache = DynamicCache(config=self.model.config)
-        hidden = self.inner(input_ids=packed, position_ids=positions, attention_mask=attend[:, None],
-                            past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = self.inner(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                            attention_mask=packed.attention_mask, past_key_values=cache, use_cache=True
+                            ).last_hidden_state
         at = torch.tensor(last, device=ids.device)
         logits = self.model.lm_head(hidden[at[:, 0], at[:, 1]])
         src = (torch.tensor(src_row, device=ids.device), torch.tensor(src_col, device=ids.device))
@@ -291,9 +276,9 @@ class StaticDecoder:
         return logits
 
     def run(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-            eos: int, pad: int) -> torch.Tensor:
+            eos: int, pad: int, prompt_of: list[int] | None = None) -> torch.Tensor:
         width = ids.shape[1]
-        logits = self._prefill(ids, mask)
+        logits = self._prefill(ids, mask, prompt_of if prompt_of is not None else list(range(ids.shape[0])))
         self.valid.fill_(True)
         self.valid[:, :width].copy_(mask.bool())
         first_position = mask.sum(1)

@@ -50,25 +50,28 @@ class PackedGroups:
     targets: torch.Tensor  # (N,) the response tokens
     slots: torch.Tensor  # (N, 2): (which response, position in it) of each token
     ends: torch.Tensor  # (M, 2): (row, column) of each of the M responses' last token (where an RM reads)
+    prompt_starts: torch.Tensor  # (G, 2): (row, column) of each group's first prompt token
     n_tokens: int  # real (non-pad) tokens
 
     def to(self, device: torch.device) -> PackedGroups:
         mask = self.attention_mask.to(device) if self.attention_mask is not None else None
         return PackedGroups(self.input_ids.to(device), self.position_ids.to(device), mask, self.reads.to(device),
-                            self.targets.to(device), self.slots.to(device), self.ends.to(device), self.n_tokens)
+                            self.targets.to(device), self.slots.to(device), self.ends.to(device),
+                            self.prompt_starts.to(device), self.n_tokens)
 
 
-def pack_groups(groups: list[Group], pad_id: int, row_length: int = 0) -> PackedGroups:
+def pack_groups(groups: list[Group], pad_id: int, row_length: int = 0, mask: bool | None = None) -> PackedGroups:
     """Groups packed into rows of max(row_length, the longest group) tokens, first-fit decreasing.
 
     Each response attends to its prompt and to itself, never to another response, and continues the prompt's
     positions: it sees exactly what it would see after the prompt alone. Where every group has one response,
     positions restart at each sequence and no mask is built (transformers reads the restarts as boundaries);
-    where a prompt is shared, the (R, 1, L, L) mask says who sees whom."""
+    where a prompt is shared, or `mask` asks for it (a forward that fills a KV cache), the (R, 1, L, L) mask
+    says who sees whom."""
     sizes = list(map(len, groups))
     length = max(row_length, *sizes)
     rows = pack_lengths(sizes, length)
-    shared = any(len(g.response_ids) > 1 for g in groups)
+    shared = any(len(g.response_ids) > 1 for g in groups) if mask is None else mask
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), length), dtype=torch.long)
     seg = torch.full((len(rows), length), -1, dtype=torch.long)  # which group; -1 = padding
@@ -77,10 +80,12 @@ def pack_groups(groups: list[Group], pad_id: int, row_length: int = 0) -> Packed
     for g in range(1, len(groups)):
         first[g] = first[g - 1] + len(groups[g - 1].response_ids)
     reads, targets, slots, ends = [], [], [], [(0, 0)] * (first[-1] + len(groups[-1].response_ids))
+    starts = [(0, 0)] * len(groups)
     for r, members in enumerate(rows):
         col = 0
         for g in members:
             prompt, p = groups[g].prompt_ids, len(groups[g].prompt_ids)
+            starts[g] = (r, col)
             ids[r, col : col + p] = torch.tensor(prompt, dtype=torch.long)
             pos[r, col : col + p] = torch.arange(p)
             seg[r, col : col + p] = g
@@ -99,15 +104,16 @@ def pack_groups(groups: list[Group], pad_id: int, row_length: int = 0) -> Packed
                 col += n
         if not shared:  # padding is a sequence of its own
             pos[r, col:] = torch.arange(length - col)
-    mask = None
+    attend = None
     if shared:
         idx = torch.arange(length)
         causal = idx[None, :] <= idx[:, None]
         same_group = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
         visible = (part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None])
-        mask = ((same_group & causal & visible) | torch.eye(length, dtype=torch.bool))[:, None]  # padding sees itself
-    return PackedGroups(ids, pos, mask, torch.tensor(reads).view(-1, 2), torch.tensor(targets, dtype=torch.long),
-                        torch.tensor(slots).view(-1, 2), torch.tensor(ends).view(-1, 2), sum(sizes))
+        attend = ((same_group & causal & visible) | torch.eye(length, dtype=torch.bool))[:, None]  # padding sees itself
+    return PackedGroups(ids, pos, attend, torch.tensor(reads).view(-1, 2), torch.tensor(targets, dtype=torch.long),
+                        torch.tensor(slots).view(-1, 2), torch.tensor(ends).view(-1, 2), torch.tensor(starts),
+                        sum(sizes))
 
 
 @dataclass

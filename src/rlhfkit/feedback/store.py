@@ -118,6 +118,10 @@ class NotFound(FeedbackError):
     pass
 
 
+class Busy(FeedbackError):
+    """The database stayed locked by other writers; the same request may go through later."""
+
+
 def make_engine(url: str):
     engine = create_engine(url, pool_pre_ping=True)
     if url.startswith("sqlite"):
@@ -270,6 +274,11 @@ class Store:
             self._audit(s, actor, "add_project", "project", p.id, name=name, kind=kind, overlap=overlap)
         return p
 
+    def projects(self) -> list[tuple[str, str]]:
+        """(name, kind) of every project, oldest first."""
+        with self.session() as s:
+            return [tuple(r) for r in s.execute(select(Project.name, Project.kind).order_by(Project.id))]
+
     def project(self, name: str) -> Project:
         with self.session() as s:
             p = s.scalar(select(Project).where(Project.name == name))
@@ -321,7 +330,7 @@ class Store:
                 continue
             if lease is not False:
                 return lease
-        raise FeedbackError("too busy: could not lease a task, try again")
+        raise Busy("too busy: could not lease a task, try again")
 
     def _try_lease(self, labeler_id: int, p: Project, rng) -> Assignment | None | bool:
         """An assignment, None when nothing is left for this labeler, False after losing a race."""

@@ -1,0 +1,110 @@
+"""Sign-in sessions, CSRF tokens, and the route dependencies that check them.
+
+The session cookie is `labeler id : expiry : nonce : HMAC` under the server's secret; the CSRF token of a
+session is the HMAC of the session's payload under another label, so it is bound to the session and a page
+can carry it without the cookie ever being readable by scripts. The secret comes from RLHFKIT_SECRET or a
+generated file beside the database, never a constant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Depends, Form, HTTPException, Request
+
+from rlhfkit.feedback.store import Labeler, Store
+
+COOKIE = "rlhfkit_session"
+SESSION_SECONDS = 12 * 3600
+
+
+def load_secret(db_url: str) -> bytes:
+    if os.environ.get("RLHFKIT_SECRET"):
+        return os.environ["RLHFKIT_SECRET"].encode()
+    folder = Path(db_url.removeprefix("sqlite:///")).parent if db_url.startswith("sqlite:///") else Path.cwd()
+    path = folder / ".rlhfkit-secret"
+    if not path.exists():
+        try:  # created readable by the owner only; a second process starting at once reads the first's
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        except FileExistsError:
+            time.sleep(0.1)
+    return path.read_text().strip().encode()
+
+
+@dataclass
+class SignedIn:
+    labeler: Labeler
+    csrf: str  # the token state-changing requests of this session must carry
+
+
+class Sessions:
+    def __init__(self, key: bytes, store: Store):
+        self.key, self.store = key, store
+
+    def sign(self, payload: str) -> str:
+        return hmac.new(self.key, payload.encode(), hashlib.sha256).hexdigest()
+
+    def new(self, labeler_id: int) -> str:
+        """A cookie value for a fresh session of this labeler."""
+        payload = f"{labeler_id}:{int(time.time()) + SESSION_SECONDS}:{secrets.token_hex(8)}"
+        return f"{payload}:{self.sign(payload)}"
+
+    def of(self, request: Request) -> SignedIn | None:
+        """The request's session, if its cookie is genuine, unexpired and its labeler active."""
+        payload, _, sig = request.cookies.get(COOKIE, "").rpartition(":")
+        if not payload or not hmac.compare_digest(self.sign(payload), sig):
+            return None
+        labeler_id, expires, _nonce = payload.split(":")
+        if int(expires) < time.time():
+            return None
+        with self.store.session() as s:
+            lab = s.get(Labeler, int(labeler_id))
+        return SignedIn(lab, self.sign("csrf:" + payload)) if lab and lab.active else None
+
+
+# ---- dependencies: a route declares what it needs, and runs only if it holds ----
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def signed_in(request: Request) -> SignedIn:
+    found = request.app.state.sessions.of(request)
+    if found is None:
+        raise HTTPException(401, "sign in first")
+    return found
+
+
+def admin(user: SignedIn = Depends(signed_in)) -> SignedIn:
+    if user.labeler.role != "admin":
+        raise HTTPException(403, "admins only")
+    return user
+
+
+def _check_csrf(user: SignedIn, token: str) -> SignedIn:
+    if not hmac.compare_digest(token.encode(), user.csrf.encode()):
+        raise HTTPException(403, "bad or missing CSRF token; reload the page")
+    return user
+
+
+def csrf_header(request: Request, user: SignedIn = Depends(signed_in)) -> SignedIn:
+    """A signed-in request carrying its session's CSRF token in X-CSRF-Token (the JSON API)."""
+    return _check_csrf(user, request.headers.get("X-CSRF-Token", ""))
+
+
+def csrf_form(csrf: str = Form(""), user: SignedIn = Depends(signed_in)) -> SignedIn:
+    """A signed-in form post carrying its session's CSRF token."""
+    return _check_csrf(user, csrf)
+
+
+def admin_form(csrf: str = Form(""), user: SignedIn = Depends(admin)) -> SignedIn:
+    """An admin's form post carrying the session's CSRF token."""
+    return _check_csrf(user, csrf)
