@@ -6,6 +6,7 @@ description as help, `--config FILE.yaml` supplies a base, and flags given on th
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
 import types
@@ -107,72 +108,37 @@ def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], N
     app.command(name, help=help)(command)
 
 
-def _run_sft(cfg: SFTConfig) -> None:
-    from rlhfkit.train.sft import train_sft
-
-    train_sft(cfg)
-
-
-config_command(
-    "sft", SFTConfig, _run_sft,
-    help="Step 1: supervised fine-tuning on demonstrations. Writes a HF model folder to --output-dir. "
-    "Data-parallel with: accelerate launch --num_processes 2 -m rlhfkit sft ...",
-)
+def _call(target: str) -> Callable[[BaseModel], None]:
+    """`module:function`, imported when the command runs (so `rlhfkit --help` does not load torch)."""
+    module, _, function = target.partition(":")
+    return lambda cfg: getattr(importlib.import_module(module), function)(cfg)
 
 
-def _run_sample(cfg: SampleConfig) -> None:
-    from rlhfkit.sampling import sample_rankings
-
-    sample_rankings(cfg)
-
-
-config_command(
-    "sample", SampleConfig, _run_sample,
-    help="Step 2a: sample K distinct responses per prompt from a policy, written as Ranking-ready JSONL "
-    "for labelers (the labeling service or simulated ones).",
-)
-
-
-def _run_rm(cfg: RMConfig) -> None:
-    from rlhfkit.train.reward import train_reward
-
-    train_reward(cfg)
-
-
-config_command(
-    "rm", RMConfig, _run_rm,
-    help="Step 2b: train a reward model on rankings (every pair of a ranking, one forward per response). "
-    "Writes the RM folder to --output-dir and a held-out report (accuracy, by K, calibration).",
-)
-
-def _run_ppo(cfg: PPOConfig) -> None:
-    from rlhfkit.train.ppo import train_ppo
-
-    train_ppo(cfg)
+STAGES = [
+    ("sft", SFTConfig, "rlhfkit.train.sft:train_sft",
+     "Step 1: supervised fine-tuning on demonstrations. Writes a HF model folder to --output-dir. "
+     "Data-parallel with: accelerate launch --num_processes 2 -m rlhfkit sft ..."),
+    ("sample", SampleConfig, "rlhfkit.sampling:sample_rankings",
+     "Step 2a: sample K distinct responses per prompt from a policy, written as Ranking-ready JSONL "
+     "for labelers (the labeling service or simulated ones)."),
+    ("rm", RMConfig, "rlhfkit.train.reward:train_reward",
+     "Step 2b: train a reward model on rankings (every pair of a ranking, one forward per response). "
+     "Writes the RM folder to --output-dir and a held-out report (accuracy, by K, calibration)."),
+    ("ppo", PPOConfig, "rlhfkit.train.ppo:train_ppo",
+     "Step 3: PPO-ptx. Optimise the SFT policy against the reward model with a per-token KL penalty "
+     "to the SFT policy and pretraining gradients mixed in (--ptx-data, --ptx-coef). Writes the policy to "
+     "--output-dir and the value model to --output-dir/value."),
+    ("demo", DemoConfig, "rlhfkit.demo.pipeline:run_demo",
+     "The whole loop on the bundled data with simulated labelers: SFT, comparisons, reward model, "
+     "PPO-ptx, evaluation against base and SFT, a second round; writes runs/<name>/report.md. "
+     "--quick runs a tiny configuration; --resume continues an interrupted run; the stages' own options are "
+     "sections of the config (sft, sample, rm, ppo), set with --set ppo.iterations=20."),
+    ("generate", GenerateConfig, "rlhfkit.cli:generate",
+     "Answer prompts with a model (any stage's output folder), greedy by default."),
+]
 
 
-config_command(
-    "ppo", PPOConfig, _run_ppo,
-    help="Step 3: PPO-ptx. Optimise the SFT policy against the reward model with a per-token KL penalty "
-    "to the SFT policy and pretraining gradients mixed in (--ptx-data, --ptx-coef). Writes the policy to "
-    "--output-dir and the value model to --output-dir/value.",
-)
-
-def _run_demo(cfg: DemoConfig) -> None:
-    from rlhfkit.demo.pipeline import run_demo
-
-    run_demo(cfg)
-
-
-config_command(
-    "demo", DemoConfig, _run_demo,
-    help="The whole loop on the bundled data with simulated labelers: SFT, comparisons, reward model, "
-    "PPO-ptx, evaluation against base and SFT, a second round; writes runs/<name>/report.md. "
-    "--quick runs a tiny configuration; --resume continues an interrupted run; the stages' own options are "
-    "sections of the config (sft, sample, rm, ppo), set with --set ppo.iterations=20.",
-)
-
-def _run_generate(cfg: GenerateConfig) -> None:
+def generate(cfg: GenerateConfig) -> None:
     import torch
 
     from rlhfkit.data import Prompt, append_jsonl, read_prompts
@@ -199,10 +165,8 @@ def _run_generate(cfg: GenerateConfig) -> None:
         append_jsonl(cfg.output, records)
 
 
-config_command(
-    "generate", GenerateConfig, _run_generate,
-    help="Answer prompts with a model (any stage's output folder), greedy by default.",
-)
+for _name, _cls, _target, _help in STAGES:
+    config_command(_name, _cls, _call(_target), _help)
 
 label_app = typer.Typer(help="The labeling service: labelers, projects, tasks, exports.", no_args_is_help=True)
 app.add_typer(label_app, name="label")

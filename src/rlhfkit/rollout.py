@@ -100,6 +100,13 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch
     return draw(probs)
 
 
+def next_tokens(logits: torch.Tensor, finished: torch.Tensor, temperature: float, top_p: float, pad: int
+                ) -> torch.Tensor:
+    """This step's tokens: picked from the logits for rows still going, padding for rows that ended."""
+    picked = pick_tokens(logits, temperature, top_p)
+    return torch.where(finished, torch.full_like(picked, pad), picked)
+
+
 def draw(weights: torch.Tensor) -> torch.Tensor:
     """One index per row with P(i) = weights[i] / sum(weights): a uniform number looked up in the cumulative
     sum. (`torch.multinomial` draws an exponential number for every entry: on a CPU, 30 ms for 32 rows of a
@@ -134,8 +141,7 @@ def decode_dynamic(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens:
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     tokens = []
     for _ in range(max_new_tokens):
-        token = torch.where(finished, torch.full_like(finished, pad, dtype=torch.long),
-                            pick_tokens(logits, temperature, top_p))
+        token = next_tokens(logits, finished, temperature, top_p, pad)
         tokens.append(token)
         real = ~finished  # this step's token counts for rows that had not ended (their EOS included)
         finished = finished | (token == eos)
@@ -285,8 +291,7 @@ class StaticDecoder:
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         tokens = []
         for t in range(max_new_tokens):
-            token = torch.where(finished, torch.full_like(finished, pad, dtype=torch.long),
-                                pick_tokens(logits, temperature, top_p))
+            token = next_tokens(logits, finished, temperature, top_p, pad)
             tokens.append(token)
             finished = finished | (token == eos)
             # every 4th step: asking whether all rows ended waits for the device

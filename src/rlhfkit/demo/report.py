@@ -25,6 +25,15 @@ def _ppo_history(folder: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+def _save(fig, run_dir: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(run_dir / name, dpi=90)
+    plt.close(fig)
+    return name
+
+
 def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
     import matplotlib
 
@@ -48,10 +57,7 @@ def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
     for ax in (a, b):
         ax.set_xlabel("PPO iteration")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "ppo_curves.png", dpi=90)
-    plt.close(fig)
-    made.append("ppo_curves.png")
+    made.append(_save(fig, run_dir, "ppo_curves.png"))
 
     # win rates with their 95% intervals
     rows = [(f"r{r}: {k}", v) for r in range(1, cfg.rounds + 1)
@@ -68,10 +74,7 @@ def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
         ax.set_xlim(0, 1)
         ax.set_xlabel("held-out labelers' win rate (95% interval)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(run_dir / "win_rates.png", dpi=90)
-        plt.close(fig)
-        made.append("win_rates.png")
+        made.append(_save(fig, run_dir, "win_rates.png"))
 
     # the panel's agreement matrix (round 1)
     label = state.get("round1/label", {}).get("result", {})
@@ -92,10 +95,7 @@ def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
                     ax.text(j, i, f"{100 * grid[i][j]:.0f}", ha="center", va="center", fontsize=7, color="white")
         fig.colorbar(im, ax=ax, fraction=0.046)
         ax.set_title("pairwise agreement (%)")
-        fig.tight_layout()
-        fig.savefig(run_dir / "agreement.png", dpi=90)
-        plt.close(fig)
-        made.append("agreement.png")
+        made.append(_save(fig, run_dir, "agreement.png"))
     return made
 
 
