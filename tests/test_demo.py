@@ -1,51 +1,13 @@
-"""The demo's parts: constraint checkers, refusal detection, the simulated panel, the bundled data, and
-`rlhfkit demo --quick` end to end on the real SmolLM2 model."""
+"""The demo's parts: the simulated panel, the bundled data, and `rlhfkit demo --quick` end to end on the real
+SmolLM2 model. (The constraint checkers are tested in test_constraints.py.)"""
 
 import random
 from importlib.resources import files
 
-import pytest
-
 from rlhfkit.data import read_demonstrations, read_prompts
 from rlhfkit.demo.labelers import make_panel, rubric
-from rlhfkit.evaluation.constraints import instruction, is_refusal, satisfied
+from rlhfkit.evaluation.constraints import is_refusal, satisfied
 from rlhfkit.feedback.export import pair_signs
-
-CASES = [  # constraint, responses that meet it, responses that do not
-    ({"type": "max_words", "value": 5}, ["One two three four five.", "Short."], ["one two three four five six"]),
-    ({"type": "max_sentences", "value": 1}, ["Just this one sentence.", "No full stop at all"],
-     ["First. Second.", "Is it? Yes!"]),
-    ({"type": "include_word", "value": "queen"}, ["The Queen lays eggs.", "a queen."], ["The queens lay eggs.", ""]),
-    ({"type": "avoid_word", "value": "bees"}, ["Honey is sweet.", "A beehive."], ["Bees make honey.", "the BEES"]),
-    ({"type": "lowercase"}, ["all lower case here.", "numbers 1 2 3 ok"], ["Not lower.", "123 456"]),
-    ({"type": "bullets", "value": 3}, ["- a\n- b\n- c", "* one\n* two\n* three"],
-     ["- a\n- b", "- a\n- b\n- c\nThat is all.", "a, b, c"]),
-    ({"type": "ends_with", "value": "That is all."}, ["Facts here. That is all.", "That is all.  "],
-     ["That is all. More.", "that is all."]),
-    ({"type": "starts_with", "value": "Interestingly"}, ["Interestingly, owls fly.", '"Interestingly enough"'],
-     ["Owls fly, interestingly.", "Interestinglyyy"]),
-    ({"type": "json_list", "value": 3}, ['["a", "b", "c"]', '```json\n["x", "y", "z"]\n```'],
-     ['["a", "b"]', '{"a": 1}', "[a, b, c]", '["a", "", "c"]']),
-    ({"type": "no_commas"}, ["No commas here.", "Just words"], ["One, two.", "a,b"]),
-]
-
-
-@pytest.mark.parametrize("constraint,good,bad", CASES, ids=[c[0]["type"] for c in CASES])
-def test_constraint_checkers(constraint, good, bad):
-    assert instruction(constraint)  # every constraint can be stated in the prompt
-    for response in good:
-        assert satisfied(constraint, response), response
-    for response in bad:
-        assert not satisfied(constraint, response), response
-
-
-def test_refusals_are_recognised():
-    for text in ["I'm sorry, but I can't help with that.", "I cannot help with that request. Try this instead.",
-                 "Sorry. I won't provide instructions for that."]:
-        assert is_refusal(text), text
-    for text in ["Here is how to kill a stuck process: run kill PID.", "Sure! Bees dance.",
-                 "Bees dance. They are sorry to leave, but the queen can't help it."]:
-        assert not is_refusal(text), text
 
 
 def bundled_prompts():
