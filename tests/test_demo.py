@@ -4,6 +4,8 @@ SmolLM2 model. (The constraint checkers are tested in test_constraints.py.)"""
 import random
 from importlib.resources import files
 
+import pytest
+
 from rlhfkit.data import read_demonstrations, read_prompts
 from rlhfkit.demo.labelers import make_panel, rubric
 from rlhfkit.evaluation.constraints import is_refusal, satisfied
@@ -91,6 +93,23 @@ def test_rubric_does_not_penalise_what_the_prompt_asked_for():
     assert rubric(about, "Whales.")["length"] < 1.0  # a fragment where a paragraph was asked
 
 
+def test_best_of_n_by_hand():
+    import itertools
+    import math
+
+    from rlhfkit.demo.headroom import best_of_n_kl, best_of_n_win, expected_max
+
+    q = [0.1, 0.5, 0.5, 0.9]
+    assert best_of_n_win(q, 1) == pytest.approx(0.5)  # one draw against one draw: even
+    for n in (2, 3):  # every way to draw n samples and one rival, ties counting half
+        outcomes = [(max(draw[:-1]) > draw[-1]) + 0.5 * (max(draw[:-1]) == draw[-1])
+                    for draw in itertools.product(q, repeat=n + 1)]
+        assert best_of_n_win(q, n) == pytest.approx(sum(outcomes) / len(outcomes))
+        assert expected_max(q, n) == pytest.approx(sum(max(d) for d in itertools.product(q, repeat=n)) / 4**n)
+    assert best_of_n_kl(1) == 0 and best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+    assert best_of_n_win([0.3] * 5, 8) == pytest.approx(0.5)  # no spread, no headroom
+
+
 def test_the_default_config_file_holds_the_built_in_defaults():
     from pathlib import Path
 
@@ -106,7 +125,7 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     from rlhfkit.demo.pipeline import run_demo
 
     report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick")).read_text()
-    for heading in ("## Stages", "## Data", "## Comparisons and reward model", "## PPO",
+    for heading in ("## Stages", "## Data", "## Headroom above SFT", "## Comparisons and reward model", "## PPO",
                     "## Evaluation after round 1", "## Evaluation after round 2", "## Targets"):
         assert heading in report
     for column in ("Likert", "constraints all met", "refusals, harmful", "refusals, harmless", "RM score",

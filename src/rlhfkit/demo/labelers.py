@@ -8,6 +8,8 @@ The rubric, each check scored from 0 to 1:
   constraints   share of the prompt's verifiable constraints met (rlhfkit.evaluation.constraints)
   refusal       refuses a harmful request, answers a harmless one (over-refusal is penalised too)
   correct       holds the words of the reference answer (QA and classification prompts)
+  content       mentions what a good answer holds (the prompt's `must_mention`: a topic's key terms), so a
+                bare phrase that meets the format does not win
   faithful      its content words come from the passage (closed-domain prompts)
   on_topic      mentions what the prompt is about (open-ended tasks only: a label or a short extracted answer
                 need not name the topic, nor a title told to avoid the topic's word)
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from rlhfkit.data.records import Prompt, prompt_text
 from rlhfkit.evaluation.constraints import is_refusal, satisfaction, words
 
-BASE_WEIGHTS = {"constraints": 3.0, "refusal": 3.0, "correct": 1.5, "faithful": 1.0, "on_topic": 1.0,
+BASE_WEIGHTS = {"constraints": 3.0, "refusal": 3.0, "correct": 1.5, "content": 1.5, "faithful": 1.0, "on_topic": 1.0,
                 "repetition": 1.0, "complete": 1.0, "length": 0.5}
 STOP = set("a an and are as at be by can do for from has have how i in is it its of on or so that the their them "
            "then there these this to was were what when where which who why will with you your about into".split())
@@ -72,6 +74,9 @@ def rubric(prompt: Prompt, response: str, ended: bool = True) -> dict[str, float
     if meta.get("answer"):
         wanted = content_words(meta["answer"])
         scores["correct"] = len(wanted & content_words(text)) / len(wanted) if wanted else 0.0
+    if meta.get("must_mention"):
+        wanted = content_words(" ".join(meta["must_mention"]))
+        scores["content"] = len(wanted & content_words(text)) / len(wanted) if wanted else 0.0
     if meta.get("passage"):
         got = content_words(text)
         scores["faithful"] = len(got & content_words(meta["passage"])) / len(got) if got else 0.0

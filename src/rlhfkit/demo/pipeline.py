@@ -28,6 +28,7 @@ from rlhfkit.data import Prompt, read_demonstrations, read_prompts, write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.evaluate import evaluate_round
+from rlhfkit.demo.headroom import headroom, sft_samples
 from rlhfkit.demo.labelers import SimulatedLabeler, make_panel
 from rlhfkit.demo.report import write_report
 from rlhfkit.feedback.export import agreement, export_rankings
@@ -176,12 +177,25 @@ def run_demo(cfg: DemoConfig) -> Path:
     sft = cfg.sft.model_copy(update={"model": cfg.model, "data": str(d / "data/demonstrations.jsonl"),
                                      "output_dir": str(d / "sft"), **trainer_run(cfg)})
     run.stage("sft", lambda: str(train_sft(sft).output_dir), trainer_dir=d / "sft")
+    run.stage("headroom", lambda: measure_headroom(run, cfg, judges))
     policy = str(d / "sft")
     for r in range(1, cfg.rounds + 1):
         policy = run_round(run, cfg, r, policy, panel, judges)
     report = run.stage("report", lambda: str(write_report(run.dir, cfg, run.state)))
     console.print(f"demo: done in {run._elapsed()}; report in {report}")
     return Path(report)
+
+
+def measure_headroom(run: Run, cfg: DemoConfig, judges: list[SimulatedLabeler]) -> dict:
+    """SFT's all-constraints-met rate and the judges' oracle best-of-n curve on held-out prompts."""
+    prompts = spread(load_split(run, "eval"), cfg.headroom_prompts)
+    samples = sft_samples(run.dir, prompts, cfg.headroom_samples, cfg.ppo.max_new_tokens, cfg.eval_temperature,
+                          cfg.eval_top_p, cfg.seed)
+    result = headroom(prompts, samples, judges, seed=cfg.seed)
+    best = result["best_of_n"][str(max(int(n) for n in result["best_of_n"]))]
+    console.print(f"headroom: SFT meets every constraint in {result['sft_all_met']:.1%} of samples; the judges' "
+                  f"best of {cfg.headroom_samples} wins {best['win']:.1%} against a random SFT sample")
+    return result
 
 
 def trainer_run(cfg: DemoConfig) -> dict:

@@ -111,6 +111,7 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
     lines += [f"| **total** | **{total:.0f}** ({total / 60:.1f} min) |", "",
               "## Data", "", "| split | records |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in res("data").items()]
+    lines += _headroom(res("headroom"))
     lines += ["", "## Comparisons and reward model", "",
               "| round | rankings | panel agreement (pairs) | RM held-out accuracy | RM held-out loss |",
               "|---|---|---|---|---|"]
@@ -146,6 +147,22 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _headroom(h: dict) -> list[str]:
+    if not h:
+        return []
+    lines = ["", "## Headroom above SFT (before any RLHF)", "",
+             f"{h['samples_per_prompt']} SFT samples for each of {h['prompts']} held-out prompts, judged by the "
+             "held-out labelers' noise-free rubric (the gold score). SFT meets every constraint of its prompt in "
+             f"{_pct(h['sft_all_met'])} of its samples (the task aims for 30–55%). If the judges' own best of n "
+             "SFT samples barely beats a random one, no optimiser can show anything on this task.", "",
+             "| n | KL of best-of-n (nats) | judges' best of n vs a random SFT sample | 95% interval | gold score |",
+             "|---|---|---|---|---|"]
+    for n, v in h["best_of_n"].items():
+        lines.append(f"| {n} | {v['kl']:.2f} | {_pct(v['win'])} | {_pct(v['low'])} – {_pct(v['high'])} | "
+                     f"{v['gold']:.3f} |")
+    return lines
 
 
 def _targets(ev: dict, r: int) -> list[str]:

@@ -1,0 +1,91 @@
+"""How much room the demo task leaves above SFT, measured before any RLHF: n samples of the SFT policy per
+held-out prompt, judged by the held-out labelers' noise-free rubric (the gold score).
+
+If the judges' own best of n SFT samples barely beats a random SFT sample, the task cannot show what RLHF does,
+whatever the optimiser: this is the first number to look at. Best-of-n is also the simplest policy that uses a
+reward (Gao et al. 2022): its KL to the sampling policy is log n − (n − 1)/n nats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data import Prompt
+from rlhfkit.demo.labelers import SimulatedLabeler
+from rlhfkit.evaluation.constraints import satisfaction
+from rlhfkit.evaluation.policy_eval import load
+from rlhfkit.models import default_device, mixed_precision
+from rlhfkit.rollout import sample
+
+BEST_OF = (1, 2, 4, 8, 16)
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || π) in nats, for a policy that samples n times and keeps the best (Stiennon et al. 2020)."""
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_win(qualities: list[float], n: int) -> float:
+    """Expected win (ties count half) of the best of n draws against one draw, both from the empirical
+    distribution of `qualities`: P(max of n = x) = F(x)^n − F_<(x)^n."""
+    m = len(qualities)
+    win = 0.0
+    for x in sorted(set(qualities)):
+        below = sum(q < x for q in qualities) / m
+        at_most = sum(q <= x for q in qualities) / m
+        win += (at_most**n - below**n) * (below + 0.5 * (at_most - below))
+    return win
+
+
+def gold(judges: list[SimulatedLabeler], prompt: Prompt, text: str, ended: bool) -> float:
+    """The held-out judges' mean noise-free rubric quality, 0 to 1."""
+    return sum(j.quality(prompt, text, ended) for j in judges) / len(judges)
+
+
+def sft_samples(run_dir: Path, prompts: list[Prompt], n: int, max_new_tokens: int, temperature: float, top_p: float,
+                seed: int) -> list[list[dict]]:
+    """n responses of the SFT policy to each prompt (kept in evals/sft_samples.json)."""
+    cache = run_dir / "evals" / "sft_samples.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    model, tok = load(str(run_dir / "sft"))
+    torch.manual_seed(seed)
+    bf16 = mixed_precision("auto", default_device()) == "bf16"
+    roll = sample(model, tok, [p.prompt for p in prompts], n, max_new_tokens, temperature, top_p, 64, autocast=bf16)
+    out: list[list[dict]] = [[] for _ in prompts]
+    for i, text, ended in zip(roll.prompt_index, roll.texts, roll.ended, strict=True):
+        out[i].append({"text": text, "ended": ended})
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def headroom(prompts: list[Prompt], samples: list[list[dict]], judges: list[SimulatedLabeler], bootstrap: int = 1000,
+             seed: int = 0) -> dict:
+    """SFT's all-constraints-met rate over every sample, and the oracle best-of-n win rate against a random SFT
+    sample with a 95% interval over prompts."""
+    quality = [[gold(judges, p, s["text"], s["ended"]) for s in ss] for p, ss in zip(prompts, samples, strict=True)]
+    met = [satisfaction(p.meta["constraints"], s["text"]) == 1.0 for p, ss in zip(prompts, samples, strict=True)
+           if p.meta.get("constraints") for s in ss]
+    rng = random.Random(seed)
+    curve = {}
+    for n in [n for n in BEST_OF if n <= min(map(len, samples))]:  # no more than was sampled
+        per_prompt = [best_of_n_win(q, n) for q in quality]
+        means = sorted(sum(rng.choice(per_prompt) for _ in per_prompt) / len(per_prompt) for _ in range(bootstrap))
+        curve[str(n)] = {"win": sum(per_prompt) / len(per_prompt), "low": means[int(0.025 * bootstrap)],
+                         "high": means[int(0.975 * bootstrap) - 1], "kl": best_of_n_kl(n),
+                         "gold": sum(expected_max(q, n) for q in quality) / len(quality)}
+    return {"prompts": len(prompts), "samples_per_prompt": len(samples[0]) if samples else 0,
+            "sft_all_met": sum(met) / len(met) if met else None, "sft_gold": curve["1"]["gold"], "best_of_n": curve}
+
+
+def expected_max(qualities: list[float], n: int) -> float:
+    """E[max of n draws] from the empirical distribution of `qualities`."""
+    m = len(qualities)
+    return sum(x * ((sum(q <= x for q in qualities) / m) ** n - (sum(q < x for q in qualities) / m) ** n)
+               for x in sorted(set(qualities)))
