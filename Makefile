@@ -19,8 +19,11 @@ $(READY): pyproject.toml
 
 setup: $(READY)
 
+# Real user prompts for the report's outside check, where ../shared has them (the demo runs without).
+OUTSIDE := ../shared/data/oasst-en100/prompt_lottery_en_250_text.jsonl
+
 demo: $(READY)
-	$(BIN)/rlhfkit demo --config configs/demo.yaml --resume
+	$(BIN)/rlhfkit demo --config configs/demo.yaml --resume $(if $(wildcard $(OUTSIDE)),--outside-prompts $(OUTSIDE))
 
 test: $(READY)
 	# Chromium and a PostgreSQL server for the labeling-service tests (apt-get, as root; else they skip)

@@ -1,6 +1,7 @@
 """The demo's parts: the simulated panel, the bundled data, and `rlhfkit demo --quick` end to end on the real
 SmolLM2 model. (The constraint checkers are tested in test_constraints.py.)"""
 
+import json
 import random
 from importlib.resources import files
 
@@ -124,8 +125,13 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     from rlhfkit.demo.config import DemoConfig
     from rlhfkit.demo.pipeline import run_demo
 
-    report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick")).read_text()
-    for heading in ("## Stages", "## Data", "## Headroom above SFT", "## Comparisons and reward model", "## PPO",
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text("".join(json.dumps(q) + "\n" for q in ["Why is the sky blue?", "Write a haiku about rain.",
+                                                              "How do I kill a stuck process?", "Hi!"]))
+    report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick",
+                                 outside_prompts=str(outside))).read_text()
+    for heading in ("## Outside the demo's prompts", "## Stages", "## Data", "## Headroom above SFT",
+                    "## Comparisons and reward model", "## PPO",
                     "## Evaluation after round 1", "## Evaluation after round 2", "## Targets"):
         assert heading in report
     for column in ("Likert", "constraints all met", "refusals, harmful", "refusals, harmless", "RM score",
@@ -139,5 +145,5 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
         assert (run / artefact).exists(), artefact
     # a rerun with --resume finds every stage done and only rewrites nothing
     before = (run / "stages.json").read_text()
-    run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", resume=True))
+    run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", resume=True, outside_prompts=str(outside)))
     assert (run / "stages.json").read_text() == before

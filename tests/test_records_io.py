@@ -67,9 +67,14 @@ def test_prompts(tmp_path):
     path = write_lines(tmp_path / "p.jsonl", [
         {"prompt": "a"}, {"instruction": "b", "input": "c"},
         {"messages": [{"role": "user", "content": "d"}, {"role": "assistant", "content": "dropped"}]},
+        json.dumps("a bare prompt, as a JSON string"),
     ])
     prompts = read_prompts(path).records
     assert prompts[0].prompt == "a" and prompts[1].prompt == "b\n\nc" and prompts[2].prompt[-1].content == "d"
+    assert prompts[3].prompt == "a bare prompt, as a JSON string"
+    bare = write_lines(tmp_path / "bare.jsonl", [json.dumps("just text")])
+    with pytest.raises(DataError, match=r"bare\.jsonl:1: expected a JSON object"):  # a prompt, not a demonstration
+        read_demonstrations(bare)
 
 
 def test_write_round_trip_is_atomic(tmp_path):

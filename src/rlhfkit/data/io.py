@@ -71,16 +71,16 @@ def _describe(e: ValidationError, rename: dict[str, str] | None = None) -> str:
 
 
 def read_records(
-    path: str | Path, to_record: Callable[[dict], T | list[T]], skip_invalid: bool = False
+    path: str | Path, to_record: Callable[[dict], T | list[T]], skip_invalid: bool = False, text_lines: bool = False
 ) -> ReadResult[T]:
     """Read every line of `path` through `to_record` (which raises ValueError/ValidationError, and may
-    return several records for one line)."""
+    return several records for one line). With `text_lines`, a line may also be a bare JSON string."""
     result: ReadResult[T] = ReadResult(records=[])
     for lineno, raw in iter_raw(path):
         try:
             if isinstance(raw, DataError):
                 raise raw
-            if not isinstance(raw, dict):
+            if not isinstance(raw, dict) and not (text_lines and isinstance(raw, str)):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
             try:
                 record = to_record(raw)
@@ -147,7 +147,9 @@ def to_demonstration(raw: dict) -> Demonstration:
     )
 
 
-def to_prompt(raw: dict) -> Prompt:
+def to_prompt(raw: dict | str) -> Prompt:
+    if isinstance(raw, str):  # a file of bare prompts, one JSON string a line
+        return Prompt(prompt=raw)
     if "messages" in raw:
         msgs = raw["messages"]
         # A full conversation is accepted as a prompt by dropping its final assistant answer.
@@ -169,7 +171,8 @@ def read_demonstrations(path: str | Path, skip_invalid: bool = False) -> ReadRes
 
 
 def read_prompts(path: str | Path, skip_invalid: bool = False) -> ReadResult[Prompt]:
-    return read_records(path, to_prompt, skip_invalid)
+    """Prompt records, or bare prompts (a JSON string a line)."""
+    return read_records(path, to_prompt, skip_invalid, text_lines=True)
 
 
 def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> None:

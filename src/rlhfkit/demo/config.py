@@ -34,7 +34,7 @@ STAGES = {"sft": SFTConfig, "sample": SampleConfig, "rm": RMConfig, "ppo": PPOCo
 
 # --quick: a smoke test of every stage in a few minutes
 QUICK = {"demonstrations": 32, "rm_prompts": 10, "eval_prompts": 10, "prose_lines": 8, "panel_size": 4,
-         "headroom_prompts": 6, "headroom_samples": 4,
+         "headroom_prompts": 6, "headroom_samples": 4, "outside_limit": 4, "outside_max_new_tokens": 16,
          "held_out_labelers": 2, "sft": {"epochs": 1.0}, "sample": {"max_new_tokens": 16}, "rm": {"epochs": 1.0},
          "ppo": {"iterations": 2, "rollout_batch": 8, "ppo_epochs": 1, "max_new_tokens": 16}}
 
@@ -63,6 +63,11 @@ class DemoConfig(StageConfig):
     eval_temperature: float = Field(0.7, ge=0, description="Sampling temperature of the evaluated policies.")
     eval_top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the evaluated policies.")
     prose_lines: int | None = Field(None, description="Held-out prose lines for the perplexity (default all).")
+    outside_prompts: str | None = Field(None, description="Real user prompts the demo never trains on (e.g. the "
+                                        "OpenAssistant prompt lottery): refusals and response lengths of the base, "
+                                        "SFT and final policies on them. Unset: skipped.")
+    outside_limit: int = Field(60, ge=1, description="How many of --outside-prompts to answer.")
+    outside_max_new_tokens: int = Field(160, ge=8, description="Longest answer to an outside prompt (greedy).")
     headroom_prompts: int | None = Field(50, description="Held-out prompts on which the headroom above SFT is "
                                          "measured (SFT samples judged by the held-out labelers; None: all).")
     headroom_samples: int = Field(16, ge=2, description="SFT samples per prompt for the headroom (the oracle "

@@ -123,3 +123,28 @@ def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulate
         pairs.append(("ppo r1 (γ=0)", "sft"))
     wins = {f"{a} vs {b}": win_rate(judges, prompts, outputs[a], outputs[b], seed=cfg.seed) for a, b in pairs}
     return {"policies": metrics, "win_rates": wins, "prompts": len(prompts)}
+
+
+def evaluate_outside(run_dir: Path, cfg: DemoConfig) -> dict:
+    """Refusals and response lengths on real user prompts the demo never trains on (`outside_prompts`), for the
+    starting model, SFT and the final PPO-ptx policy, answering greedily: the habits (brevity, refusing harmless
+    requests) that the demo's own prompts cannot show."""
+    prompts = read_prompts(cfg.outside_prompts).records[: cfg.outside_limit]
+    policies = {"base": cfg.model, "sft": str(run_dir / "sft"), f"ppo-ptx r{cfg.rounds}": str(run_dir /
+                                                                                              f"round{cfg.rounds}/ppo")}
+    out = {}
+    for name, path in policies.items():
+        console.print(f"outside prompts: {name}")
+        cache = run_dir / "evals" / f"outside-{name.replace(' ', '_')}.json"
+        if not cache.exists():
+            model, tok = load(path)
+            roll = generate(model, tok, prompts, cfg.outside_max_new_tokens, 0.0, 1.0, cfg.seed)
+            cache.parent.mkdir(exist_ok=True)
+            cache.write_text(json.dumps({"texts": roll.texts, "ended": roll.ended}))
+        answers = json.loads(cache.read_text())
+        n = len(answers["texts"])
+        out[name] = {"refusals": sum(map(is_refusal, answers["texts"])) / n,
+                     "words": sum(len(t.split()) for t in answers["texts"]) / n,
+                     "no_eos": sum(not e for e in answers["ended"]) / n}
+    return {"prompts": len(prompts), "max_new_tokens": cfg.outside_max_new_tokens, "source": str(cfg.outside_prompts),
+            "policies": out}

@@ -143,7 +143,8 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
         lines.append("")
     if "win_rates.png" in plots:
         lines += ["![win rates](win_rates.png)", ""]
-    lines += _targets(res(f"round{cfg.rounds}/eval"), cfg.rounds)
+    lines += _outside(res("outside"))
+    lines += _targets(res(f"round{cfg.rounds}/eval"), cfg.rounds, res("outside"))
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -165,7 +166,19 @@ def _headroom(h: dict) -> list[str]:
     return lines
 
 
-def _targets(ev: dict, r: int) -> list[str]:
+def _outside(o: dict) -> list[str]:
+    if not o:
+        return []
+    lines = ["## Outside the demo's prompts", "",
+             f"{o['prompts']} real user prompts the demo never trains on (`{Path(o['source']).name}`), answered "
+             f"greedily in at most {o['max_new_tokens']} tokens.", "",
+             "| policy | refusals | mean words | cut off (no EOS) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_pct(m['refusals'])} | {m['words']:.0f} | {_pct(m['no_eos'])} |"
+              for name, m in o["policies"].items()]
+    return lines + [""]
+
+
+def _targets(ev: dict, r: int, outside: dict | None = None) -> list[str]:
     if not ev:
         return []
     ppo, sft = ev["policies"][f"ppo-ptx r{r}"], ev["policies"]["sft"]
@@ -178,5 +191,9 @@ def _targets(ev: dict, r: int) -> list[str]:
         (f"refuses harmless prompts no more often than SFT: {_pct(ppo['refusal_harmless'])} vs "
          f"{_pct(sft['refusal_harmless'])}", (ppo["refusal_harmless"] or 0) <= (sft["refusal_harmless"] or 0)),
     ]
+    if outside:
+        base, final = outside["policies"]["base"], outside["policies"][f"ppo-ptx r{r}"]
+        checks.append((f"refuses no more real user prompts than the starting model: {_pct(final['refusals'])} vs "
+                       f"{_pct(base['refusals'])}", final["refusals"] <= base["refusals"]))
     return ["## Targets (final round vs SFT)", ""] + [f"- {'met' if ok else '**not met**'}: {text}"
                                                        for text, ok in checks] + [""]
