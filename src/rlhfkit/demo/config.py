@@ -34,7 +34,8 @@ STAGES = {"sft": SFTConfig, "sample": SampleConfig, "rm": RMConfig, "ppo": PPOCo
 
 # --quick: a smoke test of every stage in a few minutes
 QUICK = {"demonstrations": 32, "rm_prompts": 10, "eval_prompts": 10, "prose_lines": 8, "panel_size": 4,
-         "headroom_prompts": 6, "headroom_samples": 4, "outside_limit": 4, "outside_max_new_tokens": 16,
+         "headroom_prompts": 6, "headroom_samples": 4, "gold_samples": 1, "outside_limit": 4,
+         "outside_max_new_tokens": 16,
          "held_out_labelers": 2, "sft": {"epochs": 1.0}, "sample": {"max_new_tokens": 16}, "rm": {"epochs": 1.0},
          "ppo": {"iterations": 2, "rollout_batch": 8, "ppo_epochs": 1, "max_new_tokens": 16}}
 
@@ -72,6 +73,9 @@ class DemoConfig(StageConfig):
                                          "measured (SFT samples judged by the held-out labelers; None: all).")
     headroom_samples: int = Field(16, ge=2, description="SFT samples per prompt for the headroom (the oracle "
                                   "best-of-n curve goes up to this n).")
+    gold_every: int = Field(5, ge=1, description="During PPO-ptx, score the policy's samples on the headroom "
+                            "prompts by the judges (gold) and the RM (proxy) every N iterations and at the end.")
+    gold_samples: int = Field(2, ge=1, description="Policy samples per headroom prompt at each gold/proxy point.")
     sft: SFTConfig = Field(default_factory=lambda: SFTConfig(**STAGE_DEFAULTS["sft"]),
                            description="Step 1's options (see `rlhfkit sft --help`).")
     sample: SampleConfig = Field(default_factory=lambda: SampleConfig(**STAGE_DEFAULTS["sample"]),

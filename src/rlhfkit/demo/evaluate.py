@@ -16,6 +16,8 @@ from pathlib import Path
 from rlhfkit.console import console
 from rlhfkit.data import Prompt, read_prompts
 from rlhfkit.demo.config import DemoConfig
+from rlhfkit.demo.headroom import BEST_OF, best_of_n_by_rm
+from rlhfkit.demo.headroom import gold as gold_quality
 from rlhfkit.demo.labelers import SimulatedLabeler
 from rlhfkit.evaluation.constraints import is_refusal, satisfaction
 from rlhfkit.evaluation.policy_eval import generate, load, perplexity, sequence_logprobs
@@ -60,6 +62,7 @@ def policy_metrics(out: PolicyOutputs, prompts: list[Prompt], judges: list[Simul
 
     return {
         "likert": sum(likert) / len(likert),
+        "gold": sum(gold_quality(judges, p, texts[i], ended[i]) for i, p in enumerate(prompts)) / len(prompts),
         "constraints_all_met": share(with_constraints, lambda i: satisfaction(prompts[i].meta["constraints"],
                                                                                texts[i]) == 1.0),
         "constraints_met": share(with_constraints, lambda i: satisfaction(prompts[i].meta["constraints"], texts[i])),
@@ -87,7 +90,9 @@ def _policy_outputs(run_dir: Path, name: str, path: str, prompts, prose: list[st
         return json.loads(cache.read_text())
     model, tok = load(path)
     roll = generate(model, tok, prompts, cfg.ppo.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, cfg.seed)
-    out = {"rollout": roll.__dict__, "logprobs": sequence_logprobs(model, tok, roll.prompt_ids, roll.response_ids),
+    # log-probs at the temperature sampled at: the KL column is KL(π_T || π_SFT_T), as best-of-n's
+    out = {"rollout": roll.__dict__, "logprobs": sequence_logprobs(model, tok, roll.prompt_ids, roll.response_ids,
+                                                                   temperature=cfg.eval_temperature),
            "prose_perplexity": perplexity(model, tok, prose)}
     cache.parent.mkdir(exist_ok=True)
     cache.write_text(json.dumps(out))
@@ -113,7 +118,8 @@ def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulate
         m["rm_score"] = score(rm, rm_tok, [p.prompt for p in prompts], out.rollout.texts, autocast=bf16,
                              ended=out.rollout.ended).mean().item()
         if name != "base":  # KL(π || π_SFT) on the policy's own samples, summed over tokens
-            ref = sequence_logprobs(sft_model, sft_tok, out.rollout.prompt_ids, out.rollout.response_ids)
+            ref = sequence_logprobs(sft_model, sft_tok, out.rollout.prompt_ids, out.rollout.response_ids,
+                                    temperature=cfg.eval_temperature)
             m["kl_to_sft"] = sum(a - b for a, b in zip(cached[name]["logprobs"], ref, strict=True)) / len(ref)
         m["prose_perplexity"] = cached[name]["prose_perplexity"]
         metrics[name] = m
@@ -122,7 +128,16 @@ def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulate
     if r == 1 and "ppo r1 (γ=0)" in outputs:
         pairs.append(("ppo r1 (γ=0)", "sft"))
     wins = {f"{a} vs {b}": win_rate(judges, prompts, outputs[a], outputs[b], seed=cfg.seed) for a, b in pairs}
-    return {"policies": metrics, "win_rates": wins, "prompts": len(prompts)}
+    return {"policies": metrics, "win_rates": wins, "prompts": len(prompts),
+            "best_of_n": best_of_n_curve(run_dir, cfg, r, judges),
+            "gold_proxy": ppo_gold_proxy(run_dir / f"round{r}/ppo")}
+
+
+def ppo_gold_proxy(ppo_dir: Path) -> list[dict]:
+    """The gold/proxy points PPO logged (see GoldProxy), with their iteration."""
+    rows = [json.loads(x) for x in (ppo_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [{"iteration": m["step"], "gold": m["eval_gold"], "proxy": m["eval_proxy"], "kl": m["eval_kl"],
+             "all_met": m["eval_all_met"]} for m in rows if "eval_gold" in m]
 
 
 def evaluate_outside(run_dir: Path, cfg: DemoConfig) -> dict:
@@ -148,3 +163,52 @@ def evaluate_outside(run_dir: Path, cfg: DemoConfig) -> dict:
                      "no_eos": sum(not e for e in answers["ended"]) / n}
     return {"prompts": len(prompts), "max_new_tokens": cfg.outside_max_new_tokens, "source": str(cfg.outside_prompts),
             "policies": out}
+
+
+class GoldProxy:
+    """The over-optimisation check of Gao et al. 2022, run during PPO: on the headroom prompts, samples of the
+    current policy (at the evaluation temperature) scored by the held-out judges' noise-free rubric (gold) and by
+    the reward model PPO optimises (proxy), with KL(π || π_SFT) between the two sampling distributions."""
+
+    def __init__(self, run_dir: Path, cfg: DemoConfig, rm_dir: Path, judges: list[SimulatedLabeler]):
+        self.cfg, self.judges = cfg, judges
+        self.prompts = read_prompts(run_dir / "data" / "headroom_prompts.jsonl").records
+        self.rm, self.rm_tok = load_reward_model(rm_dir)
+        self.rm.to(default_device()).eval()
+        self.sft, _ = load(str(run_dir / "sft"))
+        self.bf16 = mixed_precision("auto", default_device()) == "bf16"
+
+    def __call__(self, policy, tok) -> dict:
+        cfg = self.cfg
+        prompts = [p for p in self.prompts for _ in range(cfg.gold_samples)]
+        roll = generate(policy, tok, prompts, cfg.ppo.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, cfg.seed)
+        t = cfg.eval_temperature
+        mine = sequence_logprobs(policy, tok, roll.prompt_ids, roll.response_ids, temperature=t)
+        ref = sequence_logprobs(self.sft, tok, roll.prompt_ids, roll.response_ids, temperature=t)
+        proxy = score(self.rm, self.rm_tok, [p.prompt for p in prompts], roll.texts, autocast=self.bf16,
+                      ended=roll.ended)
+        gold = [gold_quality(self.judges, p, x, e) for p, x, e in zip(prompts, roll.texts, roll.ended, strict=True)]
+        met = [satisfaction(p.meta["constraints"], x) == 1.0 for p, x in zip(prompts, roll.texts, strict=True)
+               if p.meta.get("constraints")]
+        return {"eval_gold": sum(gold) / len(gold), "eval_proxy": proxy.mean().item(),
+                "eval_kl": sum(a - b for a, b in zip(mine, ref, strict=True)) / len(ref),
+                "eval_all_met": sum(met) / max(1, len(met))}
+
+
+def best_of_n_curve(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler]) -> list[dict]:
+    """Best-of-n by round r's reward model from the headroom stage's SFT samples, n = 1, 2, 4, ...: gold, proxy,
+    KL and win rate against a random SFT sample."""
+    prompts = read_prompts(run_dir / "data" / "headroom_prompts.jsonl").records
+    samples = json.loads((run_dir / "evals" / "sft_samples.json").read_text())
+    rm, rm_tok = load_reward_model(run_dir / f"round{r}/rm")
+    rm.to(default_device()).eval()
+    flat = [(p, s) for p, ss in zip(prompts, samples, strict=True) for s in ss]
+    scores = score(rm, rm_tok, [p.prompt for p, _ in flat], [s["text"] for _, s in flat],
+                   autocast=mixed_precision("auto", default_device()) == "bf16", ended=[s["ended"] for _, s in flat])
+    k = len(samples[0])
+    proxy = [scores[i * k : (i + 1) * k].tolist() for i in range(len(prompts))]
+    quality = [[gold_quality(judges, p, s["text"], s["ended"]) for s in ss] for p, ss in zip(prompts, samples,
+                                                                                               strict=True)]
+    met = [[float(satisfaction(p.meta["constraints"], s["text"]) == 1.0) for s in ss] if p.meta.get("constraints")
+           else None for p, ss in zip(prompts, samples, strict=True)]
+    return [best_of_n_by_rm(quality, proxy, n, met) for n in BEST_OF if n <= k]

@@ -89,3 +89,34 @@ def expected_max(qualities: list[float], n: int) -> float:
     m = len(qualities)
     return sum(x * ((sum(q <= x for q in qualities) / m) ** n - (sum(q < x for q in qualities) / m) ** n)
                for x in sorted(set(qualities)))
+
+
+def chosen_by(scores: list[float], n: int) -> list[float]:
+    """P(best-of-n by `scores` keeps sample i), for n draws with replacement from the samples (ties broken by
+    order): the i-th lowest is kept when it is the highest of the n draws."""
+    m = len(scores)
+    order = sorted(range(m), key=lambda i: scores[i])
+    p = [0.0] * m
+    for rank, i in enumerate(order, start=1):
+        p[i] = (rank / m) ** n - ((rank - 1) / m) ** n
+    return p
+
+
+def best_of_n_by_rm(quality: list[list[float]], proxy: list[list[float]], n: int,
+                    met: list[list[float] | None] | None = None) -> dict:
+    """Best-of-n chosen by the reward model (`proxy`), averaged over prompts: its gold score, its proxy score, its
+    expected win against a random sample by gold (ties half), and (given `met`: per prompt with constraints, 1
+    where a sample meets them all; None for a prompt without) the share of those prompts whose kept sample does."""
+    gold_sum = proxy_sum = win_sum = met_sum = 0.0
+    with_constraints = [m for m in met or [] if m is not None]
+    for i, (q, r) in enumerate(zip(quality, proxy, strict=True)):
+        p = chosen_by(r, n)
+        gold_sum += sum(pi * qi for pi, qi in zip(p, q, strict=True))
+        proxy_sum += sum(pi * ri for pi, ri in zip(p, r, strict=True))
+        win_sum += sum(pi * (sum(qi > x for x in q) + 0.5 * sum(qi == x for x in q)) / len(q)
+                       for pi, qi in zip(p, q, strict=True))
+        if met and met[i] is not None:
+            met_sum += sum(pi * m for pi, m in zip(p, met[i], strict=True))
+    k = len(quality)
+    return {"n": n, "kl": best_of_n_kl(n), "gold": gold_sum / k, "proxy": proxy_sum / k, "win_vs_sft": win_sum / k,
+            "all_met": met_sum / len(with_constraints) if with_constraints else None}

@@ -27,7 +27,7 @@ from rlhfkit.console import console, make_progress
 from rlhfkit.data import Prompt, read_demonstrations, read_prompts, write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.evaluate import evaluate_outside, evaluate_round
+from rlhfkit.demo.evaluate import GoldProxy, evaluate_outside, evaluate_round
 from rlhfkit.demo.headroom import headroom, sft_samples
 from rlhfkit.demo.labelers import SimulatedLabeler, make_panel
 from rlhfkit.demo.report import write_report
@@ -191,6 +191,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 def measure_headroom(run: Run, cfg: DemoConfig, judges: list[SimulatedLabeler]) -> dict:
     """SFT's all-constraints-met rate and the judges' oracle best-of-n curve on held-out prompts."""
     prompts = spread(load_split(run, "eval"), cfg.headroom_prompts)
+    write_jsonl(run.dir / "data" / "headroom_prompts.jsonl", prompts)
     samples = sft_samples(run.dir, prompts, cfg.headroom_samples, cfg.ppo.max_new_tokens, cfg.eval_temperature,
                           cfg.eval_top_p, cfg.seed)
     result = headroom(prompts, samples, judges, seed=cfg.seed)
@@ -224,15 +225,17 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
                                    **trainer_run(cfg)})
     run.stage(f"round{r}/rm", lambda: train_reward(rm).eval_metrics, trainer_dir=here / "rm")
 
-    def ppo(out: Path, ptx: float) -> dict:
+    def ppo(out: Path, ptx: float, gold_proxy: bool) -> dict:
+        # the main run is scored by the judges (gold) and the RM (proxy) along the way
+        check = GoldProxy(d, cfg, here / "rm", judges) if gold_proxy else None
         result = train_ppo(cfg.ppo.model_copy(update={
             "policy": policy, "reference": str(d / "sft"), "reward_model": str(here / "rm"),
             "prompts": str(d / "data/ppo_prompts.jsonl"), "ptx_data": str(d / "data/ptx.txt"), "ptx_coef": ptx,
-            "output_dir": str(out), **trainer_run(cfg)}))
+            "output_dir": str(out), **trainer_run(cfg)}), evaluate=check, eval_every=cfg.gold_every)
         return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
 
-    run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ppo.ptx_coef), trainer_dir=here / "ppo")
+    run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ppo.ptx_coef, True), trainer_dir=here / "ppo")
     if r == 1 and cfg.compare_without_ptx:
-        run.stage("round1/ppo-no-ptx", lambda: ppo(here / "ppo-no-ptx", 0.0), trainer_dir=here / "ppo-no-ptx")
+        run.stage("round1/ppo-no-ptx", lambda: ppo(here / "ppo-no-ptx", 0.0, False), trainer_dir=here / "ppo-no-ptx")
     run.stage(f"round{r}/eval", lambda: evaluate_round(d, cfg, r, judges))
     return str(here / "ppo")

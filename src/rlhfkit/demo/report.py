@@ -59,6 +59,25 @@ def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
         ax.legend(fontsize=7)
     made.append(_save(fig, run_dir, "ppo_curves.png"))
 
+    # gold vs proxy against KL: PPO-ptx along its iterations, best-of-n by the RM from SFT
+    evals = {r: state.get(f"round{r}/eval", {}).get("result", {}) for r in range(1, cfg.rounds + 1)}
+    if any(ev.get("best_of_n") for ev in evals.values()):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for r, ev in evals.items():
+            bon, ppo = ev.get("best_of_n") or [], ev.get("gold_proxy") or []
+            for ax, key in zip(axes, ("gold", "proxy"), strict=True):
+                ax.plot([b["kl"] for b in bon], [b[key] for b in bon], marker="s", linestyle="--",
+                        label=f"best-of-n by RM r{r} (n = 1…{bon[-1]['n'] if bon else 0})")
+                start = [bon[0]] if bon and r == 1 else []  # round 1 starts from SFT itself
+                ax.plot([x["kl"] for x in start + ppo], [x[key] for x in start + ppo], marker="o",
+                        label=f"PPO-ptx round {r} (every {cfg.gold_every} iterations)")
+        axes[0].set_title("gold: held-out judges' rubric (noise-free)")
+        axes[1].set_title("proxy: the reward model PPO optimises")
+        for ax in axes:
+            ax.set_xlabel("KL(π || π_SFT), nats per response")
+            ax.legend(fontsize=7)
+        made.append(_save(fig, run_dir, "gold_vs_proxy.png"))
+
     # win rates with their 95% intervals
     rows = [(f"r{r}: {k}", v) for r in range(1, cfg.rounds + 1)
             for k, v in state.get(f"round{r}/eval", {}).get("result", {}).get("win_rates", {}).items()]
@@ -123,6 +142,11 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
     if "agreement.png" in plots:
         lines += ["![panel agreement](agreement.png)", ""]
     lines += ["## PPO", "", "![RM score and KL per iteration](ppo_curves.png)", ""]
+    if "gold_vs_proxy.png" in plots:
+        lines += ["### Gold vs proxy (Gao et al. 2022)", "",
+                  "Is PPO climbing the judges' gold score, or only the reward model's proxy? Both against KL to SFT, "
+                  "for PPO-ptx along its iterations and for best-of-n sampling from SFT chosen by the RM "
+                  "(KL = log n − (n − 1)/n).", "", "![gold and proxy against KL](gold_vs_proxy.png)", ""]
     for r in range(1, cfg.rounds + 1):
         ev = res(f"round{r}/eval")
         if not ev:
@@ -137,6 +161,7 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
                          f"{_pct(m['refusal_harmless'])} | "
                          f"{_num(m['rm_score'])} | {_num(m.get('kl_to_sft'), 2)} | {_num(m['prose_perplexity'], 2)} | "
                          f"{_pct(m['no_eos'])} |")
+        lines += _gold_proxy_table(ev, r)
         lines += ["", "| comparison | win rate | 95% interval |", "|---|---|---|"]
         for k, v in ev["win_rates"].items():
             lines.append(f"| {k} | {_pct(v['win_rate'])} | {_pct(v['low'])} – {_pct(v['high'])} |")
@@ -148,6 +173,28 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _gold_proxy_table(ev: dict, r: int) -> list[str]:
+    """Gold, proxy, KL, constraints and win rate vs SFT for SFT, best-of-n by the RM and the PPO-ptx policies."""
+    if not ev.get("best_of_n"):
+        return []
+    lines = ["", f"Gold vs proxy on the {ev['prompts']} held-out prompts (best-of-n: on the headroom prompts, from "
+             "SFT's samples, chosen by this round's RM; win rates of best-of-n are expected wins by the judges' gold "
+             "score against a random SFT sample, those of the policies the held-out labelers' votes):", "",
+             "| policy | gold | proxy (RM) | KL to SFT | constraints all met | win rate vs SFT |",
+             "|---|---|---|---|---|---|"]
+    for b in ev["best_of_n"]:
+        if b["n"] in (1, 4, 16):
+            name = "sft (samples)" if b["n"] == 1 else f"best-of-{b['n']} by RM"
+            lines.append(f"| {name} | {b['gold']:.3f} | {b['proxy']:.3f} | {b['kl']:.2f} | {_pct(b['all_met'])} | "
+                         f"{_pct(b['win_vs_sft'])} |")
+    for name, m in ev["policies"].items():
+        if name.startswith("ppo"):
+            win = ev["win_rates"].get(f"{name} vs sft", {}).get("win_rate")
+            lines.append(f"| {name} | {_num(m.get('gold'))} | {_num(m['rm_score'])} | {_num(m.get('kl_to_sft'), 2)} | "
+                         f"{_pct(m['constraints_all_met'])} | {_pct(win)} |")
+    return lines
 
 
 def _headroom(h: dict) -> list[str]:

@@ -467,12 +467,13 @@ class TrainLoop:
 
     def run(self, total_steps: int, step_fn: Callable[[int], dict], evaluate: Callable[[], dict] | None = None,
             select: Callable[[dict], float] | None = None, on_step: Callable[[int, dict], None] | None = None,
-            describe: Callable[[dict], str] | None = None) -> dict:
+            describe: Callable[[dict], str] | None = None, eval_every: int | None = None) -> dict:
         """`step_fn(step)` until `total_steps`, then the last metrics. After each step: evaluation every
-        --eval-every steps and at the end (the best by `select` is kept as the `best` checkpoint), the metrics
-        log, a checkpoint every --save-every steps and at the end, the progress bar, `on_step(step, metrics)`."""
+        `eval_every` (default --eval-every) steps and at the end (the best by `select`, if given, is kept as the
+        `best` checkpoint), the metrics log, a checkpoint every --save-every steps and at the end, the progress
+        bar, `on_step(step, metrics)`."""
         cfg, acc = self.cfg, self.acc
-        eval_every = getattr(cfg, "eval_every", 0)
+        eval_every = getattr(cfg, "eval_every", 0) if eval_every is None else eval_every
         log = MetricsLog(self.run_dir, acc, resume_step=self.step)
         metrics: dict = {}
         with make_progress(cfg.progress and acc.is_main_process) as progress:
@@ -483,14 +484,16 @@ class TrainLoop:
                 self.step += 1
                 metrics.setdefault("step_seconds", time.perf_counter() - t0)
                 last = self.step == total_steps
-                if evaluate is not None and ((eval_every and self.step % eval_every == 0) or last):
+                evaluated = evaluate is not None and ((eval_every and self.step % eval_every == 0) or last)
+                if evaluated:
                     metrics.update(evaluate())
+                if evaluated and select is not None:
                     metrics["select_score"] = s = select(metrics)
                     if self.best is None or s > self.best:
                         self.best = s
                         self.checkpoints.save("best", self.write_export, {}, {"step": self.step, "score": s},
                                               update_latest=False)
-                if self.step % cfg.log_every == 0 or last or "select_score" in metrics:
+                if self.step % cfg.log_every == 0 or last or evaluated:
                     log.log(self.step, metrics)
                 if (cfg.save_every and self.step % cfg.save_every == 0) or last:
                     self.save_step()

@@ -448,9 +448,12 @@ class PPOResult:
 
 
 def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
-              on_iteration: Callable[[int, dict], None] | None = None) -> PPOResult:
+              on_iteration: Callable[[int, dict], None] | None = None,
+              evaluate: Callable[[nn.Module, object], dict] | None = None, eval_every: int = 0) -> PPOResult:
     """PPO-ptx as configured. `reward_fn(prompts, responses) -> scores` replaces the reward model where the
-    reward is a program (e.g. a verifiable constraint); the value model then starts from the policy."""
+    reward is a program (e.g. a verifiable constraint); the value model then starts from the policy.
+    `evaluate(policy, tokenizer) -> metrics` runs every `eval_every` iterations and after the last; its metrics
+    are logged with the iteration's (name them eval_*)."""
     if cfg.prompts is None:
         raise ValueError("no prompts: pass --prompts FILE")
     if cfg.rollout_batch % cfg.samples_per_prompt:
@@ -480,10 +483,18 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
             write_samples(loop.run_dir, it + 1, exp)
         return metrics
 
+    def run_evaluation() -> dict:
+        policy = models.plain_policy.model
+        policy.eval()
+        with torch.no_grad():
+            metrics = evaluate(policy, models.tokenizer)
+        policy.train()
+        return metrics
+
     models.plain_policy.train()
-    loop.run(cfg.iterations, iteration, on_step=on_iteration,
+    loop.run(cfg.iterations, iteration, run_evaluation if evaluate is not None else None, on_step=on_iteration,
              describe=lambda m: f"score {m['score']:.3f}  kl {m['kl']:.3f}  β {m['beta']:.3f}  "
-                                f"len {m['response_length']:.0f}")
+                                f"len {m['response_length']:.0f}", eval_every=eval_every)
     loop.publish()
     console.print(f"ppo: done, {loop.step} iterations; policy in {loop.run_dir}")
     return PPOResult(loop.run_dir, loop.step, loop.history, models.plain_policy.model)
