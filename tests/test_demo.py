@@ -128,8 +128,8 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     outside = tmp_path / "outside.jsonl"
     outside.write_text("".join(json.dumps(q) + "\n" for q in ["Why is the sky blue?", "Write a haiku about rain.",
                                                               "How do I kill a stuck process?", "Hi!"]))
-    report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick",
-                                 outside_prompts=str(outside))).read_text()
+    report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", outside_prompts=str(outside),
+                                 compare_without_ptx=True)).read_text()
     for heading in ("## Outside the demo's prompts", "## Stages", "## Data", "## Headroom above SFT",
                     "## Comparisons and reward model", "## PPO",
                     "## Evaluation after round 1", "## Evaluation after round 2", "## Targets"):
@@ -140,10 +140,11 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     for row in ("ppo-ptx r1 vs sft", "ppo-ptx r1 vs base", "sft vs base", "ppo r1 (γ=0)", "ppo-ptx r2 vs sft"):
         assert row in report
     run = tmp_path / "quick"
-    for artefact in ("ppo_curves.png", "win_rates.png", "agreement.png", "sft/config.json", "round2/rm",
-                     "round1/ppo-no-ptx", "rm-round1.jsonl", "stages.json"):
+    for artefact in ("ppo_curves.png", "win_rates.png", "agreement.png", "gold_vs_proxy.png", "sft/config.json",
+                     "round2/rm", "round1/ppo-no-ptx", "rm-round1.jsonl", "stages.json", "evals/sft_samples.json"):
         assert (run / artefact).exists(), artefact
     # a rerun with --resume finds every stage done and only rewrites nothing
     before = (run / "stages.json").read_text()
-    run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", resume=True, outside_prompts=str(outside)))
+    run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", resume=True, outside_prompts=str(outside),
+                        compare_without_ptx=True))
     assert (run / "stages.json").read_text() == before

@@ -58,8 +58,9 @@ class DemoConfig(StageConfig):
                                "the RM trains on every one's ranking, their responses forwarded once).")
     panel_noise: float = Field(0.02, gt=0, description="Bradley–Terry noise of the simulated labelers (0.02: "
                                "about 70% agreement on the demo's comparisons, InstructGPT's labelers 73%).")
-    compare_without_ptx: bool = Field(True, description="Also train round 1's PPO with γ = 0 to measure "
-                                      "the alignment tax with and without ptx.")
+    compare_without_ptx: bool = Field(False, description="Also train round 1's PPO with γ = 0 to measure the "
+                                      "alignment tax with and without ptx (configs/demo-large.yaml does; the default "
+                                      "run spends its budget on the policy it reports).")
     eval_prompts: int | None = Field(None, description="Held-out prompts to evaluate on (default all).")
     eval_temperature: float = Field(0.7, ge=0, description="Sampling temperature of the evaluated policies.")
     eval_top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the evaluated policies.")

@@ -289,8 +289,6 @@ def split_holdout(items: list, fraction: float, seed: int, key: Callable[[Any], 
     return train, [x for x, k in zip(items, ids, strict=True) if k in held]
 
 
-
-
 def read_splits(read: Callable[[str, bool], Any], cfg, key: Callable[[Any], Hashable] | None = None
                 ) -> tuple[list, list]:
     """(train, held-out) records of a supervised stage: --data read in full (a bad line stops the run here,
@@ -336,8 +334,8 @@ class TrainLoop:
     """What every trainer shares: the accelerator, the run folder, resume, atomic checkpoints, logs and
     TensorBoard, the progress bar, publishing the final model, gradient accumulation, clipping and the NaN
     guard. A trainer supplies its models (`prepare`), the writers of their folders, and `step_fn(step) ->
-    metrics`: one optimiser step over its micro-batches (SFT, RM: `accumulate` + `optimizer_step`) or one
-    whole iteration (PPO)."""
+    metrics`: one optimiser step over its micro-batches (SFT, RM: `supervised_step`) or one whole iteration
+    (PPO: several `optimizer_step`s)."""
 
     def __init__(self, cfg: TrainConfig, name: str):
         self.cfg, self.name = cfg, name
