@@ -148,3 +148,22 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", resume=True, outside_prompts=str(outside),
                         compare_without_ptx=True))
     assert (run / "stages.json").read_text() == before
+
+
+def test_win_rate_compares_sample_for_sample():
+    from rlhfkit.demo.evaluate import PolicyOutputs, win_rate
+    from rlhfkit.rollout import Rollout
+
+    prompts = [p for p in bundled_prompts() if p.meta.get("constraints")][:3]
+    twice = [p for p in prompts for _ in range(2)]
+    good = [p.meta["reference"] for p in twice]
+    bad = ["" if k % 2 else "Sure" for k in range(len(twice))]
+
+    def outputs(texts):
+        return PolicyOutputs("x", "x", Rollout(list(range(len(texts))), [[]] * len(texts), [[]] * len(texts),
+                                               [True] * len(texts), texts))
+
+    judges = make_panel(2, seed=5, noise=1e-6)
+    w = win_rate(judges, twice, outputs(good), outputs(bad), samples=2)
+    assert w["prompts"] == 3 and w["samples_per_prompt"] == 2 and w["win_rate"] == 1.0
+    assert win_rate(judges, twice, outputs(good), outputs(good), samples=2)["win_rate"] == 0.5

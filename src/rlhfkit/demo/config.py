@@ -62,6 +62,8 @@ class DemoConfig(StageConfig):
                                       "alignment tax with and without ptx (configs/demo-large.yaml does; the default "
                                       "run spends its budget on the policy it reports).")
     eval_prompts: int | None = Field(None, description="Held-out prompts to evaluate on (default all).")
+    eval_samples: int = Field(1, ge=1, description="Responses of each policy to each held-out prompt: win rates "
+                              "compare them sample for sample, every other measure averages over them.")
     eval_temperature: float = Field(0.7, ge=0, description="Sampling temperature of the evaluated policies.")
     eval_top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of the evaluated policies.")
     prose_lines: int | None = Field(None, description="Held-out prose lines for the perplexity (default all).")

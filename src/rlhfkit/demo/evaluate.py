@@ -30,23 +30,24 @@ from rlhfkit.rollout import Rollout
 class PolicyOutputs:
     name: str
     path: str
-    rollout: Rollout  # one response per prompt, in prompt order
+    rollout: Rollout  # `samples` responses per prompt, prompt after prompt
 
 
 def win_rate(judges: list[SimulatedLabeler], prompts: list[Prompt], a: PolicyOutputs, b: PolicyOutputs,
-             bootstrap: int = 2000, seed: int = 0) -> dict:
-    """Share of prompts where a's response beats b's (ties count half), each prompt judged by every held-out
-    labeler and averaged; the 95% interval resamples prompts."""
+             samples: int = 1, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Expected share of comparisons a's response wins against b's (ties count half): each prompt's k-th sample
+    of a against its k-th of b, judged by every held-out labeler, averaged per prompt; the 95% interval
+    resamples prompts. `prompts` holds each prompt `samples` times, as the rollouts do."""
     per_prompt = []
-    for i, p in enumerate(prompts):
-        votes = [j.compare(p, a.rollout.texts[i], b.rollout.texts[i], (a.rollout.ended[i], b.rollout.ended[i]))
-                 for j in judges]
+    for start in range(0, len(prompts), samples):
+        votes = [j.compare(prompts[i], a.rollout.texts[i], b.rollout.texts[i], (a.rollout.ended[i], b.rollout.ended[i]))
+                 for i in range(start, start + samples) for j in judges]
         per_prompt.append(sum(votes) / len(votes))
     rng = random.Random(seed)
     n = len(per_prompt)
     means = sorted(sum(per_prompt[rng.randrange(n)] for _ in range(n)) / n for _ in range(bootstrap))
     return {"win_rate": sum(per_prompt) / n, "low": means[int(0.025 * bootstrap)],
-            "high": means[int(0.975 * bootstrap) - 1], "prompts": n}
+            "high": means[int(0.975 * bootstrap) - 1], "prompts": n, "samples_per_prompt": samples}
 
 
 def policy_metrics(out: PolicyOutputs, prompts: list[Prompt], judges: list[SimulatedLabeler]) -> dict:
@@ -89,7 +90,8 @@ def _policy_outputs(run_dir: Path, name: str, path: str, prompts, prose: list[st
     if cache.exists():
         return json.loads(cache.read_text())
     model, tok = load(path)
-    roll = generate(model, tok, prompts, cfg.ppo.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, cfg.seed)
+    repeated = [p for p in prompts for _ in range(cfg.eval_samples)]
+    roll = generate(model, tok, repeated, cfg.ppo.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, cfg.seed)
     # log-probs at the temperature sampled at: the KL column is KL(π_T || π_SFT_T), as best-of-n's
     out = {"rollout": roll.__dict__, "logprobs": sequence_logprobs(model, tok, roll.prompt_ids, roll.response_ids,
                                                                    temperature=cfg.eval_temperature),
@@ -100,13 +102,14 @@ def _policy_outputs(run_dir: Path, name: str, path: str, prompts, prose: list[st
 
 
 def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler]) -> dict:
-    prompts = read_prompts(run_dir / "data/eval_prompts.jsonl").records
+    held_out = read_prompts(run_dir / "data/eval_prompts.jsonl").records
+    prompts = [p for p in held_out for _ in range(cfg.eval_samples)]  # as the rollouts hold them
     prose = [ln for ln in (run_dir / "data/prose_heldout.txt").read_text().splitlines() if ln.strip()]
     cached, outputs = {}, {}
     for round_ in range(1, r + 1):
         for name, path in _policies(run_dir, cfg, round_).items():
             console.print(f"eval: {name}")
-            cached[name] = _policy_outputs(run_dir, name, path, prompts, prose, cfg)
+            cached[name] = _policy_outputs(run_dir, name, path, held_out, prose, cfg)
             outputs[name] = PolicyOutputs(name, path, Rollout(**cached[name]["rollout"]))
     rm, rm_tok = load_reward_model(run_dir / f"round{r}/rm")
     rm.to(default_device())
@@ -127,8 +130,9 @@ def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulate
     pairs = [(ppo, "sft"), (ppo, "base")] + ([("sft", "base")] if r == 1 else [(ppo, f"ppo-ptx r{r - 1}")])
     if r == 1 and "ppo r1 (γ=0)" in outputs:
         pairs.append(("ppo r1 (γ=0)", "sft"))
-    wins = {f"{a} vs {b}": win_rate(judges, prompts, outputs[a], outputs[b], seed=cfg.seed) for a, b in pairs}
-    return {"policies": metrics, "win_rates": wins, "prompts": len(prompts),
+    wins = {f"{a} vs {b}": win_rate(judges, prompts, outputs[a], outputs[b], cfg.eval_samples, seed=cfg.seed)
+            for a, b in pairs}
+    return {"policies": metrics, "win_rates": wins, "prompts": len(held_out), "samples_per_prompt": cfg.eval_samples,
             "best_of_n": best_of_n_curve(run_dir, cfg, r, judges),
             "gold_proxy": ppo_gold_proxy(run_dir / f"round{r}/ppo")}
 

@@ -151,7 +151,8 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
         ev = res(f"round{r}/eval")
         if not ev:
             continue
-        lines += [f"## Evaluation after round {r} ({ev['prompts']} held-out prompts)", "",
+        lines += [f"## Evaluation after round {r} ({ev['prompts']} held-out prompts, "
+                  f"{ev.get('samples_per_prompt', 1)} response(s) to each)", "",
                   "| policy | Likert (1–7) | constraints all met | constraints met (share) | refusals, harmful | "
                   "refusals, harmless | RM score | KL to SFT | prose perplexity | no EOS |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
