@@ -74,7 +74,11 @@ def run_all(root: Path) -> dict:
 
 def test_trainers_log_the_recorded_numbers(tmp_path):
     recorded = json.loads(GOLDEN.read_text())
-    now = run_all(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        now = run_all(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
     assert set(now) == set(recorded)
     for stage in recorded:
         assert len(now[stage]) == len(recorded[stage]), stage
