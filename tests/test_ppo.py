@@ -141,13 +141,42 @@ def test_resume_continues_a_killed_run(tmp_path, tiny_llama, prompts_file, tiny_
     {"shared_value_head": True},
     {"lora_r": 4},  # reference = the same weights with adapters off
     {"lora_r": 4, "shared_value_head": True, "kl_estimator": "k3", "value_warmup_iterations": 1},
+    {"advantage": "rloo", "samples_per_prompt": 2},
+    {"advantage": "grpo", "samples_per_prompt": 4, "lora_r": 4},
 ])
 def test_every_option_runs(tmp_path, tiny_llama, prompts_file, tiny_rm, options):
     result = train_ppo(ppo_cfg(tmp_path, tiny_llama, prompts_file, reward_model=str(tiny_rm), **options))
     assert all(all(v == v for v in m.values()) for m in result.history)  # no NaN
     model, _ = load_causal_lm(result.output_dir)
     assert not hasattr(model, "peft_config")  # LoRA adapters merged into the published policy
-    assert (result.output_dir / "value").exists() != bool(options.get("shared_value_head"))
+    critic_free = options.get("advantage", "gae") != "gae"
+    assert (result.output_dir / "value").exists() != (bool(options.get("shared_value_head")) or critic_free)
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "grpo"])
+def test_critic_free_advantages_allocate_no_value_model(tmp_path, tiny_llama, prompts_file, tiny_rm, advantage,
+                                                       monkeypatch):
+    from rlhfkit.train import ppo
+
+    built = []
+    monkeypatch.setattr(ppo.ValueModel, "__init__", lambda *a: built.append(a) or pytest.fail("a value model"))
+    seen = {}
+    real = ppo.load_models
+
+    def spy(*args, **kw):
+        seen["models"] = real(*args, **kw)
+        return seen["models"]
+
+    monkeypatch.setattr(ppo, "load_models", spy)
+    result = train_ppo(ppo_cfg(tmp_path, tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage,
+                               samples_per_prompt=2))
+    models = seen["models"]
+    assert models.value is None and models.plain_policy.value_head is None and not built
+    assert list(models.policy.optimizer.param_groups[0]["params"]) == [
+        p for p in models.plain_policy.model.parameters() if p.requires_grad]  # the policy's weights and no others
+    assert "vf_loss" not in result.history[-1] and "explained_variance" not in result.history[-1]
+    with pytest.raises(ValueError, match="samples-per-prompt 2 or more"):
+        train_ppo(ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage))
 
 
 def run_alone(model, head, prompts, responses, width):

@@ -6,6 +6,7 @@ import torch
 from rlhfkit.losses import (
     AdaptiveKLController,
     gae,
+    group_normalized,
     kl_penalized_rewards,
     leave_one_out,
     ppo_policy_loss,
@@ -102,3 +103,14 @@ def test_leave_one_out_takes_the_mean_of_the_other_responses_to_the_same_prompt(
     assert leave_one_out(scores + 100 * (groups == 1), groups).tolist() == pytest.approx(out.tolist())
     with pytest.raises(ValueError, match="at least two"):
         leave_one_out(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 0, 1]))
+
+
+def test_group_normalized_by_hand():
+    # prompt 0: scores 1, 3 (mean 2, population std 1); prompt 1: 4, 4, 7 (mean 5, std sqrt(2))
+    scores = torch.tensor([1.0, 4.0, 3.0, 4.0, 7.0])
+    groups = torch.tensor([0, 1, 0, 1, 1])
+    out = group_normalized(scores, groups, eps=0.0)
+    torch.testing.assert_close(out, torch.tensor([-1.0, -1 / 2**0.5, 1.0, -1 / 2**0.5, 2 / 2**0.5]))
+    assert group_normalized(torch.tensor([2.0, 2.0]), torch.tensor([0, 0])).tolist() == [0.0, 0.0]  # no spread
+    with pytest.raises(ValueError, match="at least two"):
+        group_normalized(torch.tensor([1.0, 2.0]), torch.tensor([0, 1]))

@@ -185,6 +185,11 @@ class PPOConfig(TrainConfig):
     minibatch_size: int = Field(8, ge=1, description="Rollouts per PPO minibatch on each process.")
     clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip ε: the 1-ε..1+ε band.")
     value_clip_eps: float = Field(0.2, gt=0, description="Clip on how far a value moves from its rollout value.")
+    advantage: Literal["gae", "rloo", "grpo"] = Field(
+        "gae", description="gae: a value model (or head) and GAE, as the paper; rloo / grpo: critic-free, no value "
+        "model at all: each token's advantage is the rest of its response's KL-penalised reward, the score taken "
+        "against the prompt's other responses (rloo: minus their mean; grpo: minus the group mean, over the "
+        "group's std). The KL penalty stays in the reward. rloo and grpo need --samples-per-prompt 2 or more.")
     gamma: float = Field(1.0, description="GAE discount γ.")
     lam: float = Field(0.95, description="GAE λ.")
     kl_coef: float = Field(0.02, ge=0, description="β: weight of the per-token KL penalty to π_SFT "

@@ -103,6 +103,21 @@ def leave_one_out(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     return scores - (sums[groups] - scores) / (counts[groups] - 1)
 
 
+def group_normalized(scores: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's baseline (Shao et al. 2024): each score minus its prompt's mean score, divided by the prompt's
+    standard deviation (all responses to the prompt, itself included; population std). scores (B,) float,
+    groups (B,) long; every group needs at least two responses. A prompt whose responses all score alike gives 0."""
+    n_groups = int(groups.max()) + 1
+    counts = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add(
+        0, groups, torch.ones_like(scores))
+    if (counts[groups] < 2).any():
+        raise ValueError("group_normalized: every prompt needs at least two responses")
+    mean = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add(0, groups, scores) / counts
+    centred = scores - mean[groups]
+    var = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add(0, groups, centred**2) / counts
+    return centred / (var[groups].sqrt() + eps)
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) over each row's unmasked tokens.

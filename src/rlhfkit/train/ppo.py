@@ -11,6 +11,8 @@ One iteration is one step of the trainer core (`TrainLoop`):
                  with several responses per prompt, less the mean score of the others  -> losses.leave_one_out
     3. rewards   per token −β·KL_t, plus the score at the last token     -> losses.kl_penalized_rewards
     4. GAE       advantages (whitened over the whole batch, all processes) and returns  -> losses.gae
+                 (critic-free, --advantage rloo|grpo: no values, each token's advantage the rest of its
+                 response's reward; grpo scales each prompt's scores by their std -> losses.group_normalized)
   ppo_update
     5. update    `ppo_epochs` passes of minibatches: clipped policy loss − entropy bonus + γ_ptx · NLL of
                  pretraining text in the same loss and optimiser step; clipped value loss for the value model
@@ -50,6 +52,7 @@ from rlhfkit.data import (
 from rlhfkit.losses import (
     AdaptiveKLController,
     gae,
+    group_normalized,
     kl_penalized_rewards,
     leave_one_out,
     masked_mean,
@@ -235,22 +238,7 @@ def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: in
     reference = None if is_peft(policy) else load_causal_lm(cfg.reference or cfg.policy)[0].eval().requires_grad_(False)
     rm = load_reward_model(cfg.reward_model)[0].eval().requires_grad_(False) if use_rm else None
 
-    value_head, value_model = None, None
-    if cfg.shared_value_head:
-        value_head = nn.Linear(policy.config.hidden_size, 1)
-        nn.init.zeros_(value_head.weight)
-        nn.init.zeros_(value_head.bias)
-        if resume is not None:
-            from safetensors.torch import load_file
-
-            value_head.load_state_dict(load_file(resume / "value_head.safetensors"))
-    elif resume is not None:
-        value_model = ValueModel(load_reward_model(resume / "value")[0])
-    elif cfg.value_model or use_rm:
-        value_model = ValueModel(load_reward_model(cfg.value_model or cfg.reward_model)[0])
-    else:
-        value_model = ValueModel(reward_model_from_causal_lm(cfg.policy)[0])
-
+    value_head, value_model = make_critic(cfg, policy.config.hidden_size, resume, use_rm)
     module = PolicyModule(policy, value_head, entropy_grad=cfg.entropy_coef > 0)
     ptx_rows = read_ptx(cfg.ptx_data, tokenizer, cfg.ptx_max_length) if cfg.ptx_data and cfg.ptx_coef > 0 else None
     policy_part = loop.prepare("policy", module, total_steps=total_updates)
@@ -261,6 +249,28 @@ def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: in
     unwrap = loop.acc.unwrap_model
     return PPOModels(policy_part, value_part, reference, rm, tokenizer, ptx_rows, unwrap(policy_part.module),
                      unwrap(value_part.module) if value_part is not None else None)
+
+
+def make_critic(cfg: PPOConfig, hidden_size: int, resume: Path | None, use_rm: bool
+                ) -> tuple[nn.Linear | None, ValueModel | None]:
+    """(a value head on the policy's backbone, a value model of its own): one of them for GAE, neither for the
+    critic-free advantages (no value forward, no value optimiser)."""
+    if cfg.advantage != "gae":
+        return None, None
+    if cfg.shared_value_head:
+        head = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        if resume is not None:
+            from safetensors.torch import load_file
+
+            head.load_state_dict(load_file(resume / "value_head.safetensors"))
+        return head, None
+    if resume is not None:
+        return None, ValueModel(load_reward_model(resume / "value")[0])
+    if cfg.value_model or use_rm:
+        return None, ValueModel(load_reward_model(cfg.value_model or cfg.reward_model)[0])
+    return None, ValueModel(reward_model_from_causal_lm(cfg.policy)[0])
 
 
 def model_writers(models: PPOModels, merge_lora: bool) -> tuple[Callable[[Path], None], Callable[[Path], None]]:
@@ -319,7 +329,10 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
         else:
             with policy.model.disable_adapter():
                 ref = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
-        values = fwd["values"] if models.value is None else score_rollouts(models.plain_value, batch, chunk, pad)
+        if models.value is not None:
+            values = score_rollouts(models.plain_value, batch, chunk, pad)
+        else:  # the shared head's, or none (critic-free)
+            values = fwd.get("values", torch.zeros_like(fwd["logprobs"]))
         if reward_fn is not None:
             scores = reward_fn(batch.prompts, batch.responses).to(loop.device).float()
         else:
@@ -329,12 +342,17 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
         # score above what the RM gives cut-off responses would reward running out of tokens
         penalized = scores - cfg.missing_eos_penalty * (~batch.ended).float()
     baselined = penalized
-    if cfg.samples_per_prompt > 1:  # what the policy can change is how a response compares with its siblings
+    if cfg.advantage == "grpo":
+        baselined = group_normalized(penalized, batch.prompt_of)
+    elif cfg.samples_per_prompt > 1:  # what the policy can change is how a response compares with its siblings
         baselined = leave_one_out(penalized, batch.prompt_of)
     old_logprobs, ref_logprobs, values = fwd["logprobs"].float(), ref["logprobs"].float(), values.float()
 
     rewards = kl_penalized_rewards(baselined, old_logprobs, ref_logprobs, batch.mask, beta, cfg.kl_estimator)
-    advantages, returns = gae(rewards, values, batch.mask, cfg.gamma, cfg.lam)
+    if cfg.advantage == "gae":
+        advantages, returns = gae(rewards, values, batch.mask, cfg.gamma, cfg.lam)
+    else:  # critic-free: the rest of the response's reward (values 0, λ = 1)
+        advantages, returns = gae(rewards, values, batch.mask, cfg.gamma, 1.0)
     n_tok = loop.all_sum(batch.mask.sum())
     adv_mean = loop.all_sum((advantages * batch.mask).sum()) / n_tok
     adv_var = loop.all_sum((((advantages - adv_mean) * batch.mask) ** 2).sum()) / n_tok
@@ -433,10 +451,13 @@ def iteration_metrics(loop: TrainLoop, exp: Experience, stats: dict, kl_ctl: Ada
     beta_used = kl_ctl.beta
     kl_ctl.update(means["kl"], int(n))
     returns, values = exp.returns, exp.values
-    ret_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-    resid_var = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
-    return {**means, "beta": beta_used, "explained_variance": (1 - resid_var / ret_var.clamp(min=1e-8)).item(),
-            **stats, "seconds_generate": exp.seconds_generate, "seconds_score": exp.seconds_score}
+    metrics = {**means, "beta": beta_used, **stats, "seconds_generate": exp.seconds_generate,
+               "seconds_score": exp.seconds_score}
+    if "vf_loss" in stats:  # how much of the returns the value estimate explains (none without a critic)
+        ret_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+        resid_var = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
+        metrics["explained_variance"] = (1 - resid_var / ret_var.clamp(min=1e-8)).item()
+    return metrics
 
 
 @dataclass
@@ -459,6 +480,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     if cfg.rollout_batch % cfg.samples_per_prompt:
         raise ValueError(f"--rollout-batch {cfg.rollout_batch} is not a multiple of --samples-per-prompt "
                          f"{cfg.samples_per_prompt}")
+    if cfg.advantage != "gae" and cfg.samples_per_prompt < 2:
+        raise ValueError(f"--advantage {cfg.advantage} takes its baseline from other responses to the same prompt: "
+                         "pass --samples-per-prompt 2 or more")
     prompts = read_prompts(cfg.prompts).records
     loop = TrainLoop(cfg, "ppo")
     torch.manual_seed(cfg.seed)
