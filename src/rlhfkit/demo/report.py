@@ -34,6 +34,31 @@ def _save(fig, run_dir: Path, name: str) -> str:
     return name
 
 
+def _gold_proxy_plot(run_dir: Path, cfg: DemoConfig, state: dict) -> bool:
+    """Gold and proxy against KL: PPO-ptx along its iterations, best-of-n by the RM from SFT (False: no data)."""
+    import matplotlib.pyplot as plt
+
+    evals = {r: state.get(f"round{r}/eval", {}).get("result", {}) for r in range(1, cfg.rounds + 1)}
+    if not any(ev.get("best_of_n") for ev in evals.values()):
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for r, ev in evals.items():
+        bon, ppo = ev.get("best_of_n") or [], ev.get("gold_proxy") or []
+        for ax, key in zip(axes, ("gold", "proxy"), strict=True):
+            ax.plot([b["kl"] for b in bon], [b[key] for b in bon], marker="s", linestyle="--",
+                    label=f"best-of-n by RM r{r} (n = 1…{bon[-1]['n'] if bon else 0})")
+            start = [bon[0]] if bon and r == 1 else []  # round 1 starts from SFT itself
+            ax.plot([x["kl"] for x in start + ppo], [x[key] for x in start + ppo], marker="o",
+                    label=f"PPO-ptx round {r} (every {cfg.gold_every} iterations)")
+    axes[0].set_title("gold: held-out judges' rubric (noise-free)")
+    axes[1].set_title("proxy: the reward model PPO optimises")
+    for ax in axes:
+        ax.set_xlabel("KL(π || π_SFT), nats per response")
+        ax.legend(fontsize=7)
+    _save(fig, run_dir, "gold_vs_proxy.png")
+    return True
+
+
 def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
     import matplotlib
 
@@ -59,24 +84,8 @@ def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
         ax.legend(fontsize=7)
     made.append(_save(fig, run_dir, "ppo_curves.png"))
 
-    # gold vs proxy against KL: PPO-ptx along its iterations, best-of-n by the RM from SFT
-    evals = {r: state.get(f"round{r}/eval", {}).get("result", {}) for r in range(1, cfg.rounds + 1)}
-    if any(ev.get("best_of_n") for ev in evals.values()):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for r, ev in evals.items():
-            bon, ppo = ev.get("best_of_n") or [], ev.get("gold_proxy") or []
-            for ax, key in zip(axes, ("gold", "proxy"), strict=True):
-                ax.plot([b["kl"] for b in bon], [b[key] for b in bon], marker="s", linestyle="--",
-                        label=f"best-of-n by RM r{r} (n = 1…{bon[-1]['n'] if bon else 0})")
-                start = [bon[0]] if bon and r == 1 else []  # round 1 starts from SFT itself
-                ax.plot([x["kl"] for x in start + ppo], [x[key] for x in start + ppo], marker="o",
-                        label=f"PPO-ptx round {r} (every {cfg.gold_every} iterations)")
-        axes[0].set_title("gold: held-out judges' rubric (noise-free)")
-        axes[1].set_title("proxy: the reward model PPO optimises")
-        for ax in axes:
-            ax.set_xlabel("KL(π || π_SFT), nats per response")
-            ax.legend(fontsize=7)
-        made.append(_save(fig, run_dir, "gold_vs_proxy.png"))
+    if _gold_proxy_plot(run_dir, cfg, state):
+        made.append("gold_vs_proxy.png")
 
     # win rates with their 95% intervals
     rows = [(f"r{r}: {k}", v) for r in range(1, cfg.rounds + 1)
