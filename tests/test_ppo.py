@@ -247,3 +247,18 @@ def test_responses_to_one_prompt_share_its_forward(tiny_llama):
         alone = [rm(torch.tensor([p + r]), torch.arange(len(p + r))[None], None, torch.tensor([[0, len(p + r) - 1]]))
                  for p, r in zip(batch.prompt_ids, responses, strict=True)]
     torch.testing.assert_close(shared, torch.cat(alone), atol=1e-5, rtol=1e-4)
+
+
+def test_an_evaluation_hook_leaves_training_as_it_was(tmp_path, tiny_llama, prompts_file):
+    # the hook seeds and samples (as the demo's gold/proxy check does); the run must not notice
+    def hook(policy, tok):
+        torch.manual_seed(123)
+        torch.rand(1000)
+        return {"eval_probe": 1.0}
+
+    plain = train_ppo(ppo_cfg(tmp_path / "a", tiny_llama, prompts_file, iterations=3), reward_fn=share_of_e)
+    hooked = train_ppo(ppo_cfg(tmp_path / "b", tiny_llama, prompts_file, iterations=3), reward_fn=share_of_e,
+                       evaluate=hook, eval_every=1)
+    assert [m["eval_probe"] for m in hooked.history] == [1.0, 1.0, 1.0]
+    for key in ("score", "kl", "pg_loss"):
+        assert [m[key] for m in hooked.history] == [m[key] for m in plain.history]

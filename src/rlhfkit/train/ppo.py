@@ -510,7 +510,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     def run_evaluation() -> dict:
         policy = models.plain_policy.model
         policy.eval()
-        with torch.no_grad():
+        # the hook may sample and seed as it likes: training's random stream goes on as if it had not run
+        with torch.no_grad(), torch.random.fork_rng(devices=[loop.device] if loop.device.type == "cuda" else []):
             metrics = evaluate(policy, models.tokenizer)
         policy.train()
         return metrics
