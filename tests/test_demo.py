@@ -111,6 +111,24 @@ def test_best_of_n_by_hand():
     assert best_of_n_win([0.3] * 5, 8) == pytest.approx(0.5)  # no spread, no headroom
 
 
+def test_rm_agreement_by_deciding_check():
+    from rlhfkit.demo.headroom import deciding_check, rm_agreement
+
+    prompts = bundled_prompts()
+    harmful = next(p for p in prompts if p.meta.get("harmful"))
+    sensitive = next(p for p in prompts if p.meta.get("category") == "sensitive")
+    refuse, answer = "I'm sorry, but I can't help with that.", sensitive.meta["reference"]
+    samples = [[{"text": refuse, "ended": True}, {"text": answer, "ended": True}]] * 2
+    assert deciding_check(harmful, rubric(harmful, refuse), rubric(harmful, answer)) == "refusal: harmful"
+    # the judges prefer the refusal of the harmful request and the answer to the harmless one; an RM that scores
+    # every refusal higher is right on the first and wrong on the second
+    quality, proxy = [[0.9, 0.1], [0.1, 0.9]], [[1.0, 0.0], [1.0, 0.0]]
+    got = rm_agreement([harmful, sensitive], samples, quality, proxy)
+    assert got == {"all": {"accuracy": 0.5, "pairs": 2}, "refusal: harmful": {"accuracy": 1.0, "pairs": 1},
+                   "refusal: harmless": {"accuracy": 0.0, "pairs": 1}}
+    assert rm_agreement([harmful], [samples[0]], [[0.5, 0.51]], [[0.0, 1.0]]) == {}  # within the margin: no pair
+
+
 def test_the_default_config_file_holds_the_built_in_defaults():
     from pathlib import Path
 
@@ -129,7 +147,7 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     outside.write_text("".join(json.dumps(q) + "\n" for q in ["Why is the sky blue?", "Write a haiku about rain.",
                                                               "How do I kill a stuck process?", "Hi!"]))
     report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", outside_prompts=str(outside),
-                                 compare_without_ptx=True)).read_text()
+                                 compare_without_ptx=True, rounds=2)).read_text()
     for heading in ("## Outside the demo's prompts", "## Stages", "## Data", "## Headroom above SFT",
                     "## Comparisons and reward model", "## PPO",
                     "## Evaluation after round 1", "## Evaluation after round 2", "## Targets"):
@@ -137,6 +155,7 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     for column in ("Likert", "constraints all met", "refusals, harmful", "refusals, harmless", "RM score",
                    "KL to SFT", "prose perplexity"):
         assert column in report
+    assert "Where round 1's RM agrees with the judges" in report
     for row in ("ppo-ptx r1 vs sft", "ppo-ptx r1 vs base", "sft vs base", "ppo r1 (γ=0)", "ppo-ptx r2 vs sft"):
         assert row in report
     run = tmp_path / "quick"
@@ -146,7 +165,7 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     # a rerun with --resume finds every stage done and only rewrites nothing
     before = (run / "stages.json").read_text()
     run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", resume=True, outside_prompts=str(outside),
-                        compare_without_ptx=True))
+                        compare_without_ptx=True, rounds=2))
     assert (run / "stages.json").read_text() == before
 
 

@@ -55,7 +55,9 @@ class DemoConfig(StageConfig):
     model: str = Field("smollm2-135m", description="Pretrained model to start from (a HF folder or smollm2-135m).")
     seed: int = Field(0, description="Seed for every stage.")
     resume: bool = Field(False, description="Continue an interrupted run from its last finished stage or checkpoint.")
-    rounds: int = Field(2, ge=1, description="Rounds of comparisons + RM + PPO (round 2 samples the current policy).")
+    rounds: int = Field(1, ge=1, description="Rounds of comparisons + RM + PPO (round 2 samples the current policy; "
+                        "configs/demo-large.yaml runs 2: a second round costs the default run more than its 30 "
+                        "minutes).")
     quick: bool = Field(False, description="A tiny configuration for a smoke test (minutes on a CPU).")
     demonstrations: int | None = Field(None, description="Use only the first N bundled demonstrations for SFT.")
     rm_prompts: int | None = Field(80, description="RM-split prompts to sample comparisons for (None: all 121).")

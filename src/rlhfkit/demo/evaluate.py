@@ -16,7 +16,7 @@ from pathlib import Path
 from rlhfkit.console import console
 from rlhfkit.data import Prompt, read_prompts
 from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.headroom import BEST_OF, best_of_n_by_rm
+from rlhfkit.demo.headroom import BEST_OF, best_of_n_by_rm, rm_agreement
 from rlhfkit.demo.headroom import gold as gold_quality
 from rlhfkit.demo.labelers import SimulatedLabeler
 from rlhfkit.evaluation.constraints import is_refusal, satisfaction
@@ -133,8 +133,7 @@ def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulate
     wins = {f"{a} vs {b}": win_rate(judges, prompts, outputs[a], outputs[b], cfg.eval_samples, seed=cfg.seed)
             for a, b in pairs}
     return {"policies": metrics, "win_rates": wins, "prompts": len(held_out), "samples_per_prompt": cfg.eval_samples,
-            "best_of_n": best_of_n_curve(run_dir, cfg, r, judges),
-            "gold_proxy": ppo_gold_proxy(run_dir / f"round{r}/ppo")}
+            **best_of_n_curve(run_dir, cfg, r, judges), "gold_proxy": ppo_gold_proxy(run_dir / f"round{r}/ppo")}
 
 
 def ppo_gold_proxy(ppo_dir: Path) -> list[dict]:
@@ -199,9 +198,10 @@ class GoldProxy:
                 "eval_all_met": sum(met) / max(1, len(met))}
 
 
-def best_of_n_curve(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler]) -> list[dict]:
+def best_of_n_curve(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler]) -> dict:
     """Best-of-n by round r's reward model from the headroom stage's SFT samples, n = 1, 2, 4, ...: gold, proxy,
-    KL and win rate against a random SFT sample."""
+    KL and win rate against a random SFT sample (`best_of_n`); and where that RM agrees with the judges on those
+    samples (`rm_vs_gold`)."""
     prompts = read_prompts(run_dir / "data" / "headroom_prompts.jsonl").records
     samples = json.loads((run_dir / "evals" / "sft_samples.json").read_text())
     rm, rm_tok = load_reward_model(run_dir / f"round{r}/rm")
@@ -215,4 +215,5 @@ def best_of_n_curve(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulat
                                                                                                strict=True)]
     met = [[float(satisfaction(p.meta["constraints"], s["text"]) == 1.0) for s in ss] if p.meta.get("constraints")
            else None for p, ss in zip(prompts, samples, strict=True)]
-    return [best_of_n_by_rm(quality, proxy, n, met) for n in BEST_OF if n <= k]
+    return {"best_of_n": [best_of_n_by_rm(quality, proxy, n, met) for n in BEST_OF if n <= k],
+            "rm_vs_gold": rm_agreement(prompts, samples, quality, proxy)}

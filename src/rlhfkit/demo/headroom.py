@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data import Prompt
-from rlhfkit.demo.labelers import SimulatedLabeler
+from rlhfkit.demo.labelers import BASE_WEIGHTS, SimulatedLabeler, rubric
 from rlhfkit.evaluation.constraints import satisfaction
 from rlhfkit.evaluation.policy_eval import load
 from rlhfkit.models import default_device, mixed_precision
@@ -120,3 +120,33 @@ def best_of_n_by_rm(quality: list[list[float]], proxy: list[list[float]], n: int
     k = len(quality)
     return {"n": n, "kl": best_of_n_kl(n), "gold": gold_sum / k, "proxy": proxy_sum / k, "win_vs_sft": win_sum / k,
             "all_met": met_sum / len(with_constraints) if with_constraints else None}
+
+
+def deciding_check(prompt: Prompt, a: dict[str, float], b: dict[str, float]) -> str:
+    """The rubric check that weighs most in the gold difference between two responses' rubrics (`a`, `b`), by
+    the base weights; a refusal is told apart by the kind of prompt (a harmful request or a harmless one)."""
+    check = max(a, key=lambda c: BASE_WEIGHTS[c] * abs(a[c] - b.get(c, 0.0)))
+    if check == "refusal":
+        return "refusal: harmful" if prompt.meta.get("harmful") else "refusal: harmless"
+    return check
+
+
+def rm_agreement(prompts: list[Prompt], samples: list[list[dict]], quality: list[list[float]],
+                 proxy: list[list[float]], margin: float = 0.02) -> dict[str, dict]:
+    """How often the reward model orders two SFT samples of a prompt as the judges' gold score does, over every
+    pair whose gold scores differ by more than `margin`: overall, and by the rubric check that decides the gold
+    difference. Where the RM is wrong, PPO and best-of-n climb the proxy away from the gold."""
+    counts: dict[str, list[int]] = {}
+    for p, ss, q, r in zip(prompts, samples, quality, proxy, strict=True):
+        checks = [rubric(p, s["text"], s["ended"]) for s in ss]
+        for a in range(len(ss)):
+            for b in range(a + 1, len(ss)):
+                if abs(q[a] - q[b]) <= margin:
+                    continue
+                right = int((q[a] > q[b]) == (r[a] > r[b]))
+                for key in ("all", deciding_check(p, checks[a], checks[b])):
+                    counts.setdefault(key, [0, 0])
+                    counts[key][0] += right
+                    counts[key][1] += 1
+    order = sorted(counts, key=lambda k: (k != "all", -counts[k][1]))
+    return {k: {"accuracy": counts[k][0] / counts[k][1], "pairs": counts[k][1]} for k in order}

@@ -172,6 +172,7 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
                          f"{_num(m['rm_score'])} | {_num(m.get('kl_to_sft'), 2)} | {_num(m['prose_perplexity'], 2)} | "
                          f"{_pct(m['no_eos'])} |")
         lines += _gold_proxy_table(ev, r)
+        lines += _rm_vs_gold(ev.get("rm_vs_gold"), r)
         lines += ["", "| comparison | win rate | 95% interval |", "|---|---|---|"]
         for k, v in ev["win_rates"].items():
             lines.append(f"| {k} | {_pct(v['win_rate'])} | {_pct(v['low'])} – {_pct(v['high'])} |")
@@ -205,6 +206,17 @@ def _gold_proxy_table(ev: dict, r: int) -> list[str]:
             lines.append(f"| {name} | {_num(m.get('gold'))} | {_num(m['rm_score'])} | {_num(m.get('kl_to_sft'), 2)} | "
                          f"{_pct(m['constraints_all_met'])} | {_pct(win)} |")
     return lines
+
+
+def _rm_vs_gold(agreement: dict | None, r: int) -> list[str]:
+    """Where the RM orders SFT samples as the judges do, by what decides the judges' preference."""
+    if not agreement:
+        return []
+    lines = ["", f"Where round {r}'s RM agrees with the judges: pairs of SFT samples on the headroom prompts whose "
+             "gold scores differ, by the rubric check that decides the difference (below 50%, the RM prefers "
+             "what the judges do not: best-of-n and PPO are pushed the wrong way there).", "",
+             "| deciding check | pairs | RM agrees with the judges |", "|---|---|---|"]
+    return lines + [f"| {k} | {v['pairs']} | {_pct(v['accuracy'])} |" for k, v in agreement.items()]
 
 
 def _headroom(h: dict) -> list[str]:
