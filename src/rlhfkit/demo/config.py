@@ -16,7 +16,7 @@ from rlhfkit.config import PPOConfig, RMConfig, SampleConfig, SFTConfig, StageCo
 
 # What the demo changes from each stage's defaults, sized for a 30-minute run on a 2-core CPU.
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    # 4 packed rows (384 tokens, about 4 demonstrations each) a step: 39 steps over 3 epochs of the bundled
+    # 4 packed rows (384 tokens, about 3 demonstrations each) a step: 75 steps over 3 epochs of the bundled
     # demonstrations (2 epochs: SFT met every constraint of a held-out prompt in 21.7% of its samples, below the
     # task's 30-55% band); 8 rows a step gave too few steps for the model to learn the refusals.
     "sft": {"epochs": 3.0, "lr": 1e-4, "batch_size": 4, "max_length": 384, "warmup_ratio": 0.1,
