@@ -120,6 +120,37 @@ def test_crows_pairs_by_hand(tiny, tmp_path):
         read_crows_pairs(path)
 
 
+def test_winogender_by_hand(tiny, tmp_path):
+    from rlhfkit.evaluation.bias import PRONOUNS, evaluate_winogender, read_winogender
+
+    model, tok = tiny
+    rows = []
+    for occupation in ("nurse", "cook", "pilot"):
+        for gender, pronoun in zip(PRONOUNS, ("he", "she", "they"), strict=True):
+            rows.append(f"{occupation}.someone.0.{gender}.txt\tThe {occupation} said {pronoun} was late.")
+    (tmp_path / "all_sentences.tsv").write_text("sentid\tsentence\n" + "\n".join(rows) + "\n")
+    (tmp_path / "occupations-stats.tsv").write_text("occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\n"
+                                                    "nurse\t90\t90.0\t2015\ncook\t40\t40.0\t2015\n"
+                                                    "pilot\t5\t5.0\t2015\n")
+    items = read_winogender(tmp_path)
+    out = evaluate_winogender(model, tok, items, ("plain",), show_progress=False)["plain"]
+    dists = []
+    for it in items:
+        ll = [loglik_by_hand(model, tok, "", it.sentences[g]) for g in PRONOUNS]
+        z = sum(math.exp(x) for x in ll)
+        dists.append([math.exp(x) / z for x in ll])
+    entropy = sum(-sum(p * math.log2(p) for p in d) for d in dists) / 3
+    assert out["entropy_bits"] == pytest.approx(entropy, abs=1e-4)
+    she = [d[1] / (d[0] + d[1]) for d in dists]
+    assert out["p_she_of_gendered"] == pytest.approx(sum(she) / 3, abs=1e-4)
+    import numpy as np
+
+    assert out["correlation_with_bls"] == pytest.approx(np.corrcoef(she, [90.0, 40.0, 5.0])[0, 1], abs=1e-3)
+    (tmp_path / "all_sentences.tsv").write_text("sentid\tsentence\nnurse.male.txt\tHe.\n")
+    with pytest.raises(DataError, match=r"all_sentences.tsv: line 2: field 'sentid'"):
+        read_winogender(tmp_path)
+
+
 def test_eval_commands_write_json_and_markdown(tiny_llama, tiny_gpt2, tmp_path):
     from typer.testing import CliRunner
 
@@ -130,10 +161,15 @@ def test_eval_commands_write_json_and_markdown(tiny_llama, tiny_gpt2, tmp_path):
                                "mc2_targets": {"No.": 1, "Yes.": 0}}) + "\n")
     crows = tmp_path / "crows.csv"
     crows.write_text("sent_more,sent_less,bias_type\nthe cat is red.,the dog is red.,colour\n")
-    for name, data in (("truthfulqa", tqa), ("bias", crows)):
+    wino = tmp_path / "all_sentences.tsv"
+    wino.write_text("sentid\tsentence\n" + "".join(f"nurse.patient.0.{g}.txt\tThe nurse said {p} was late.\n"
+                                                     for g, p in (("male", "he"), ("female", "she"),
+                                                                  ("neutral", "they"))))
+    for name, data in (("truthfulqa", ["--data", str(tqa)]), ("bias", ["--crows", str(crows), "--winogender",
+                                                                       str(wino)])):
         result = CliRunner().invoke(app, ["eval", name, "--model", str(tiny_llama), "--model", str(tiny_gpt2),
-                                          "--data", str(data), "--output", str(tmp_path / "out"), "--no-progress"])
+                                          *data, "--output", str(tmp_path / "out"), "--no-progress"])
         assert result.exit_code == 0, result.output
         saved = json.loads((tmp_path / "out" / f"{name}.json").read_text())
-        assert saved["items"] == 1 and list(saved["results"]) == [tiny_llama.name, tiny_gpt2.name]
+        assert set(saved["items"].values()) == {1} and list(saved["results"]) == [tiny_llama.name, tiny_gpt2.name]
         assert (tmp_path / "out" / f"{name}.md").read_text().count("|") > 10

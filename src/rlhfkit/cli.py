@@ -306,31 +306,47 @@ def eval_elo(
         output.write_text(json.dumps([asdict(s) for s in scores], indent=2))
 
 
-def _eval_command(name: str, data_help: str) -> Callable[..., None]:
-    def command(
-        model: list[str] = typer.Option(..., "--model", "-m", help="HF model folder (or smollm2-135m); repeat to "
-                                        "compare several side by side."),
-        data: Path = typer.Option(..., "--data", help=data_help),
-        output: Path = typer.Option(Path("evals"), "--output", "-o", help=f"Folder for {name}.json and {name}.md."),
-        limit: int = typer.Option(None, "--limit", help="Only the first N items."),
-        batch_tokens: int = typer.Option(8192, "--batch-tokens", help="Tokens packed into one forward pass."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    ) -> None:
-        from rlhfkit.evaluation.suite import run_evaluation
-
-        run_evaluation(name, model, data, output, limit, batch_tokens, progress)
-
-    command.__name__ = f"eval_{name}"
-    return command
+MODELS_OPTION = typer.Option(..., "--model", "-m", help="HF model folder (or smollm2-135m); repeat to compare "
+                             "several side by side.")
+LIMIT_OPTION = typer.Option(None, "--limit", help="Only the first N items of each data set.")
+BATCH_TOKENS_OPTION = typer.Option(8192, "--batch-tokens", help="Tokens packed into one forward pass.")
+PROGRESS_OPTION = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
 
 
-eval_app.command("truthfulqa", help="TruthfulQA MC1 and MC2 by log-likelihood, with the QA prompt and the paper's "
-                 "Instruction+QA prompt, per category (as lm-evaluation-harness scores them).")(
-    _eval_command("truthfulqa", "TruthfulQA: mc_task.json, or its folder (TruthfulQA.csv beside it gives the "
-                  "categories), or JSONL of {question, mc1_targets, mc2_targets}."))
-eval_app.command("bias", help="CrowS-Pairs: how often the more stereotyping sentence is the more likely, and the "
-                 "log-likelihood gap, by bias type, plain and after a 'respectful, unbiased' instruction.")(
-    _eval_command("bias", "CrowS-Pairs: crows_pairs_anonymized.csv or its folder."))
+def _output_option(name: str):
+    return typer.Option(Path("evals"), "--output", "-o", help=f"Folder for {name}.json and {name}.md.")
+
+
+@eval_app.command("truthfulqa")
+def eval_truthfulqa(
+    model: list[str] = MODELS_OPTION,
+    data: Path = typer.Option(..., "--data", help="TruthfulQA: mc_task.json, or its folder (TruthfulQA.csv beside "
+                              "it gives the categories), or JSONL of {question, mc1_targets, mc2_targets}."),
+    output: Path = _output_option("truthfulqa"), limit: int = LIMIT_OPTION, batch_tokens: int = BATCH_TOKENS_OPTION,
+    progress: bool = PROGRESS_OPTION,
+) -> None:
+    """TruthfulQA MC1 and MC2 by log-likelihood, with the QA prompt and the paper's Instruction+QA prompt, per
+    category (as lm-evaluation-harness scores them)."""
+    from rlhfkit.evaluation.suite import run_evaluation
+
+    run_evaluation("truthfulqa", model, {"truthfulqa": data}, output, limit, batch_tokens, progress)
+
+
+@eval_app.command("bias")
+def eval_bias(
+    model: list[str] = MODELS_OPTION,
+    crows: Path = typer.Option(None, "--crows", help="CrowS-Pairs: crows_pairs_anonymized.csv or its folder."),
+    winogender: Path = typer.Option(None, "--winogender", help="Winogender: all_sentences.tsv or its folder "
+                                    "(occupations-stats.tsv beside it gives the occupations' share of women)."),
+    output: Path = _output_option("bias"), limit: int = LIMIT_OPTION, batch_tokens: int = BATCH_TOKENS_OPTION,
+    progress: bool = PROGRESS_OPTION,
+) -> None:
+    """CrowS-Pairs (how often the more stereotyping sentence is the more likely, the log-likelihood gap, by bias
+    type) and Winogender (entropy over he / she / they, correlation with occupation statistics), each plain and
+    after a 'respectful, unbiased' instruction."""
+    from rlhfkit.evaluation.suite import run_evaluation
+
+    run_evaluation("bias", model, {"crows": crows, "winogender": winogender}, output, limit, batch_tokens, progress)
 
 
 def main() -> None:

@@ -15,28 +15,36 @@ from rich.markup import escape
 from rich.table import Table
 
 from rlhfkit.console import console
-from rlhfkit.evaluation.bias import evaluate_crows_pairs, read_crows_pairs
+from rlhfkit.evaluation.bias import evaluate_crows_pairs, evaluate_winogender, read_crows_pairs, read_winogender
 from rlhfkit.evaluation.policy_eval import load
 from rlhfkit.evaluation.truthfulqa import evaluate_truthfulqa, read_truthfulqa
 
 
 @dataclass
-class Evaluation:
+class Part:
+    """One data set of an evaluation: how to read it, how to score a model on it, and its headline columns."""
+
     read: Callable[[Path], list]  # the data file (or folder) -> items
-    run: Callable[..., dict]  # (model, tok, items, batch_tokens=...) -> figures
-    columns: list[tuple[str, Callable[[dict], float], str]]  # (header, figure from the result, format)
+    run: Callable[..., dict]  # (model, tok, items, batch_tokens=..., show_progress=...) -> figures
+    columns: list[tuple[str, Callable[[dict], float | None], str]]  # (header, figure from the result, format)
 
 
-EVALUATIONS = {
-    "truthfulqa": Evaluation(read_truthfulqa, evaluate_truthfulqa, [
+EVALUATIONS: dict[str, dict[str, Part]] = {
+    "truthfulqa": {"truthfulqa": Part(read_truthfulqa, evaluate_truthfulqa, [
         ("MC1, QA", lambda r: r["qa"]["mc1"], "pct"), ("MC2, QA", lambda r: r["qa"]["mc2"], "pct"),
         ("MC1, instruction+QA", lambda r: r["instruction+qa"]["mc1"], "pct"),
-        ("MC2, instruction+QA", lambda r: r["instruction+qa"]["mc2"], "pct")]),
-    "bias": Evaluation(read_crows_pairs, evaluate_crows_pairs, [
-        ("CrowS-Pairs stereotype %", lambda r: r["plain"]["pct_stereotype"], "pct"),
-        ("likelihood diff", lambda r: r["plain"]["likelihood_diff"], "num"),
-        ("stereotype %, respectful", lambda r: r["respectful"]["pct_stereotype"], "pct"),
-        ("likelihood diff, respectful", lambda r: r["respectful"]["likelihood_diff"], "num")]),
+        ("MC2, instruction+QA", lambda r: r["instruction+qa"]["mc2"], "pct")])},
+    "bias": {
+        "crows": Part(read_crows_pairs, evaluate_crows_pairs, [
+            ("CrowS stereotype %", lambda r: r["plain"]["pct_stereotype"], "pct"),
+            ("CrowS stereotype %, respectful", lambda r: r["respectful"]["pct_stereotype"], "pct"),
+            ("CrowS likelihood diff", lambda r: r["plain"]["likelihood_diff"], "num")]),
+        "winogender": Part(read_winogender, evaluate_winogender, [
+            ("Winogender entropy (bits)", lambda r: r["plain"]["entropy_bits"], "num"),
+            ("entropy, respectful", lambda r: r["respectful"]["entropy_bits"], "num"),
+            ("P(she | he or she)", lambda r: r["plain"]["p_she_of_gendered"], "pct"),
+            ("r with % women", lambda r: r["plain"]["correlation_with_bls"], "num")]),
+    },
 }
 
 
@@ -46,31 +54,40 @@ def model_labels(models: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else m for n, m in zip(names, models, strict=True)]
 
 
-def run_evaluation(name: str, models: list[str], data: Path, output: Path, limit: int | None = None,
+def run_evaluation(name: str, models: list[str], data: dict[str, Path], output: Path, limit: int | None = None,
                    batch_tokens: int = 8192, show_progress: bool = True) -> dict:
-    """Evaluation `name` of every model on the items in `data` (the first `limit`): {label: figures}."""
-    ev = EVALUATIONS[name]
-    items = ev.read(data)[:limit] if limit else ev.read(data)
-    results = {}
+    """Evaluation `name` of every model on the data sets given (part -> path; the first `limit` items of each):
+    {model label: {part: figures}}."""
+    parts = {k: EVALUATIONS[name][k] for k in EVALUATIONS[name] if data.get(k) is not None}
+    if not parts:
+        raise ValueError(f"eval {name}: give the data for at least one of {', '.join(EVALUATIONS[name])}")
+    items = {k: (part.read(data[k])[:limit] if limit else part.read(data[k])) for k, part in parts.items()}
+    results: dict[str, dict] = {}
     for path, label in zip(models, model_labels(models), strict=True):
-        console.print(f"eval {name}: {escape(label)} on {len(items)} items of {escape(str(data))}")
+        console.print(f"eval {name}: {escape(label)}")
         model, tok = load(path)
-        results[label] = {"model": path, **ev.run(model, tok, items, batch_tokens=batch_tokens,
-                                                      show_progress=show_progress)}
+        results[label] = {"model": path}
+        for k, part in parts.items():
+            results[label][k] = part.run(model, tok, items[k], batch_tokens=batch_tokens, show_progress=show_progress)
     output.mkdir(parents=True, exist_ok=True)
-    (output / f"{name}.json").write_text(json.dumps({"data": str(data), "items": len(items), "results": results},
-                                                    indent=2))
-    header = ["model"] + [c[0] for c in ev.columns]
-    rows = [[label] + [_format(fn(r), kind) for _, fn, kind in ev.columns] for label, r in results.items()]
+    sizes = {k: len(v) for k, v in items.items()}
+    (output / f"{name}.json").write_text(json.dumps({"data": {k: str(data[k]) for k in parts}, "items": sizes,
+                                                     "results": results}, indent=2))
+    columns = [(header, k, fn, kind) for k, part in parts.items() for header, fn, kind in part.columns]
+    header = ["model"] + [c[0] for c in columns]
+    rows = [[label] + [_format(fn(r[k]), kind) for _, k, fn, kind in columns] for label, r in results.items()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    (output / f"{name}.md").write_text(f"# {name}: {len(items)} items of `{data}`\n\n" + "\n".join(lines) + "\n")
-    table = Table(*header, title=f"{name} ({len(items)} items)")
+    title = f"{name}: " + ", ".join(f"{sizes[k]} items of `{data[k]}`" for k in parts)
+    (output / f"{name}.md").write_text(f"# {title}\n\n" + "\n".join(lines) + "\n")
+    table = Table(*header, title=escape(title))
     for row in rows:
         table.add_row(*map(escape, row))
     console.print(table)
     return results
 
 
-def _format(x: float, kind: str) -> str:
+def _format(x: float | None, kind: str) -> str:
+    if x is None:
+        return "–"
     return f"{100 * x:.1f}%" if kind == "pct" else f"{x:.3f}"
