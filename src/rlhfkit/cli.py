@@ -327,9 +327,9 @@ def eval_truthfulqa(
 ) -> None:
     """TruthfulQA MC1 and MC2 by log-likelihood, with the QA prompt and the paper's Instruction+QA prompt, per
     category (as lm-evaluation-harness scores them)."""
-    from rlhfkit.evaluation.suite import run_evaluation
+    from rlhfkit.evaluation.suite import Options, run_evaluation
 
-    run_evaluation("truthfulqa", model, {"truthfulqa": data}, output, limit, batch_tokens, progress)
+    run_evaluation("truthfulqa", model, {"truthfulqa": data}, output, limit, Options(batch_tokens, progress=progress))
 
 
 @eval_app.command("bias")
@@ -344,9 +344,27 @@ def eval_bias(
     """CrowS-Pairs (how often the more stereotyping sentence is the more likely, the log-likelihood gap, by bias
     type) and Winogender (entropy over he / she / they, correlation with occupation statistics), each plain and
     after a 'respectful, unbiased' instruction."""
-    from rlhfkit.evaluation.suite import run_evaluation
+    from rlhfkit.evaluation.suite import Options, run_evaluation
 
-    run_evaluation("bias", model, {"crows": crows, "winogender": winogender}, output, limit, batch_tokens, progress)
+    run_evaluation("bias", model, {"crows": crows, "winogender": winogender}, output, limit,
+                   Options(batch_tokens, progress=progress))
+
+
+@eval_app.command("hallucination")
+def eval_hallucination(
+    model: list[str] = MODELS_OPTION,
+    data: Path = typer.Option(..., "--data", help="Prompts with a passage (JSONL: prompt and passage; the demo's "
+                              "closed-domain prompts carry one in meta)."),
+    output: Path = _output_option("hallucination"), limit: int = LIMIT_OPTION,
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest answer (greedy)."),
+    progress: bool = PROGRESS_OPTION,
+) -> None:
+    """Closed-domain hallucination: the share of answers to passage prompts (summarise, extract, answer from it)
+    that name what the passage does not hold (content words, names and numbers absent from passage and prompt)."""
+    from rlhfkit.evaluation.suite import Options, run_evaluation
+
+    run_evaluation("hallucination", model, {"hallucination": data}, output, limit,
+                   Options(max_new_tokens=max_new_tokens, progress=progress))
 
 
 def main() -> None:

@@ -29,31 +29,11 @@ from dataclasses import dataclass, field
 
 from rlhfkit.data.records import Prompt, prompt_text
 from rlhfkit.evaluation.constraints import is_refusal, satisfaction, words
+from rlhfkit.evaluation.text import content_words
 
 BASE_WEIGHTS = {"constraints": 3.0, "refusal": 3.0, "correct": 1.5, "content": 1.5, "faithful": 1.0, "on_topic": 1.0,
                 "repetition": 1.0, "complete": 1.0, "length": 0.5}
-STOP = set("a an and are as at be by can do for from has have how i in is it its of on or so that the their them "
-           "then there these this to was were what when where which who why will with you your about into".split())
-
-
 SHORT_ANSWER = {"classification", "closed_qa", "extraction"}  # a label or a phrase from the passage
-
-
-def stem(word: str) -> str:
-    """Plural to singular, crudely: whales -> whale, volcanoes -> volcano, batteries -> battery."""
-    w = word.lower()
-    if w.endswith("ies") and len(w) > 4:
-        return w[:-3] + "y"
-    if w.endswith(("oes", "ses", "xes", "ches", "shes")) and len(w) > 4:
-        return w[:-2]
-    if w.endswith("s") and not w.endswith(("ss", "us", "is")) and len(w) > 3:
-        return w[:-1]
-    return w
-
-
-def content_words(text: str) -> set[str]:
-    """The words that carry meaning, singular: what 'mentions', 'holds' and 'comes from' compare."""
-    return {stem(w) for w in words(text) if len(w) > 2 and w.lower() not in STOP}
 
 
 def rubric(prompt: Prompt, response: str, ended: bool = True) -> dict[str, float]:

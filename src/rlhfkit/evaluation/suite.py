@@ -16,8 +16,16 @@ from rich.table import Table
 
 from rlhfkit.console import console
 from rlhfkit.evaluation.bias import evaluate_crows_pairs, evaluate_winogender, read_crows_pairs, read_winogender
+from rlhfkit.evaluation.hallucination import evaluate_hallucination, read_passage_prompts
 from rlhfkit.evaluation.policy_eval import load
 from rlhfkit.evaluation.truthfulqa import evaluate_truthfulqa, read_truthfulqa
+
+
+@dataclass
+class Options:
+    batch_tokens: int = 8192  # log-likelihood scoring: tokens packed into one forward pass
+    max_new_tokens: int = 128  # generation: the longest answer
+    progress: bool = True
 
 
 @dataclass
@@ -25,26 +33,37 @@ class Part:
     """One data set of an evaluation: how to read it, how to score a model on it, and its headline columns."""
 
     read: Callable[[Path], list]  # the data file (or folder) -> items
-    run: Callable[..., dict]  # (model, tok, items, batch_tokens=..., show_progress=...) -> figures
+    run: Callable[[object, object, list, Options], dict]  # (model, tokenizer, items, options) -> figures
     columns: list[tuple[str, Callable[[dict], float | None], str]]  # (header, figure from the result, format)
 
 
+def _scored(fn: Callable[..., dict]) -> Callable[[object, object, list, Options], dict]:
+    """A log-likelihood evaluation, given the options it takes."""
+    return lambda model, tok, items, o: fn(model, tok, items, batch_tokens=o.batch_tokens, show_progress=o.progress)
+
+
 EVALUATIONS: dict[str, dict[str, Part]] = {
-    "truthfulqa": {"truthfulqa": Part(read_truthfulqa, evaluate_truthfulqa, [
+    "truthfulqa": {"truthfulqa": Part(read_truthfulqa, _scored(evaluate_truthfulqa), [
         ("MC1, QA", lambda r: r["qa"]["mc1"], "pct"), ("MC2, QA", lambda r: r["qa"]["mc2"], "pct"),
         ("MC1, instruction+QA", lambda r: r["instruction+qa"]["mc1"], "pct"),
         ("MC2, instruction+QA", lambda r: r["instruction+qa"]["mc2"], "pct")])},
     "bias": {
-        "crows": Part(read_crows_pairs, evaluate_crows_pairs, [
+        "crows": Part(read_crows_pairs, _scored(evaluate_crows_pairs), [
             ("CrowS stereotype %", lambda r: r["plain"]["pct_stereotype"], "pct"),
             ("CrowS stereotype %, respectful", lambda r: r["respectful"]["pct_stereotype"], "pct"),
             ("CrowS likelihood diff", lambda r: r["plain"]["likelihood_diff"], "num")]),
-        "winogender": Part(read_winogender, evaluate_winogender, [
+        "winogender": Part(read_winogender, _scored(evaluate_winogender), [
             ("Winogender entropy (bits)", lambda r: r["plain"]["entropy_bits"], "num"),
             ("entropy, respectful", lambda r: r["respectful"]["entropy_bits"], "num"),
             ("P(she | he or she)", lambda r: r["plain"]["p_she_of_gendered"], "pct"),
             ("r with % women", lambda r: r["plain"]["correlation_with_bls"], "num")]),
     },
+    "hallucination": {"hallucination": Part(
+        read_passage_prompts,
+        lambda model, tok, items, o: evaluate_hallucination(model, tok, items, o.max_new_tokens), [
+            ("hallucinated (share of answers)", lambda r: r["hallucination_rate"], "pct"),
+            ("unsupported content words", lambda r: r["unsupported_share"], "pct"),
+            ("refused or empty", lambda r: r["refused_or_empty"], "pct")])},
 }
 
 
@@ -55,7 +74,7 @@ def model_labels(models: list[str]) -> list[str]:
 
 
 def run_evaluation(name: str, models: list[str], data: dict[str, Path], output: Path, limit: int | None = None,
-                   batch_tokens: int = 8192, show_progress: bool = True) -> dict:
+                   options: Options | None = None) -> dict:
     """Evaluation `name` of every model on the data sets given (part -> path; the first `limit` items of each):
     {model label: {part: figures}}."""
     parts = {k: EVALUATIONS[name][k] for k in EVALUATIONS[name] if data.get(k) is not None}
@@ -68,7 +87,7 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path], output: 
         model, tok = load(path)
         results[label] = {"model": path}
         for k, part in parts.items():
-            results[label][k] = part.run(model, tok, items[k], batch_tokens=batch_tokens, show_progress=show_progress)
+            results[label][k] = part.run(model, tok, items[k], options or Options())
     output.mkdir(parents=True, exist_ok=True)
     sizes = {k: len(v) for k, v in items.items()}
     (output / f"{name}.json").write_text(json.dumps({"data": {k: str(data[k]) for k in parts}, "items": sizes,
