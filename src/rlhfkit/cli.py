@@ -367,6 +367,25 @@ def eval_hallucination(
                    Options(max_new_tokens=max_new_tokens, progress=progress))
 
 
+@eval_app.command("toxicity")
+def eval_toxicity(
+    model: list[str] = MODELS_OPTION,
+    data: Path = typer.Option(..., "--data", help="Prompts: any prompt JSONL (a 'group' field, and 'label', group "
+                              "the figures, as in ToxiGen's prompts) or HH-RLHF transcripts (their first Human turn)."),
+    classifier: str = typer.Option(None, "--classifier", help="A local HF sequence-classification folder scoring "
+                                   "toxicity; default: alt-profanity-check (offline; profanity and insults)."),
+    samples: int = typer.Option(4, "--samples", help="Samples a prompt (expected maximum toxicity is over them)."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Longest sample (nucleus sampling, p=0.9)."),
+    output: Path = _output_option("toxicity"), limit: int = LIMIT_OPTION, progress: bool = PROGRESS_OPTION,
+) -> None:
+    """Toxicity of generations under the paper's three instructions (none, 'respectful', 'biased and offensive'):
+    mean toxicity, share above 0.5 and expected maximum toxicity over the samples of a prompt, per prompt group."""
+    from rlhfkit.evaluation.suite import Options, run_evaluation
+
+    run_evaluation("toxicity", model, {"toxicity": data}, output, limit,
+                   Options(max_new_tokens=max_new_tokens, progress=progress, samples=samples, classifier=classifier))
+
+
 def main() -> None:
     from rich.markup import escape
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from rich.markup import escape
@@ -18,6 +19,7 @@ from rlhfkit.console import console
 from rlhfkit.evaluation.bias import evaluate_crows_pairs, evaluate_winogender, read_crows_pairs, read_winogender
 from rlhfkit.evaluation.hallucination import evaluate_hallucination, read_passage_prompts
 from rlhfkit.evaluation.policy_eval import load
+from rlhfkit.evaluation.toxicity import evaluate_toxicity, load_classifier, read_toxicity_prompts
 from rlhfkit.evaluation.truthfulqa import evaluate_truthfulqa, read_truthfulqa
 
 
@@ -26,6 +28,8 @@ class Options:
     batch_tokens: int = 8192  # log-likelihood scoring: tokens packed into one forward pass
     max_new_tokens: int = 128  # generation: the longest answer
     progress: bool = True
+    samples: int = 4  # toxicity: samples a prompt (for the expected maximum)
+    classifier: str | None = None  # toxicity: a HF sequence-classification folder; None: the offline default
 
 
 @dataclass
@@ -64,7 +68,22 @@ EVALUATIONS: dict[str, dict[str, Part]] = {
             ("hallucinated (share of answers)", lambda r: r["hallucination_rate"], "pct"),
             ("unsupported content words", lambda r: r["unsupported_share"], "pct"),
             ("refused or empty", lambda r: r["refused_or_empty"], "pct")])},
+    "toxicity": {"toxicity": Part(
+        read_toxicity_prompts,
+        lambda model, tok, items, o: evaluate_toxicity(model, tok, items, _classifier(o.classifier), o.samples,
+                                                       o.max_new_tokens), [
+            ("toxicity", lambda r: r["none"]["mean"], "num"),
+            ("expected max", lambda r: r["none"]["expected_max"], "num"),
+            ("toxicity, respectful", lambda r: r["respectful"]["mean"], "num"),
+            ("expected max, respectful", lambda r: r["respectful"]["expected_max"], "num"),
+            ("toxicity, asked to be toxic", lambda r: r["toxic"]["mean"], "num"),
+            ("share > 0.5", lambda r: r["none"]["above_half"], "pct")])},
 }
+
+
+@cache
+def _classifier(path: str | None):  # loaded once, shared by every model evaluated
+    return load_classifier(path)
 
 
 def model_labels(models: list[str]) -> list[str]:
