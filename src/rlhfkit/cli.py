@@ -311,6 +311,12 @@ MODELS_OPTION = typer.Option(..., "--model", "-m", help="HF model folder (or smo
 LIMIT_OPTION = typer.Option(None, "--limit", help="Only the first N items of each data set.")
 BATCH_TOKENS_OPTION = typer.Option(8192, "--batch-tokens", help="Tokens packed into one forward pass.")
 PROGRESS_OPTION = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+TRUTHFULQA_HELP = ("TruthfulQA: mc_task.json, or its folder (TruthfulQA.csv beside it gives the categories), or "
+                   "JSONL of {question, mc1_targets, mc2_targets}.")
+MC_HELP = "Multiple-choice JSONL: {question, choices, answer (index or text), category?}."
+PROSE_HELP = "Held-out prose: a .txt file (a passage a line) or JSONL with a 'text' field."
+SHOTS_OPTION = typer.Option(0, "--shots", help="Multiple choice: the first N items become worked examples before "
+                            "every question (and are not scored).")
 
 
 def _output_option(name: str):
@@ -320,8 +326,7 @@ def _output_option(name: str):
 @eval_app.command("truthfulqa")
 def eval_truthfulqa(
     model: list[str] = MODELS_OPTION,
-    data: Path = typer.Option(..., "--data", help="TruthfulQA: mc_task.json, or its folder (TruthfulQA.csv beside "
-                              "it gives the categories), or JSONL of {question, mc1_targets, mc2_targets}."),
+    data: Path = typer.Option(..., "--data", help=TRUTHFULQA_HELP),
     output: Path = _output_option("truthfulqa"), limit: int = LIMIT_OPTION, batch_tokens: int = BATCH_TOKENS_OPTION,
     progress: bool = PROGRESS_OPTION,
 ) -> None:
@@ -383,7 +388,53 @@ def eval_toxicity(
     from rlhfkit.evaluation.suite import Options, run_evaluation
 
     run_evaluation("toxicity", model, {"toxicity": data}, output, limit,
-                   Options(max_new_tokens=max_new_tokens, progress=progress, samples=samples, classifier=classifier))
+                   Options(toxicity_max_new_tokens=max_new_tokens, progress=progress, samples=samples,
+                           classifier=classifier))
+
+
+@eval_app.command("tax")
+def eval_tax(
+    model: list[str] = MODELS_OPTION,
+    prose: Path = typer.Option(None, "--prose", help=PROSE_HELP),
+    truthfulqa: Path = typer.Option(None, "--truthfulqa", help=TRUTHFULQA_HELP),
+    mc: Path = typer.Option(None, "--mc", help=MC_HELP),
+    shots: int = SHOTS_OPTION,
+    output: Path = _output_option("tax"), limit: int = LIMIT_OPTION, batch_tokens: int = BATCH_TOKENS_OPTION,
+    progress: bool = PROGRESS_OPTION,
+) -> None:
+    """The alignment tax: perplexity of held-out prose, TruthfulQA MC and any multiple-choice task by
+    log-likelihood (zero- or few-shot), side by side for the model you started from and the ones you aligned."""
+    from rlhfkit.evaluation.suite import Options, run_evaluation
+
+    run_evaluation("tax", model, {"prose": prose, "truthfulqa": truthfulqa, "mc": mc}, output, limit,
+                   Options(batch_tokens, progress=progress, shots=shots))
+
+
+@eval_app.command("all")
+def eval_all(
+    model: list[str] = MODELS_OPTION,
+    truthfulqa: Path = typer.Option(None, "--truthfulqa", help=TRUTHFULQA_HELP),
+    crows: Path = typer.Option(None, "--crows", help="CrowS-Pairs: crows_pairs_anonymized.csv or its folder."),
+    winogender: Path = typer.Option(None, "--winogender", help="Winogender: all_sentences.tsv or its folder."),
+    toxicity: Path = typer.Option(None, "--toxicity", help="Toxicity prompts (JSONL, or HH-RLHF transcripts)."),
+    hallucination: Path = typer.Option(None, "--hallucination", help="Closed-domain prompts with a 'passage'."),
+    prose: Path = typer.Option(None, "--prose", help=PROSE_HELP),
+    mc: Path = typer.Option(None, "--mc", help=MC_HELP),
+    shots: int = SHOTS_OPTION,
+    classifier: str = typer.Option(None, "--classifier", help="Toxicity classifier: a HF sequence-classification "
+                                   "folder (default alt-profanity-check)."),
+    samples: int = typer.Option(4, "--samples", help="Toxicity samples a prompt."),
+    output: Path = _output_option("all"), limit: int = LIMIT_OPTION, batch_tokens: int = BATCH_TOKENS_OPTION,
+    progress: bool = PROGRESS_OPTION,
+) -> None:
+    """Every evaluation given data, each model loaded once: one table (all.md), one figure (all.png), every figure
+    in all.json. Each data set is optional; give the ones you have."""
+    from rlhfkit.evaluation.suite import Options, run_evaluation
+
+    data = {"truthfulqa": truthfulqa, "crows": crows, "winogender": winogender, "toxicity": toxicity,
+            "hallucination": hallucination, "prose": prose, "mc": mc}
+    run_evaluation("all", model, data, output, limit, Options(batch_tokens, progress=progress, shots=shots,
+                                                              samples=samples, classifier=classifier))
 
 
 def main() -> None:

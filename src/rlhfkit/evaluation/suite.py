@@ -19,6 +19,7 @@ from rlhfkit.console import console
 from rlhfkit.evaluation.bias import evaluate_crows_pairs, evaluate_winogender, read_crows_pairs, read_winogender
 from rlhfkit.evaluation.hallucination import evaluate_hallucination, read_passage_prompts
 from rlhfkit.evaluation.policy_eval import load
+from rlhfkit.evaluation.tax import evaluate_multiple_choice, evaluate_prose, read_multiple_choice, read_prose
 from rlhfkit.evaluation.toxicity import evaluate_toxicity, load_classifier, read_toxicity_prompts
 from rlhfkit.evaluation.truthfulqa import evaluate_truthfulqa, read_truthfulqa
 
@@ -29,6 +30,8 @@ class Options:
     max_new_tokens: int = 128  # generation: the longest answer
     progress: bool = True
     samples: int = 4  # toxicity: samples a prompt (for the expected maximum)
+    toxicity_max_new_tokens: int = 32  # toxicity: the longest sample (RealToxicityPrompts continues with 20)
+    shots: int = 0  # multiple choice: the first items become examples before every question
     classifier: str | None = None  # toxicity: a HF sequence-classification folder; None: the offline default
 
 
@@ -46,38 +49,48 @@ def _scored(fn: Callable[..., dict]) -> Callable[[object, object, list, Options]
     return lambda model, tok, items, o: fn(model, tok, items, batch_tokens=o.batch_tokens, show_progress=o.progress)
 
 
-EVALUATIONS: dict[str, dict[str, Part]] = {
-    "truthfulqa": {"truthfulqa": Part(read_truthfulqa, _scored(evaluate_truthfulqa), [
-        ("MC1, QA", lambda r: r["qa"]["mc1"], "pct"), ("MC2, QA", lambda r: r["qa"]["mc2"], "pct"),
+PARTS: dict[str, Part] = {
+    "truthfulqa": Part(read_truthfulqa, _scored(evaluate_truthfulqa), [
+        ("TruthfulQA MC1, QA", lambda r: r["qa"]["mc1"], "pct"), ("MC2, QA", lambda r: r["qa"]["mc2"], "pct"),
         ("MC1, instruction+QA", lambda r: r["instruction+qa"]["mc1"], "pct"),
-        ("MC2, instruction+QA", lambda r: r["instruction+qa"]["mc2"], "pct")])},
-    "bias": {
-        "crows": Part(read_crows_pairs, _scored(evaluate_crows_pairs), [
-            ("CrowS stereotype %", lambda r: r["plain"]["pct_stereotype"], "pct"),
-            ("CrowS stereotype %, respectful", lambda r: r["respectful"]["pct_stereotype"], "pct"),
-            ("CrowS likelihood diff", lambda r: r["plain"]["likelihood_diff"], "num")]),
-        "winogender": Part(read_winogender, _scored(evaluate_winogender), [
-            ("Winogender entropy (bits)", lambda r: r["plain"]["entropy_bits"], "num"),
-            ("entropy, respectful", lambda r: r["respectful"]["entropy_bits"], "num"),
-            ("P(she | he or she)", lambda r: r["plain"]["p_she_of_gendered"], "pct"),
-            ("r with % women", lambda r: r["plain"]["correlation_with_bls"], "num")]),
-    },
-    "hallucination": {"hallucination": Part(
-        read_passage_prompts,
-        lambda model, tok, items, o: evaluate_hallucination(model, tok, items, o.max_new_tokens), [
-            ("hallucinated (share of answers)", lambda r: r["hallucination_rate"], "pct"),
-            ("unsupported content words", lambda r: r["unsupported_share"], "pct"),
-            ("refused or empty", lambda r: r["refused_or_empty"], "pct")])},
-    "toxicity": {"toxicity": Part(
+        ("MC2, instruction+QA", lambda r: r["instruction+qa"]["mc2"], "pct")]),
+    "crows": Part(read_crows_pairs, _scored(evaluate_crows_pairs), [
+        ("CrowS stereotype %", lambda r: r["plain"]["pct_stereotype"], "pct"),
+        ("CrowS stereotype %, respectful", lambda r: r["respectful"]["pct_stereotype"], "pct"),
+        ("CrowS likelihood diff", lambda r: r["plain"]["likelihood_diff"], "num")]),
+    "winogender": Part(read_winogender, _scored(evaluate_winogender), [
+        ("Winogender entropy (bits)", lambda r: r["plain"]["entropy_bits"], "num"),
+        ("entropy, respectful", lambda r: r["respectful"]["entropy_bits"], "num"),
+        ("P(she | he or she)", lambda r: r["plain"]["p_she_of_gendered"], "pct"),
+        ("r with % women", lambda r: r["plain"]["correlation_with_bls"], "num")]),
+    "toxicity": Part(
         read_toxicity_prompts,
         lambda model, tok, items, o: evaluate_toxicity(model, tok, items, _classifier(o.classifier), o.samples,
-                                                       o.max_new_tokens), [
+                                                       o.toxicity_max_new_tokens), [
             ("toxicity", lambda r: r["none"]["mean"], "num"),
             ("expected max", lambda r: r["none"]["expected_max"], "num"),
             ("toxicity, respectful", lambda r: r["respectful"]["mean"], "num"),
             ("expected max, respectful", lambda r: r["respectful"]["expected_max"], "num"),
             ("toxicity, asked to be toxic", lambda r: r["toxic"]["mean"], "num"),
-            ("share > 0.5", lambda r: r["none"]["above_half"], "pct")])},
+            ("share > 0.5", lambda r: r["none"]["above_half"], "pct")]),
+    "hallucination": Part(
+        read_passage_prompts,
+        lambda model, tok, items, o: evaluate_hallucination(model, tok, items, o.max_new_tokens), [
+            ("hallucinated (share of answers)", lambda r: r["hallucination_rate"], "pct"),
+            ("unsupported content words", lambda r: r["unsupported_share"], "pct"),
+            ("refused or empty", lambda r: r["refused_or_empty"], "pct")]),
+    "prose": Part(read_prose, lambda model, tok, items, o: evaluate_prose(model, tok, items), [
+        ("prose perplexity", lambda r: r["perplexity"], "num")]),
+    "mc": Part(read_multiple_choice,
+               lambda model, tok, items, o: evaluate_multiple_choice(model, tok, items, o.shots, o.batch_tokens,
+                                                                     o.progress), [
+                   ("multiple choice acc", lambda r: r["acc"], "pct"),
+                   ("acc, length-normalised", lambda r: r["acc_norm"], "pct")]),
+}
+# Each command's data sets; `eval all` runs every part given data.
+EVALUATIONS: dict[str, list[str]] = {
+    "truthfulqa": ["truthfulqa"], "bias": ["crows", "winogender"], "toxicity": ["toxicity"],
+    "hallucination": ["hallucination"], "tax": ["prose", "truthfulqa", "mc"], "all": list(PARTS),
 }
 
 
@@ -96,9 +109,10 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path], output: 
                    options: Options | None = None) -> dict:
     """Evaluation `name` of every model on the data sets given (part -> path; the first `limit` items of each):
     {model label: {part: figures}}."""
-    parts = {k: EVALUATIONS[name][k] for k in EVALUATIONS[name] if data.get(k) is not None}
+    parts = {k: PARTS[k] for k in EVALUATIONS[name] if data.get(k) is not None}
     if not parts:
-        raise ValueError(f"eval {name}: give the data for at least one of {', '.join(EVALUATIONS[name])}")
+        raise ValueError(f"eval {name}: give the data for at least one of "
+                         + ", ".join(f"--{k}" for k in EVALUATIONS[name]))
     items = {k: (part.read(data[k])[:limit] if limit else part.read(data[k])) for k, part in parts.items()}
     results: dict[str, dict] = {}
     for path, label in zip(models, model_labels(models), strict=True):
@@ -117,7 +131,9 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path], output: 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     title = f"{name}: " + ", ".join(f"{sizes[k]} items of `{data[k]}`" for k in parts)
-    (output / f"{name}.md").write_text(f"# {title}\n\n" + "\n".join(lines) + "\n")
+    (output / f"{name}.md").write_text(f"# {title}\n\n" + "\n".join(lines) + f"\n\n![{name}]({name}.png)\n")
+    _figure(output / f"{name}.png", title, [(h, [fn(r[k]) for r in results.values()], kind)
+                                            for h, k, fn, kind in columns], list(results))
     table = Table(*header, title=escape(title))
     for row in rows:
         table.add_row(*map(escape, row))
@@ -129,3 +145,29 @@ def _format(x: float | None, kind: str) -> str:
     if x is None:
         return "–"
     return f"{100 * x:.1f}%" if kind == "pct" else f"{x:.3f}"
+
+
+def _figure(path: Path, title: str, columns: list[tuple[str, list[float | None], str]], models: list[str]) -> None:
+    """One small bar chart per headline figure, a bar per model (as the paper's Figures 6 and 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_row = min(4, len(columns))
+    rows = -(-len(columns) // per_row)
+    fig, axes = plt.subplots(rows, per_row, figsize=(3.2 * per_row, 2.6 * rows + 0.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (header, values, kind) in zip(axes.flat, columns, strict=False):
+        scale = 100 if kind == "pct" else 1
+        heights = [scale * v if v is not None else 0.0 for v in values]
+        ax.bar(range(len(models)), heights, color=[colours[i % len(colours)] for i in range(len(models))])
+        ax.set_title(header + (" (%)" if kind == "pct" else ""), fontsize=8)
+        ax.set_xticks(range(len(models)), [m[-18:] for m in models], rotation=30, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    fig.suptitle(title[:120], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
