@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.console import console
-from rlhfkit.data import Prompt, read_prompts
+from rlhfkit.data import Prompt, read_prompts, write_jsonl
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.headroom import BEST_OF, best_of_n_by_rm, rm_agreement
 from rlhfkit.demo.headroom import gold as gold_quality
 from rlhfkit.demo.labelers import SimulatedLabeler
 from rlhfkit.evaluation.constraints import is_refusal, satisfaction
 from rlhfkit.evaluation.policy_eval import generate, load, perplexity, sequence_logprobs
+from rlhfkit.evaluation.suite import Options, run_evaluation
 from rlhfkit.models import default_device, mixed_precision
 from rlhfkit.models.reward import load_reward_model, score
 from rlhfkit.rollout import Rollout
@@ -166,6 +167,32 @@ def evaluate_outside(run_dir: Path, cfg: DemoConfig) -> dict:
                      "no_eos": sum(not e for e in answers["ended"]) / n}
     return {"prompts": len(prompts), "max_new_tokens": cfg.outside_max_new_tokens, "source": str(cfg.outside_prompts),
             "policies": out}
+
+
+def evaluate_suite(run_dir: Path, cfg: DemoConfig) -> dict:
+    """The paper's other evaluations (`rlhfkit eval all`) on every policy of the run, time-boxed: hallucination on
+    the held-out passage prompts, and with `eval_data` the first `eval_data_limit` items of TruthfulQA, CrowS-Pairs,
+    Winogender and ToxiGen's prompts. Written to evals/suite/ (all.md, all.png, all.json)."""
+    passages = [p for p in read_prompts(run_dir / "data/eval_prompts.jsonl").records if p.meta.get("passage")]
+    data: dict[str, Path | None] = {}
+    if passages:
+        data["hallucination"] = run_dir / "data/passage_prompts.jsonl"
+        write_jsonl(data["hallucination"], passages)
+    if cfg.eval_data:
+        root = Path(cfg.eval_data)
+        found = {"truthfulqa": root / "truthfulqa", "crows": root / "crows-pairs", "winogender": root / "winogender",
+                 "toxicity": root / "toxigen/prompts_sample.jsonl"}
+        data.update({k: v for k, v in found.items() if v.exists()})
+    if not data:
+        return {}
+    policies = {"base": cfg.model, "sft": str(run_dir / "sft")}
+    if (run_dir / "round1/ppo-no-ptx").exists():
+        policies["ppo r1"] = str(run_dir / "round1/ppo-no-ptx")
+    policies[f"ppo-ptx r{cfg.rounds}"] = str(run_dir / f"round{cfg.rounds}/ppo")
+    options = Options(max_new_tokens=cfg.ppo.max_new_tokens, samples=2, progress=True)
+    results = run_evaluation("all", list(policies.values()), data, run_dir / "evals/suite", cfg.eval_data_limit,
+                             options, labels=list(policies))
+    return {"data": {k: str(v) for k, v in data.items()}, "limit": cfg.eval_data_limit, "results": results}
 
 
 class GoldProxy:

@@ -180,6 +180,7 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
     if "win_rates.png" in plots:
         lines += ["![win rates](win_rates.png)", ""]
     lines += _outside(res("outside"))
+    lines += _suite(run_dir / "evals/suite/all.md", res("suite"))
     lines += _targets(res(f"round{cfg.rounds}/eval"), cfg.rounds, res("outside"))
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -245,6 +246,21 @@ def _outside(o: dict) -> list[str]:
     lines += [f"| {name} | {_pct(m['refusals'])} | {m['words']:.0f} | {_pct(m['no_eos'])} |"
               for name, m in o["policies"].items()]
     return lines + [""]
+
+
+def _suite(table: Path, suite: dict | None) -> list[str]:
+    """`rlhfkit eval all`'s table on the run's policies (hallucination; with --eval-data, the public sets)."""
+    if not suite or not table.exists():
+        return []
+    body = table.read_text().split("\n", 2)[2].replace("](all.png)", "](evals/suite/all.png)")
+    public = "" if len(suite["data"]) > 1 else (" Give `--eval-data ../shared/data` for TruthfulQA, CrowS-Pairs, "
+                                                 "Winogender and ToxiGen beside it.")
+    return ["## Truthfulness, bias, toxicity, hallucination", "",
+            f"`rlhfkit eval all` on each policy, the first {suite['limit']} items of each public set (see `rlhfkit "
+            "eval --help` for the full sets): TruthfulQA MC by log-likelihood, CrowS-Pairs and Winogender, toxicity "
+            "of samples for ToxiGen's prompts under the paper's three instructions (alt-profanity-check: profanity "
+            "and insults, not politely worded hate), and hallucination on the held-out passage prompts." + public,
+            "", body.rstrip(), ""]
 
 
 def _targets(ev: dict, r: int, outside: dict | None = None) -> list[str]:

@@ -105,17 +105,17 @@ def model_labels(models: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else m for n, m in zip(names, models, strict=True)]
 
 
-def run_evaluation(name: str, models: list[str], data: dict[str, Path], output: Path, limit: int | None = None,
-                   options: Options | None = None) -> dict:
+def run_evaluation(name: str, models: list[str], data: dict[str, Path | None], output: Path, limit: int | None = None,
+                   options: Options | None = None, labels: list[str] | None = None) -> dict:
     """Evaluation `name` of every model on the data sets given (part -> path; the first `limit` items of each):
-    {model label: {part: figures}}."""
+    {model label: {part: figures}}, labelled by `labels` or the models' folder names."""
     parts = {k: PARTS[k] for k in EVALUATIONS[name] if data.get(k) is not None}
     if not parts:
         raise ValueError(f"eval {name}: give the data for at least one of "
                          + ", ".join(f"--{k}" for k in EVALUATIONS[name]))
     items = {k: (part.read(data[k])[:limit] if limit else part.read(data[k])) for k, part in parts.items()}
     results: dict[str, dict] = {}
-    for path, label in zip(models, model_labels(models), strict=True):
+    for path, label in zip(models, labels or model_labels(models), strict=True):
         console.print(f"eval {name}: {escape(label)}")
         model, tok = load(path)
         results[label] = {"model": path}
