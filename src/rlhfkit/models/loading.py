@@ -38,15 +38,41 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     return path
 
 
+def end_of_turn(tokenizer) -> str | None:
+    """The special token the chat template closes an assistant turn with (`<|im_end|>`, `<|eot_id|>`,
+    `<end_of_turn>`), or None where the template closes turns with plain text."""
+    probe = "rlhfkit-end-of-turn-probe"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": probe}], tokenize=False)
+    except Exception:  # a template that cannot render this conversation: nothing to learn from it
+        return None
+    if probe not in text:
+        return None
+    after = text[text.rindex(probe) + len(probe):].lstrip(" ")
+    specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    found = [t for t in specials if t and after.startswith(t)]
+    return max(found, key=len) if found else None
+
+
 def load_tokenizer(name_or_path: str | Path):
+    """The tokenizer, its EOS made the chat template's end-of-turn token where the two differ (Qwen2.5 base:
+    `<|endoftext|>` vs `<|im_end|>`; Llama 3: `<|end_of_text|>` vs `<|eot_id|>`): a response ends a turn, so SFT
+    labels, the RM's reading position, PPO's stopping and the missing-EOS penalty all use the token the template
+    writes after an answer, and a model trained here stops where its chat template says it should."""
     path = resolve_model_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    turn_end = end_of_turn(tokenizer)
+    if turn_end is not None and turn_end != tokenizer.eos_token:
+        if tokenizer.pad_token_id is None:  # padding keeps the document end, not the turn end
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.eos_token = turn_end
     if tokenizer.eos_token_id is None:
         raise ModelLoadError(f"{path}: the tokenizer has no EOS token; responses need one to end")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
 
 
@@ -93,6 +119,12 @@ def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = False) 
     out_dir = Path(out_dir)
     if is_peft(model) and merge_lora:
         model = copy.deepcopy(model).merge_and_unload()
+    # generate() and serving engines stop at the generation config's EOS: make it include the end of turn
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and tokenizer.eos_token_id is not None:
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        if tokenizer.eos_token_id not in eos:
+            gen.eos_token_id = [x for x in eos if x is not None] + [tokenizer.eos_token_id]
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
