@@ -65,6 +65,35 @@ def test_rm_learns_planted_preference_and_normalises(tmp_path, tiny_llama):
     plain = score(rm, tok, ["a question"], ["the apple and the tree"])
     assert liked.item() > plain.item()
 
+    # the standard sequence-classifier copy: the same rewards, less the bias its head cannot hold
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhfkit.data.tokenize import encode_prompt, encode_response
+
+    hf = result.output_dir / "hf-sequence-classification"
+    model = AutoModelForSequenceClassification.from_pretrained(hf).eval()
+    hf_tok = AutoTokenizer.from_pretrained(hf)
+    prompts, responses = ["a question", "say something longer here"], ["the apple and banana tree", "the cat"]
+    ours = score(rm, tok, prompts, responses, 64)
+    ids = [encode_prompt(hf_tok, p) + encode_response(hf_tok, r) for p, r in zip(prompts, responses, strict=True)]
+    batch = hf_tok.pad({"input_ids": ids}, return_tensors="pt")  # right padding, a pad token other than EOS
+    with torch.no_grad():
+        theirs = model(**batch).logits[:, 0]
+    assert theirs + model.config.rlhfkit_reward_bias == pytest.approx(ours, abs=1e-4)
+    back, _ = load_reward_model(hf)
+    assert score(back, tok, prompts, responses, 64) == pytest.approx(ours, abs=1e-4)
+
+
+def test_export_pads_with_a_token_other_than_eos(tiny_llama, tmp_path):
+    from rlhfkit.models.reward import export_sequence_classification, reward_model_from_causal_lm
+
+    rm, tok = reward_model_from_causal_lm(tiny_llama)
+    tok.pad_token = tok.eos_token  # as SmolLM2 ships: padding with EOS would hide the token the reward is read at
+    export_sequence_classification(rm, tok, tmp_path / "hf")
+    saved = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert saved["pad_token_id"] == tok.convert_tokens_to_ids("<|endoftext|>") != tok.eos_token_id
+    assert saved["id2label"] == {"0": "reward"}  # one label: the reward
+
 
 def test_rm_resume_matches_straight_run(tmp_path, tiny_llama):
     write_jsonl(tmp_path / "r.jsonl", planted_rankings(40, 2))

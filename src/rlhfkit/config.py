@@ -133,6 +133,9 @@ class RMConfig(SupervisedConfig):
                             "process (every labeler's ranking of them goes in together).")
     epochs: float = Field(1.0, gt=0, description="Passes over the rankings (InstructGPT: 1; more overfits).")
     lr: float = Field(1e-5, description="Peak learning rate (AdamW).")
+    export_hf: bool = Field(True, description="Also write the RM as a standard AutoModelForSequenceClassification "
+                            "folder (num_labels=1) in <output-dir>/hf-sequence-classification, for TRL, vLLM and "
+                            "other tools.")
 
 
 class SampleConfig(StageConfig):

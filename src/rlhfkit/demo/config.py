@@ -27,7 +27,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "sample": {"k": 8, "temperature": 1.0, "max_new_tokens": 48},
     # 2 prompts (with their K responses and every ranking of them) a step: about 35 steps an epoch
     "rm": {"epochs": 1.0, "lr": 5e-5, "batch_size": 2, "max_length": 384, "eval_fraction": 0.1, "eval_every": 0,
-           "save_every": 50},
+           "save_every": 50, "export_hf": False},  # the RM's standard-classifier copy: not needed by the demo
     # PPO's budget, measured (benchmarks/demo_ppo_ceiling.py): with a reward that makes no mistakes (the judges'
     # own rubric), 10 iterations of 32 rollouts (8 prompts x 4, minibatches of 16, lr decaying to a tenth) lifted
     # the gold score on held-out prompts by 0.02 at 2.5 nats of KL, while the judges' best of 4 SFT samples gains

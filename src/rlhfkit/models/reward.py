@@ -4,6 +4,8 @@ Saved as a folder:
     config.json, model.safetensors, tokenizer files   the backbone (a HF base model, e.g. LlamaModel)
     reward_head.safetensors                           the head: weight (1, hidden), bias (1,)
     reward_model.json                                 base model, normalisation shift, max length
+`export_sequence_classification` writes the same RM as a standard `AutoModelForSequenceClassification` folder
+(num_labels=1) that TRL, vLLM's reward serving and other tools load; `load_reward_model` reads both kinds.
 Sequences are the prompt through the chat template, the response, and EOS (as in SFT) if the response
 ended, so the reward is read at the EOS token of a finished response; a response cut off at the length limit
 has no EOS, as PPO samples it, and is read at its last token.
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from rlhfkit.data import Group, PromptText, encode_group, pack_groups, prompt_key
 from rlhfkit.models.loading import ModelLoadError, is_peft, load_causal_lm, load_tokenizer
@@ -80,10 +82,85 @@ def reward_model_from_causal_lm(name_or_path: str | Path) -> tuple[RewardModel, 
     return RewardModel(model.get_decoder(), {"base_model": str(name_or_path)}), tokenizer
 
 
+BIAS_KEY = "rlhfkit_reward_bias"  # config.json of an exported RM: the bias its standard head cannot hold
+
+
+def _is_sequence_classifier(path: Path) -> bool:
+    if not (path / "config.json").exists():
+        return False
+    config = json.loads((path / "config.json").read_text())
+    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+
+
+def _export_pad_token(tokenizer) -> str:
+    """A padding token other than EOS: standard sequence classifiers read the last token that is not padding,
+    and the reward is read at the response's EOS."""
+    if tokenizer.pad_token != tokenizer.eos_token:
+        return tokenizer.pad_token
+    specials = [tokenizer.unk_token] + sorted(tokenizer.get_added_vocab(), key=lambda t: ("pad" not in t, t))
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+                                             tokenize=False)
+    for token in specials:
+        if token and token not in (tokenizer.eos_token, tokenizer.bos_token) and token not in rendered:
+            return token
+    raise ModelLoadError("the tokenizer's only padding token is its EOS, where the reward is read; a standard "
+                         "sequence classifier would skip it (add a pad token to the tokenizer)")
+
+
+def export_sequence_classification(rm: RewardModel, tokenizer, out_dir: str | Path) -> Path:
+    """The RM as a HF `AutoModelForSequenceClassification` folder (num_labels=1): the backbone, the head's weight
+    as `score`, right padding with a token other than EOS. Standard heads of causal LMs (Llama, GPT-2, Qwen) have
+    no bias, so the head's bias (the normalisation shift included) is stored in config.json as
+    `rlhfkit_reward_bias`: a tool that ignores it sees every reward moved by that one constant, which changes no
+    comparison, no ranking and no policy gradient with a baseline."""
+    out_dir = Path(out_dir)
+    backbone = copy.deepcopy(rm.backbone).merge_and_unload() if is_peft(rm.backbone) else rm.backbone
+    config = copy.deepcopy(backbone.config)
+    config.architectures = None
+    config.num_labels = 1
+    config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
+    tok = copy.deepcopy(tokenizer)
+    tok.pad_token = _export_pad_token(tokenizer)
+    tok.padding_side = "right"
+    config.pad_token_id = tok.pad_token_id
+    model = AutoModelForSequenceClassification.from_config(config, dtype=rm.head.weight.dtype)
+    model.base_model.load_state_dict(backbone.state_dict())
+    head = model.score if hasattr(model, "score") else model.classifier
+    with torch.no_grad():
+        head.weight.copy_(rm.head.weight)
+        bias = rm.head.bias.item()
+        if getattr(head, "bias", None) is not None:
+            head.bias.fill_(bias)
+            bias = 0.0
+    setattr(model.config, BIAS_KEY, bias)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def _from_sequence_classifier(path: Path, dtype: torch.dtype) -> tuple[RewardModel, object]:
+    config = AutoConfig.from_pretrained(path)
+    if config.num_labels != 1:
+        raise ModelLoadError(f"{path}: a sequence classifier with {config.num_labels} labels; a reward model has 1")
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                               attn_implementation="sdpa")
+    head = model.score if hasattr(model, "score") else model.classifier
+    rm = RewardModel(model.base_model, {"base_model": str(path), "imported_from": "sequence classification"})
+    with torch.no_grad():
+        rm.head.weight.copy_(head.weight)
+        rm.head.bias.fill_(getattr(config, BIAS_KEY, 0.0) + (head.bias.item() if head.bias is not None else 0.0))
+    return rm, load_tokenizer(path)
+
+
 def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[RewardModel, object]:
+    """An RM folder of `rlhfkit rm`, or any HF sequence-classification folder with one label (an exported RM,
+    or another tool's reward model)."""
     path = Path(path)
+    if not (path / HEAD_FILE).exists() and _is_sequence_classifier(path):
+        return _from_sequence_classifier(path, dtype)
     if not (path / HEAD_FILE).exists():
-        raise ModelLoadError(f"{path}: not a reward model folder (no {HEAD_FILE}); train one with `rlhfkit rm`")
+        raise ModelLoadError(f"{path}: not a reward model folder (no {HEAD_FILE}, nor a sequence-classification "
+                             "model); train one with `rlhfkit rm`")
     backbone = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True, attn_implementation="sdpa")
     rm = RewardModel(backbone, json.loads((path / META_FILE).read_text()))
     rm.head.load_state_dict(load_file(path / HEAD_FILE))

@@ -27,7 +27,14 @@ from rlhfkit.data import Group, Ranking, encode_group, prompt_key, read_demonstr
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.losses import ranking_loss
 from rlhfkit.models import apply_lora
-from rlhfkit.models.reward import RewardModel, load_reward_model, reward_model_from_causal_lm, score, score_groups
+from rlhfkit.models.reward import (
+    RewardModel,
+    export_sequence_classification,
+    load_reward_model,
+    reward_model_from_causal_lm,
+    score,
+    score_groups,
+)
 from rlhfkit.train.common import Schedule, TrainLoop, read_splits, step_items
 from rlhfkit.train.reward_metrics import ranking_pairs, reward_metrics
 
@@ -180,6 +187,9 @@ def normalise_and_report(loop: TrainLoop, cfg: RMConfig, demos: list, evals: lis
         report = reward_metrics(held_out_pairs(final.eval(), evals))
         (loop.run_dir / "eval_report.json").write_text(json.dumps(report, indent=2))
         _print_report(report)
+    if cfg.export_hf and loop.acc.is_main_process:
+        out = export_sequence_classification(final.cpu(), tokenizer, loop.run_dir / "hf-sequence-classification")
+        console.print(f"rm: also written as a standard sequence classifier to {out}")
     loop.acc.wait_for_everyone()
     return shift, report
 
