@@ -155,3 +155,26 @@ def test_every_command_documents_every_option():
         for field in cls.model_fields:
             assert "--" + field.replace("_", "-") in out, (command, field)
     assert runner.invoke(app, ["--help"]).exit_code == 0
+
+
+def test_report_to_chooses_the_trackers(tmp_path, tiny_llama, demos_file, monkeypatch):
+    import importlib.util
+
+    with pytest.raises(ValueError, match="unknown tracker 'neptune'"):
+        cfg(tmp_path, tiny_llama, demos_file, report_to=["neptune"])
+    train_sft(cfg(tmp_path, tiny_llama, demos_file, max_steps=2, report_to=["none"]))
+    assert len(metrics(tmp_path / "run")) == 2 and not (tmp_path / "run" / "logs" / "tb").exists()
+    result = CliRunner().invoke(app, ["sft", "--model", str(tiny_llama), "--data", str(demos_file), "--max-steps", "1",
+                                      "--output-dir", str(tmp_path / "tb"), "--report-to", "tensorboard",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert any((tmp_path / "tb" / "logs" / "tb").iterdir())
+    for name in ("wandb", "mlflow"):  # optional: a clear error where the package is missing, a run where present
+        if importlib.util.find_spec(name) is None:
+            with pytest.raises(ValueError, match=f"pip install {name}"):
+                train_sft(cfg(tmp_path, tiny_llama, demos_file, max_steps=1, report_to=[name],
+                              output_dir=str(tmp_path / name)))
+        elif name == "mlflow":  # (wandb needs an account: not run here)
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+            train_sft(cfg(tmp_path, tiny_llama, demos_file, max_steps=1, report_to=[name],
+                          output_dir=str(tmp_path / name)))

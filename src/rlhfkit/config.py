@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -28,6 +28,9 @@ class StageConfig(BaseModel):
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 
 
 class TrainConfig(StageConfig):
@@ -59,6 +62,18 @@ class TrainConfig(StageConfig):
     )
     merge_lora: bool = Field(True, description="Merge LoRA adapters into the weights of the final model.")
     progress: bool = Field(True, description="Show a progress bar.")
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="Trackers for the metrics "
+                                 "(logs/metrics.jsonl is always written): tensorboard, wandb, mlflow, or none; "
+                                 "repeat for several. wandb and mlflow need their package and its usual "
+                                 "environment (WANDB_PROJECT, MLFLOW_TRACKING_URI, ...).")
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {unknown[0]!r}; one of: {', '.join(TRACKERS)}")
+        return [v for v in value if v != "none"]
 
 
 class SupervisedConfig(TrainConfig):

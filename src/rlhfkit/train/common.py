@@ -221,13 +221,15 @@ def publish(checkpoint: Path, run_dir: Path) -> None:
 # ---- logs --------------------------------------------------------------------------------------
 
 class MetricsLog:
-    """Metrics to logs/metrics.jsonl and TensorBoard, from the main process only.
+    """Metrics to logs/metrics.jsonl and the trackers of --report-to, from the main process only.
 
     On resume, lines past the resumed step (work the killed run did after its last checkpoint, which
-    is about to be redone) are dropped so the log reads as one run.
+    is about to be redone) are dropped so the log reads as one run; TensorBoard purges them too. wandb and
+    MLflow come through Accelerate's trackers, named after the run folder, with the run's config.
     """
 
-    def __init__(self, run_dir: Path, accelerator: Accelerator, resume_step: int = 0):
+    def __init__(self, run_dir: Path, accelerator: Accelerator, resume_step: int = 0,
+                 report_to: tuple[str, ...] = ("tensorboard",), config: dict | None = None):
         self.enabled = accelerator.is_main_process
         if not self.enabled:
             return
@@ -235,9 +237,12 @@ class MetricsLog:
         if self.path.exists():
             kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resume_step]
             _write_atomic(self.path, "".join(ln + "\n" for ln in kept))
-        from torch.utils.tensorboard import SummaryWriter
+        self.tb = None
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(run_dir / "logs" / "tb"), purge_step=resume_step + 1 if resume_step else None)
+            self.tb = SummaryWriter(str(run_dir / "logs" / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        self.trackers = [_tracker(name, run_dir, config or {}) for name in report_to if name != "tensorboard"]
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -245,13 +250,33 @@ class MetricsLog:
         row = {"step": step, "time": round(time.time(), 3), **metrics}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        for k, v in metrics.items():
-            if isinstance(v, int | float):
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if self.tb is not None:
+            for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)
+        for tracker in self.trackers:
+            tracker.log(scalars, step=step)
 
     def close(self) -> None:
         if self.enabled:
-            self.tb.close()
+            if self.tb is not None:
+                self.tb.close()
+            for tracker in self.trackers:
+                tracker.finish()
+
+
+def _tracker(name: str, run_dir: Path, config: dict):
+    """An Accelerate tracker (wandb, mlflow), started, with the run's config stored."""
+    import importlib.util
+
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    if importlib.util.find_spec(name) is None:
+        raise ValueError(f"--report-to {name}: the {name} package is not installed (pip install {name})")
+    tracker = LOGGER_TYPE_TO_CLASS[name](run_dir.resolve().name)
+    tracker.start()
+    tracker.store_init_configuration(config)
+    return tracker
 
 
 def _step_of(line: str) -> float:
@@ -472,7 +497,8 @@ class TrainLoop:
         bar, `on_step(step, metrics)`."""
         cfg, acc = self.cfg, self.acc
         eval_every = getattr(cfg, "eval_every", 0) if eval_every is None else eval_every
-        log = MetricsLog(self.run_dir, acc, resume_step=self.step)
+        log = MetricsLog(self.run_dir, acc, resume_step=self.step, report_to=tuple(getattr(cfg, "report_to", [])),
+                         config=cfg.model_dump(mode="json"))
         metrics: dict = {}
         with make_progress(cfg.progress and acc.is_main_process) as progress:
             task = progress.add_task(self.name, total=total_steps, completed=self.step, metrics="")
