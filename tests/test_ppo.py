@@ -143,6 +143,7 @@ def test_resume_continues_a_killed_run(tmp_path, tiny_llama, prompts_file, tiny_
     {"lora_r": 4, "shared_value_head": True, "kl_estimator": "k3", "value_warmup_iterations": 1},
     {"advantage": "rloo", "samples_per_prompt": 2},
     {"advantage": "grpo", "samples_per_prompt": 4, "lora_r": 4},
+    {"frozen_dtype": "bf16", "offload_frozen": True},  # reference and RM in bf16, in CPU memory between uses
 ])
 def test_every_option_runs(tmp_path, tiny_llama, prompts_file, tiny_rm, options):
     result = train_ppo(ppo_cfg(tmp_path, tiny_llama, prompts_file, reward_model=str(tiny_rm), **options))
@@ -262,3 +263,21 @@ def test_an_evaluation_hook_leaves_training_as_it_was(tmp_path, tiny_llama, prom
     assert [m["eval_probe"] for m in hooked.history] == [1.0, 1.0, 1.0]
     for key in ("score", "kl", "pg_loss"):
         assert [m[key] for m in hooked.history] == [m[key] for m in plain.history]
+
+
+def test_frozen_models_load_in_the_policy_precision(tmp_path, tiny_llama, prompts_file, tiny_rm, monkeypatch):
+    from rlhfkit.train import ppo
+
+    assert ppo.frozen_dtype("auto", "bf16") == torch.bfloat16 and ppo.frozen_dtype("auto", "no") == torch.float32
+    assert ppo.frozen_dtype("auto", "fp16") == torch.float16 and ppo.frozen_dtype("fp32", "bf16") == torch.float32
+    seen = []
+    real = ppo.rm_scores
+
+    def spy(rm, batch, pad):
+        seen.append(next(rm.backbone.parameters()).dtype)
+        return real(rm, batch, pad)
+
+    monkeypatch.setattr(ppo, "rm_scores", spy)
+    train_ppo(ppo_cfg(tmp_path, tiny_llama, prompts_file, reward_model=str(tiny_rm), frozen_dtype="bf16",
+                      iterations=1))
+    assert seen == [torch.bfloat16]

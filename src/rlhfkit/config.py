@@ -179,6 +179,13 @@ class PPOConfig(TrainConfig):
                               "its normalisation applied.")
     value_model: str | None = Field(None, description="Value model to start from (a reward model folder); "
                                     "default: the reward model, as InstructGPT did.")
+    frozen_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Weights of the frozen reference and reward model (no gradients, no optimiser): auto = "
+        "the precision the policy computes in (bf16 under bf16 mixed precision, fp16 under fp16, else fp32), half "
+        "the memory of fp32 with the same numbers as autocast.")
+    offload_frozen: bool = Field(False, description="Keep the frozen reference and reward model in CPU memory, "
+                                 "moved to the device only for their forward passes (frees device memory for the "
+                                 "trained models, costs a copy each iteration).")
     shared_value_head: bool = Field(False, description="Put the value head on the policy's own backbone "
                                     "instead of a separate value model.")
     prompts: str | None = Field(None, description="Prompts for rollouts (JSONL/Parquet: prompt, messages or "

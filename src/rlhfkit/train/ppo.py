@@ -27,6 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,8 +236,9 @@ def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: in
     # With LoRA the reference is the same weights with the adapters switched off: no second copy.
     if is_peft(policy) and cfg.reference:
         raise ValueError("--reference with LoRA: the reference is the policy with its adapters disabled")
-    reference = None if is_peft(policy) else load_causal_lm(cfg.reference or cfg.policy)[0].eval().requires_grad_(False)
-    rm = load_reward_model(cfg.reward_model)[0].eval().requires_grad_(False) if use_rm else None
+    frozen = frozen_dtype(cfg.frozen_dtype, loop.acc.mixed_precision)
+    reference = None if is_peft(policy) else load_causal_lm(cfg.reference or cfg.policy, frozen)[0]
+    rm = load_reward_model(cfg.reward_model, frozen)[0] if use_rm else None
 
     value_head, value_model = make_critic(cfg, policy.config.hidden_size, resume, use_rm)
     module = PolicyModule(policy, value_head, entropy_grad=cfg.entropy_coef > 0)
@@ -245,10 +247,30 @@ def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: in
     value_part = loop.prepare("value", value_model, lr=cfg.value_lr) if value_model is not None else None
     for m in (reference, rm):
         if m is not None:
-            m.to(loop.device)
+            m.eval().requires_grad_(False)
+            m.to("cpu" if cfg.offload_frozen else loop.device)
     unwrap = loop.acc.unwrap_model
     return PPOModels(policy_part, value_part, reference, rm, tokenizer, ptx_rows, unwrap(policy_part.module),
                      unwrap(value_part.module) if value_part is not None else None)
+
+
+def frozen_dtype(choice: str, mixed_precision: str) -> torch.dtype:
+    """The frozen models' weight dtype for --frozen-dtype, given the policy's mixed precision."""
+    if choice == "auto":
+        choice = {"bf16": "bf16", "fp16": "fp16"}.get(mixed_precision, "fp32")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
+
+
+@contextmanager
+def on_device(model: nn.Module | None, device: torch.device, offloaded: bool):
+    """`model` on `device` for the block: an offloaded frozen model comes in from CPU memory and goes back."""
+    if model is not None and offloaded:
+        model.to(device)
+    try:
+        yield model
+    finally:
+        if model is not None and offloaded:
+            model.to("cpu")
 
 
 def make_critic(cfg: PPOConfig, hidden_size: int, resume: Path | None, use_rm: bool
@@ -325,7 +347,8 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
     with torch.no_grad(), loop.acc.autocast():
         fwd = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
         if models.reference is not None:
-            ref = score_rollouts(PolicyModule(models.reference), batch, chunk, pad, cfg.temperature)
+            with on_device(models.reference, loop.device, cfg.offload_frozen) as reference:
+                ref = score_rollouts(PolicyModule(reference), batch, chunk, pad, cfg.temperature)
         else:
             with policy.model.disable_adapter():
                 ref = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
@@ -336,7 +359,8 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
         if reward_fn is not None:
             scores = reward_fn(batch.prompts, batch.responses).to(loop.device).float()
         else:
-            scores = rm_scores(models.reward, batch, pad)
+            with on_device(models.reward, loop.device, cfg.offload_frozen) as rm:
+                scores = rm_scores(rm, batch, pad)
     penalized = scores
     if cfg.missing_eos_penalty is not None:  # subtracted, not a fixed score: the RM's scale varies, and a fixed
         # score above what the RM gives cut-off responses would reward running out of tokens
