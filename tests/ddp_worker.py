@@ -1,5 +1,8 @@
-"""Run by tests/test_ddp.py under `accelerate launch`: trains (sft, rm or ppo), then each rank saves its weights."""
+"""Run by tests/test_ddp.py under `accelerate launch`: trains (sft, rm or ppo), then each rank saves its weights
+(except under FSDP, whose ranks hold shards: the published folder is what is compared). With a third argument N,
+the run is killed after step N (its checkpoint written), as a crash would stop it."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,15 +15,24 @@ from rlhfkit.train.reward import train_reward
 from rlhfkit.train.sft import train_sft
 
 stage, cfg_file = sys.argv[1], Path(sys.argv[2])
+kill_after = int(sys.argv[3]) if len(sys.argv) > 3 else None
+
+
+def on_step(step, _):
+    if step == kill_after:
+        os._exit(3)  # no clean-up, like kill -9
+
+
 if stage == "sft":
     cfg = SFTConfig.model_validate_json(cfg_file.read_text())
-    model = train_sft(cfg).model
+    model = train_sft(cfg, on_step=on_step).model
 elif stage == "rm":
     cfg = RMConfig.model_validate_json(cfg_file.read_text())
-    model = train_reward(cfg).model
+    model = train_reward(cfg, on_step=on_step).model
 else:
     cfg = PPOConfig.model_validate_json(cfg_file.read_text())
     model = train_ppo(cfg).policy
-rank = PartialState().process_index
-weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-save_file(weights, str(Path(cfg.output_dir) / f"weights-rank{rank}.safetensors"))
+if os.environ.get("RLHFKIT_FSDP") != "true":
+    rank = PartialState().process_index
+    weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(Path(cfg.output_dir) / f"weights-rank{rank}.safetensors"))

@@ -14,17 +14,28 @@ from rlhfkit.data import write_jsonl
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def run_worker(cfg, tmp_path: Path, processes: int, stage: str = "sft") -> None:
-    cfg_file = tmp_path / f"cfg-{stage}-{processes}.json"
+FSDP2 = Path(__file__).parents[1] / "configs" / "accelerate" / "fsdp2.yaml"
+
+
+def run_worker(cfg, tmp_path: Path, processes: int, stage: str = "sft", fsdp: bool = False,
+               kill_after: int | None = None) -> None:
+    cfg_file = tmp_path / f"cfg-{stage}-{processes}-{Path(cfg.output_dir).name}.json"
     cfg_file.write_text(cfg.model_dump_json())
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if processes > 1:
+    if fsdp:  # the shipped config, as a user launches it
+        launch[3:3] = ["--config_file", str(FSDP2)]
+        launch += ["--main_process_port", "29518"]
+    elif processes > 1:
         launch += ["--multi_gpu", "--main_process_port", "29517"]  # accelerate's flag for DDP, gloo on CPU
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(launch + [str(WORKER), stage, str(cfg_file)], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    env.pop("RLHFKIT_FSDP", None)
+    args = [str(WORKER), stage, str(cfg_file)] + ([str(kill_after)] if kill_after else [])
+    out = subprocess.run(launch + args, capture_output=True, text=True, env=env, timeout=300)
+    if kill_after:
+        assert out.returncode != 0, "the run was to be killed"
+    else:
+        assert out.returncode == 0, out.stderr[-3000:]
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, tiny_llama, demos_file):
@@ -88,3 +99,58 @@ def test_two_process_ppo_keeps_ranks_identical(tmp_path, tiny_llama):
     assert all((rank0[k] == rank1[k]).all() for k in rank0), "ranks diverged"
     start = load_file(tiny_llama / "model.safetensors")
     assert any(not torch.equal(rank0[k], start[k]) for k in start if k in rank0), "the policy did not move"
+
+
+def test_fsdp2_matches_ddp_and_resumes_after_a_kill(tmp_path, tiny_llama, demos_file):
+    """FSDP2 on 2 CPU processes (gloo), launched with configs/accelerate/fsdp2.yaml: the same losses and final
+    weights as DDP and as one process, sharded checkpoints, and a kill -9 + --resume equal to a straight run."""
+    from rlhfkit.train.sft import train_sft
+
+    base = dict(model=str(tiny_llama), data=str(demos_file), max_length=64, lr=3e-3, max_steps=4, warmup_ratio=0,
+                eval_every=0, eval_fraction=0.25, save_every=2, progress=False, dtype="fp32", grad_accum=2)
+    train_sft(SFTConfig(**base, batch_size=2, output_dir=str(tmp_path / "one")))
+    run_worker(SFTConfig(**base, batch_size=1, output_dir=str(tmp_path / "ddp")), tmp_path, 2)
+    run_worker(SFTConfig(**base, batch_size=1, output_dir=str(tmp_path / "fsdp")), tmp_path, 2, fsdp=True)
+    killed = SFTConfig(**base, batch_size=1, output_dir=str(tmp_path / "resumed"))
+    run_worker(killed, tmp_path, 2, fsdp=True, kill_after=2)
+    assert (tmp_path / "resumed" / "checkpoints" / "step-2" / "optimizer-model").is_dir()  # sharded states
+    run_worker(killed.model_copy(update={"resume": True}), tmp_path, 2, fsdp=True)
+
+    def losses(run):
+        return [json.loads(x)["loss"] for x in (tmp_path / run / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+    def weights(run):
+        return load_file(tmp_path / run / "model.safetensors")
+
+    assert losses("fsdp") == pytest.approx(losses("ddp"), rel=1e-5)
+    assert losses("fsdp") == pytest.approx(losses("one"), rel=1e-4)
+    assert losses("resumed") == pytest.approx(losses("fsdp"), rel=1e-6)
+    ddp, fsdp, resumed, start = weights("ddp"), weights("fsdp"), weights("resumed"), weights("one")
+    assert fsdp.keys() == ddp.keys() == start.keys()  # a normal HF folder, gathered from the shards
+    for k in ddp:
+        assert torch.allclose(fsdp[k], ddp[k], atol=1e-6), k
+        assert torch.equal(resumed[k], fsdp[k]), k
+
+
+def test_fsdp2_reward_model_matches_ddp(tmp_path, tiny_llama):
+    from test_reward import planted_rankings
+
+    write_jsonl(tmp_path / "r.jsonl", planted_rankings(22, 5))  # an uneven held-out split: 3 prompts, 2 processes
+    base = dict(model=str(tiny_llama), data=str(tmp_path / "r.jsonl"), max_length=64, lr=2e-3, max_steps=3,
+                warmup_ratio=0, eval_every=0, eval_fraction=0.15, save_every=0, progress=False, dtype="fp32",
+                batch_size=2, export_hf=False)
+    run_worker(RMConfig(**base, output_dir=str(tmp_path / "ddp")), tmp_path, 2, "rm")
+    run_worker(RMConfig(**base, output_dir=str(tmp_path / "fsdp")), tmp_path, 2, "rm", fsdp=True)
+
+    def losses(run):
+        return [json.loads(x)["loss"] for x in (tmp_path / run / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses("fsdp") == pytest.approx(losses("ddp"), rel=1e-5)
+    ddp, fsdp = (load_file(tmp_path / run / "model.safetensors") for run in ("ddp", "fsdp"))
+    assert ddp.keys() == fsdp.keys() and all(torch.allclose(ddp[k], fsdp[k], atol=1e-6) for k in ddp)
+    ddp, fsdp = (load_file(tmp_path / run / "reward_head.safetensors") for run in ("ddp", "fsdp"))
+    assert torch.allclose(ddp["weight"], fsdp["weight"], atol=1e-6)
+    # the bias's gradient is zero in a pairwise loss (r_w - r_l): Adam turns float noise into steps of up to lr
+    assert ddp["bias"].item() == pytest.approx(fsdp["bias"].item(), abs=1e-4)
+    report = [json.loads((tmp_path / run / "eval_report.json").read_text()) for run in ("ddp", "fsdp")]
+    assert report[0]["pairs"] == report[1]["pairs"] > 0 and report[0]["loss"] == pytest.approx(report[1]["loss"])

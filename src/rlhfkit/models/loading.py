@@ -114,8 +114,10 @@ def apply_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float, targe
     return get_peft_model(model, config)
 
 
-def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = False) -> None:
-    """Save as a HF folder (safetensors). A LoRA model saves its adapters, or merged weights if asked."""
+def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = False, state_dict: dict | None = None
+               ) -> None:
+    """Save as a HF folder (safetensors). A LoRA model saves its adapters, or merged weights if asked.
+    `state_dict`: the weights to write in place of the model's own (gathered from FSDP's shards)."""
     out_dir = Path(out_dir)
     if is_peft(model) and merge_lora:
         model = copy.deepcopy(model).merge_and_unload()
@@ -125,7 +127,12 @@ def save_model(model, tokenizer, out_dir: str | Path, merge_lora: bool = False) 
         eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
         if tokenizer.eos_token_id not in eos:
             gen.eos_token_id = [x for x in eos if x is not None] + [tokenizer.eos_token_id]
-    model.save_pretrained(out_dir, safe_serialization=True)
+    if state_dict is not None and getattr(model.config, "tie_word_embeddings", False):
+        # a gathered state dict holds tied weights under both names; the folder keeps the input embeddings'
+        out = model.get_output_embeddings()
+        tied = next((n + ".weight" for n, m in model.named_modules() if m is out and n), None)
+        state_dict = {k: v for k, v in state_dict.items() if k != tied}
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out_dir)
 
 

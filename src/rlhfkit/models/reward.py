@@ -49,20 +49,25 @@ class RewardModel(nn.Module):
         last = hidden[ends[:, 0], ends[:, 1]]
         return self.head(last.to(self.head.weight.dtype)).squeeze(-1)
 
-    def save(self, out_dir: str | Path, tokenizer) -> None:
+    def save(self, out_dir: str | Path, tokenizer, state_dict: dict | None = None) -> None:
+        """The folder; `state_dict`: this module's weights to write in place of its own (gathered from FSDP's
+        shards)."""
         out_dir = Path(out_dir)
         backbone = self.backbone
         if is_peft(backbone):  # merge a copy: the live model keeps training its adapters
             backbone = copy.deepcopy(backbone).merge_and_unload()
-        backbone.save_pretrained(out_dir, safe_serialization=True)
+        part = (lambda prefix: {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}) \
+            if state_dict is not None else (lambda prefix: None)
+        backbone.save_pretrained(out_dir, safe_serialization=True, state_dict=part("backbone."))
         tokenizer.save_pretrained(out_dir)
-        self.save_head(out_dir)
+        self.save_head(out_dir, part("head."))
 
-    def save_head(self, out_dir: str | Path) -> None:
+    def save_head(self, out_dir: str | Path, head: dict | None = None) -> None:
         """The head and the metadata, each written under a temporary name and renamed into place."""
         out_dir = Path(out_dir)
         tmp_head, tmp_meta = out_dir / f".{HEAD_FILE}.tmp", out_dir / f".{META_FILE}.tmp"
-        save_file({k: v.detach().float().contiguous() for k, v in self.head.state_dict().items()}, tmp_head)
+        head = head if head is not None else self.head.state_dict()
+        save_file({k: v.detach().float().contiguous() for k, v in head.items()}, tmp_head)
         tmp_meta.write_text(json.dumps(self.meta, indent=2))
         os.replace(tmp_head, out_dir / HEAD_FILE)
         os.replace(tmp_meta, out_dir / META_FILE)

@@ -43,6 +43,29 @@ class RunExists(RuntimeError):
     pass
 
 
+def wants_fsdp(cfg: TrainConfig) -> bool:
+    """--fsdp, or a launch with an Accelerate FSDP config (configs/accelerate/fsdp2.yaml)."""
+    if os.environ.pop("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        # Accelerate's own FSDP path needs a GPU and wraps modules its own way: the processes are set up as for
+        # DDP and TrainLoop shards the modules itself, the same on CPUs (gloo) and GPUs. Remembered for later
+        # stages of the same process (the demo).
+        os.environ["RLHFKIT_FSDP"] = "true"
+    return cfg.fsdp or os.environ.get("RLHFKIT_FSDP", "false") == "true"
+
+
+def shard(module: nn.Module) -> nn.Module:
+    """FSDP2 in place: each decoder layer (the classes a HF model names in `_no_split_modules`) one unit, the rest
+    (embeddings, final norm, heads) the root's; parameters become DTensor shards over the processes."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = {n for m in module.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+    for m in module.modules():
+        if type(m).__name__ in layers:
+            fully_shard(m)
+    fully_shard(module)
+    return module
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     device = default_device()
     # Accelerate keeps one global state per process; stages run one after another in one process
@@ -78,9 +101,13 @@ def load_trainable_lm(source, cfg: TrainConfig):
 
 
 def make_optimizer(params, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    from torch.distributed.tensor import DTensor
+
     params = [p for p in params if p.requires_grad]
-    # The fused kernel updates each tensor in one pass over memory instead of one pass per arithmetic step.
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
+    # The fused kernel updates each tensor in one pass over memory instead of one pass per arithmetic step
+    # (FSDP's DTensor shards take the foreach path).
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16)
+                and not isinstance(p, DTensor) for p in params)
     return torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                              weight_decay=cfg.weight_decay, fused=fused or None)
 
@@ -138,15 +165,18 @@ class Checkpoints:
         return path if (path / "trainer_state.json").exists() else None
 
     def save(self, name: str, write_models: Callable[[Path], None], state: dict, info: dict,
-             update_latest: bool = True) -> Path:
+             update_latest: bool = True, write_shards: Callable[[Path], None] | None = None) -> Path:
         """write_models(checkpoint) runs on the main process and writes checkpoint/model (and any other model
-        folder); `state` (tensors, numbers) is saved with torch.save and read back with weights_only=True;
+        folder); write_shards(checkpoint), on every process, what each holds a shard of (FSDP's optimiser
+        states); `state` (tensors, numbers) is saved with torch.save and read back with weights_only=True;
         `info` goes to trainer_state.json."""
         final, tmp = self.root / name, self.root / f".{name}.tmp"
         if self.acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.acc.wait_for_everyone()
+        if write_shards is not None:
+            write_shards(tmp)
         torch.save(_rng_state(), tmp / f"rng-rank{self.acc.process_index}.pt")
         if self.acc.is_main_process:
             write_models(tmp)
@@ -367,6 +397,10 @@ class TrainLoop:
         self.acc = make_accelerator(cfg)
         self.run_dir = prepare_run_dir(cfg, self.acc)
         self.checkpoints = Checkpoints(self.run_dir, self.acc, cfg.keep_checkpoints)
+        self.fsdp = wants_fsdp(cfg)
+        if self.fsdp and cfg.lora_r:
+            raise ValueError("--fsdp with --lora-r: not supported yet (shard the full model, or train LoRA with DDP)")
+        self._full_weights: dict[str, dict] | None = None  # while a checkpoint is written under FSDP
         self.resume_from = self.checkpoints.latest() if cfg.resume else None
         if cfg.resume and self.resume_from is None:
             console.print(f"[yellow]--resume: no checkpoint in {self.run_dir}, starting from the beginning")
@@ -391,21 +425,68 @@ class TrainLoop:
 
     def prepare(self, name: str, module: nn.Module, lr: float | None = None, total_steps: int | None = None
                 ) -> Optimised:
-        """`module` wrapped for the processes with its AdamW (and, given `total_steps`, warmup + cosine)."""
+        """`module` wrapped for the processes (DDP, or sharded by FSDP2) with its AdamW (and, given `total_steps`,
+        warmup + cosine)."""
+        if self.fsdp:
+            shard(module.to(self.device))  # before the optimiser: its states are shards too
         optimizer = make_optimizer(module.parameters(), self.cfg, lr)
         scheduler = (warmup_cosine(optimizer, total_steps, self.cfg.warmup_ratio, self.cfg.min_lr_ratio)
                      if total_steps else None)
-        module, optimizer = self.acc.prepare(module, optimizer)
+        if not self.fsdp:
+            module, optimizer = self.acc.prepare(module, optimizer)
         self.parts[name] = Optimised(module, optimizer, scheduler)
         return self.parts[name]
+
+    def weights(self, name: str, prefix: str = "") -> dict | None:
+        """For the writers of model folders: part `name`'s full weights (the keys under `prefix`, without it)
+        gathered from the shards while a checkpoint is written under FSDP; None otherwise (the module's own)."""
+        if self._full_weights is None:
+            return None
+        return {k.removeprefix(prefix): v for k, v in self._full_weights[name].items() if k.startswith(prefix)}
+
+    def save(self, name: str, write: Callable[[Path], None], state: dict, info: dict, update_latest: bool = True,
+             optimizers: bool = False) -> Path:
+        """A checkpoint; under FSDP the weights are first gathered to the main process (every process takes
+        part) and the optimiser states, with `optimizers`, written as shards (torch.distributed.checkpoint)."""
+        if not self.fsdp:
+            return self.checkpoints.save(name, write, state, info, update_latest)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        self._full_weights = {n: get_model_state_dict(p.module, options=full) for n, p in self.parts.items()}
+        try:
+            return self.checkpoints.save(name, write, state, info, update_latest,
+                                         self._write_optimizer_shards if optimizers else None)
+        finally:
+            self._full_weights = None
+
+    def _write_optimizer_shards(self, checkpoint: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        for name, part in self.parts.items():
+            dcp.save({"optimizer": get_optimizer_state_dict(part.module, part.optimizer)},
+                     checkpoint_id=str(checkpoint / f"optimizer-{name}"))
+
+    def _read_optimizer_shards(self, checkpoint: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        for name, part in self.parts.items():
+            state = {"optimizer": get_optimizer_state_dict(part.module, part.optimizer)}
+            dcp.load(state, checkpoint_id=str(checkpoint / f"optimizer-{name}"))
+            set_optimizer_state_dict(part.module, part.optimizer, state["optimizer"])
 
     def resume(self) -> dict:
         """Optimiser and schedule states (and RNG) of the checkpoint being resumed; its trainer_state.json."""
         if self.resume_from is None:
             return {}
         state, info = self.checkpoints.load_state(self.resume_from)
+        if self.fsdp:
+            self._read_optimizer_shards(self.resume_from)
         for name, part in self.parts.items():
-            part.optimizer.load_state_dict(state[f"{name}.optimizer"])
+            if not self.fsdp:
+                part.optimizer.load_state_dict(state[f"{name}.optimizer"])
             if part.scheduler is not None:
                 part.scheduler.load_state_dict(state[f"{name}.scheduler"])
         self.step, self.best = info["step"], info.get("best_metric")
@@ -415,11 +496,12 @@ class TrainLoop:
     def save_step(self) -> None:
         state = {}
         for name, part in self.parts.items():
-            state[f"{name}.optimizer"] = part.optimizer.state_dict()
+            if not self.fsdp:  # (FSDP: written as shards by every process)
+                state[f"{name}.optimizer"] = part.optimizer.state_dict()
             if part.scheduler is not None:
                 state[f"{name}.scheduler"] = part.scheduler.state_dict()
         info = {"step": self.step, "best_metric": self.best, **self.extra_state()}
-        self.checkpoints.save(f"step-{self.step}", self.write_resume, state, info)
+        self.save(f"step-{self.step}", self.write_resume, state, info, optimizers=True)
 
     # ---- one optimiser step ----
 
@@ -432,7 +514,9 @@ class TrainLoop:
         counts: dict[str, float] = {}
         for micro in range(n_micro):
             last = micro == n_micro - 1
-            with self.acc.no_sync(part.module) if not last else nullcontext():
+            if self.fsdp:  # reduce-scatter the gradients once, after the last micro-batch
+                part.module.set_requires_gradient_sync(last)
+            with self.acc.no_sync(part.module) if not last and not self.fsdp else nullcontext():
                 with self.acc.autocast():
                     loss, c = loss_fn(micro)
                 self.acc.backward(loss)
@@ -444,7 +528,12 @@ class TrainLoop:
 
     def optimizer_step(self, part: Optimised, loss: float, what: str = "the loss") -> float:
         """Clip, refuse a non-finite loss or gradient (before the weights change), step, schedule, zero."""
-        grad_norm = float(self.acc.clip_grad_norm_(part.module.parameters(), self.cfg.max_grad_norm or float("inf")))
+        max_norm = self.cfg.max_grad_norm or float("inf")
+        if self.fsdp:  # the norm over every process's shards
+            norm = torch.nn.utils.clip_grad_norm_(part.module.parameters(), max_norm)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        else:
+            grad_norm = float(self.acc.clip_grad_norm_(part.module.parameters(), max_norm))
         check_finite(loss, what, self.step + 1, self.checkpoints.latest())
         check_finite(grad_norm, f"the gradient norm of {what}", self.step + 1, self.checkpoints.latest())
         part.optimizer.step()
@@ -515,8 +604,8 @@ class TrainLoop:
                     metrics["select_score"] = s = select(metrics)
                     if self.best is None or s > self.best:
                         self.best = s
-                        self.checkpoints.save("best", self.write_export, {}, {"step": self.step, "score": s},
-                                              update_latest=False)
+                        self.save("best", self.write_export, {}, {"step": self.step, "score": s},
+                                  update_latest=False)
                 if self.step % cfg.log_every == 0 or last or evaluated:
                     log.log(self.step, metrics)
                 if (cfg.save_every and self.step % cfg.save_every == 0) or last:
@@ -532,7 +621,7 @@ class TrainLoop:
         """The final models in the run folder: the best evaluation if there was one, else the last step."""
         chosen = self.checkpoints.root / "best"
         if not (chosen / "trainer_state.json").exists():
-            chosen = self.checkpoints.save("final", self.write_export, {}, {"step": self.step}, update_latest=False)
+            chosen = self.save("final", self.write_export, {}, {"step": self.step}, update_latest=False)
         if self.acc.is_main_process:
             publish(chosen, self.run_dir)
         self.acc.wait_for_everyone()

@@ -509,6 +509,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
                          "pass --samples-per-prompt 2 or more")
     prompts = read_prompts(cfg.prompts).records
     loop = TrainLoop(cfg, "ppo")
+    if loop.fsdp:
+        raise ValueError("--fsdp: PPO does not shard yet (sft and rm do); run PPO with DDP, --lora-r, "
+                         "--frozen-dtype and --offload-frozen to fit a larger policy")
     torch.manual_seed(cfg.seed)
     total_updates = cfg.iterations * cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch_size)
     models = load_models(cfg, loop, reward_fn is None, total_updates)

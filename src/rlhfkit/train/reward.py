@@ -130,7 +130,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
 
     part = loop.prepare("rm", rm, total_steps=plan.total_steps)
     plain: RewardModel = loop.acc.unwrap_model(part.module)
-    loop.write_resume = loop.write_export = lambda ckpt: plain.save(ckpt / "model", tokenizer)
+    loop.write_resume = loop.write_export = lambda ckpt: plain.save(ckpt / "model", tokenizer, loop.weights("rm"))
     loop.resume()
 
     def step_fn(step: int) -> dict:
@@ -145,11 +145,17 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
 
         return loop.supervised_step(part, cfg.grad_accum, loss_fn, plan.steps_per_epoch)
 
-    def held_out_pairs(model: nn.Module, items: list[EncodedRanking]) -> list:
-        """Each held-out ranking's scored pairs; each prompt's responses forwarded once for all its rankings."""
+    def held_out_pairs(model: nn.Module, items: list[EncodedRanking], batches: int | None = None) -> list:
+        """Each held-out ranking's scored pairs; each prompt's responses forwarded once for all its rankings.
+        `batches`: run that many (a sharded model's forward needs every process: one out of items repeats its
+        first, not counted)."""
         pairs = []
+        batches = math.ceil(len(items) / cfg.batch_size) if batches is None else batches
         with torch.no_grad(), loop.acc.autocast():
-            for i in range(0, len(items), cfg.batch_size):
+            for i in range(0, batches * cfg.batch_size, cfg.batch_size):
+                if not items[i : i + cfg.batch_size]:
+                    forward_rankings(model, evals[:1], tokenizer.pad_token_id)
+                    continue
                 rewards, ranks = forward_rankings(model, items[i : i + cfg.batch_size], tokenizer.pad_token_id)
                 for row, rk in zip(rewards.float().tolist(), ranks.tolist(), strict=True):
                     k = sum(x >= 0 for x in rk)
@@ -158,7 +164,8 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
 
     def evaluate() -> dict:
         plain.eval()
-        pairs = held_out_pairs(plain, evals[loop.rank :: loop.world])
+        batches = math.ceil(math.ceil(len(evals) / loop.world) / cfg.batch_size) if loop.fsdp else None
+        pairs = held_out_pairs(plain, evals[loop.rank :: loop.world], batches)
         plain.train()
         m = reward_metrics(gather_object(pairs) if loop.world > 1 else pairs)
         return {"eval_accuracy": m.get("accuracy", float("nan")), "eval_loss": m.get("loss", float("nan")),

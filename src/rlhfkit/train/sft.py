@@ -10,6 +10,7 @@ takes its own slice, so a resumed run sees exactly the rows it would have seen.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,8 @@ def train_sft(
     """
     train_demos, eval_demos = read_splits(read_demonstrations, cfg)  # a bad line stops the run before model work
     loop = TrainLoop(cfg, "sft")
+    if loop.fsdp and select is not None:
+        raise ValueError("--fsdp with a select hook: sampling from a sharded model is not supported yet")
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_trainable_lm(loop.resume_from / "model" if loop.resume_from else cfg.model, cfg)
 
@@ -104,8 +107,10 @@ def train_sft(
 
     part = loop.prepare("model", ResponseNLL(model), total_steps=plan.total_steps)
     plain = loop.acc.unwrap_model(part.module)
-    loop.write_resume = lambda ckpt: save_model(plain.model, tokenizer, ckpt / "model", merge_lora=False)
-    loop.write_export = lambda ckpt: save_model(plain.model, tokenizer, ckpt / "model", merge_lora=cfg.merge_lora)
+    loop.write_resume = lambda ckpt: save_model(plain.model, tokenizer, ckpt / "model", merge_lora=False,
+                                                state_dict=loop.weights("model", "model."))
+    loop.write_export = lambda ckpt: save_model(plain.model, tokenizer, ckpt / "model", merge_lora=cfg.merge_lora,
+                                                state_dict=loop.weights("model", "model."))
     loop.resume()
 
     def step_fn(step: int) -> dict:
@@ -122,17 +127,23 @@ def train_sft(
 
     def evaluate() -> dict:
         # The bare module, not the DDP wrapper: processes may run different numbers of eval batches,
-        # and DDP's forward would wait on collectives that never come.
+        # and DDP's forward would wait on collectives that never come. FSDP's forward gathers each layer from
+        # every process, so there all run the same number of batches (a process out of rows repeats one, not
+        # counted).
         plain.eval()
         nll = torch.zeros((), device=loop.device)
         count = torch.zeros((), device=loop.device)
         mine = evals.rows[loop.rank :: loop.world]
+        batches = math.ceil(math.ceil(len(evals.rows) / loop.world) / cfg.batch_size) if loop.fsdp else \
+            math.ceil(len(mine) / cfg.batch_size)
         with torch.no_grad(), loop.acc.autocast():
-            for i in range(0, len(mine), cfg.batch_size):
-                batch = collate_packed(mine[i : i + cfg.batch_size], tokenizer.pad_token_id).to(loop.device)
+            for i in range(0, batches * cfg.batch_size, cfg.batch_size):
+                rows = mine[i : i + cfg.batch_size]
+                batch = collate_packed(rows or evals.rows[:1], tokenizer.pad_token_id).to(loop.device)
                 loss, n = plain(batch.input_ids, batch.position_ids, shifted_targets(batch.labels), 1.0)
-                nll += loss.float()
-                count += n.to(loop.device)
+                if rows:
+                    nll += loss.float()
+                    count += n.to(loop.device)
         plain.train()
         totals = loop.sum_over_processes({"nll": nll, "count": count})
         metrics = {"eval_loss": totals["nll"] / max(1.0, totals["count"])}
