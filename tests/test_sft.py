@@ -144,6 +144,27 @@ def test_cli_generate(tmp_path, tiny_llama):
     assert result.exit_code == 0, result.output
     assert "### Say yes." in result.output and "### Name a fruit." in result.output
     assert len(out.read_text().splitlines()) == 2
+    again = CliRunner().invoke(app, ["generate", "--model", str(tiny_llama), "--prompt", "Say yes.",
+                                     "--output", str(out)])
+    assert again.exit_code != 0 and "pass --resume" in str(again.exception)  # nothing already written is lost
+
+
+def test_generate_writes_batch_by_batch_and_resumes(tmp_path, tiny_llama):
+    from rlhfkit.config import GenerateConfig
+    from rlhfkit.sampling import generate
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in "abcdefg"))
+    args = dict(model=str(tiny_llama), prompts=str(prompts), num_samples=2, temperature=1.0, max_new_tokens=6,
+                batch_size=4, progress=False)  # 2 prompts a batch
+    straight = generate(GenerateConfig(**args, output=str(tmp_path / "straight.jsonl")))
+    assert [r["index"] for r in straight] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    # a run killed in its third batch: two batches written whole, the third torn
+    cut = tmp_path / "cut.jsonl"
+    lines = (tmp_path / "straight.jsonl").read_text().splitlines(keepends=True)
+    cut.write_text("".join(lines[:9]) + lines[9][:10])
+    generate(GenerateConfig(**args, output=str(cut), resume=True))
+    assert sorted(cut.read_text().splitlines()) == sorted(ln.rstrip("\n") for ln in lines)
 
 
 def test_every_command_documents_every_option():

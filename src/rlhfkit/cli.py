@@ -133,36 +133,9 @@ STAGES = [
      "PPO-ptx, evaluation against base and SFT, a second round; writes runs/<name>/report.md. "
      "--quick runs a tiny configuration; --resume continues an interrupted run; the stages' own options are "
      "sections of the config (sft, sample, rm, ppo), set with --set ppo.iterations=20."),
-    ("generate", GenerateConfig, "rlhfkit.cli:generate",
+    ("generate", GenerateConfig, "rlhfkit.sampling:generate",
      "Answer prompts with a model (any stage's output folder), greedy by default."),
 ]
-
-
-def generate(cfg: GenerateConfig) -> None:
-    import torch
-
-    from rlhfkit.data import Prompt, append_jsonl, read_prompts
-    from rlhfkit.data.records import prompt_text
-    from rlhfkit.models import default_device, load_causal_lm, mixed_precision
-    from rlhfkit.rollout import sample
-
-    prompts = [Prompt(prompt=p) for p in cfg.prompt]
-    if cfg.prompts:
-        prompts += read_prompts(cfg.prompts).records
-    if not prompts:
-        raise ValueError("nothing to answer: pass --prompt TEXT or --prompts FILE")
-    device = default_device()
-    model, tokenizer = load_causal_lm(cfg.model)
-    model.to(device)
-    torch.manual_seed(cfg.seed)
-    roll = sample(model, tokenizer, [p.prompt for p in prompts], cfg.num_samples, cfg.max_new_tokens,
-                  cfg.temperature, cfg.top_p, cfg.batch_size, mixed_precision(cfg.dtype, device) == "bf16")
-    records = []
-    for i, text, ended in sorted(zip(roll.prompt_index, roll.texts, roll.ended, strict=True), key=lambda x: x[0]):
-        typer.echo(f"### {prompt_text(prompts[i].prompt)}\n{text}{'' if ended else ' [cut at max-new-tokens]'}\n")
-        records.append({"prompt": prompts[i].model_dump(mode="json")["prompt"], "response": text, "ended": ended})
-    if cfg.output:
-        append_jsonl(cfg.output, records)
 
 
 for _name, _cls, _target, _help in STAGES:

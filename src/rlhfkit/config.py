@@ -243,7 +243,10 @@ class GenerateConfig(StageConfig):
     model: str = Field("runs/sft", description="A HF folder (any stage's output) or smollm2-135m.")
     prompt: list[str] = Field(default_factory=list, description="A prompt to answer (repeat the flag for several).")
     prompts: str | None = Field(None, description="A file of prompts (JSONL/Parquet: prompt, messages or instruction).")
-    output: str | None = Field(None, description="Also write {prompt, response, ended} records to this JSONL.")
+    output: str | None = Field(None, description="Also write {index, prompt, response, ended} records to this JSONL, "
+                               "batch by batch.")
+    resume: bool = Field(False, description="Carry on after the prompts --output already holds.")
+    progress: bool = Field(True, description="Show a progress bar.")
     num_samples: int = Field(1, ge=1, description="Responses per prompt.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")

@@ -1,4 +1,5 @@
-"""`rlhfkit sample`: K distinct responses per prompt from a policy, written as Ranking-ready records.
+"""`rlhfkit sample`: K distinct responses per prompt from a policy, written as Ranking-ready records; and
+`rlhfkit generate`: answers to prompts, printed and written the same way, batch by batch.
 
 Each record is a `Ranking` with no ranks yet: the prompt, K responses, and per response which policy
 and settings made it. The labeling service and the simulated labelers read these records. Records
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.config import SampleConfig
+from rlhfkit.config import GenerateConfig, SampleConfig
 from rlhfkit.console import console, make_progress
-from rlhfkit.data import Ranking, append_jsonl, read_prompts
+from rlhfkit.data import Prompt, Ranking, append_jsonl, prompt_text, read_prompts
 from rlhfkit.models import default_device, load_causal_lm, mixed_precision
 from rlhfkit.rollout import sample
 
@@ -90,3 +91,69 @@ def sample_rankings(cfg: SampleConfig) -> dict:
                "duplicates_dropped": duplicates, "invalid_prompts": read.skipped}
     console.print(f"sample: {summary} -> {out}")
     return summary
+
+
+def _complete_prompts(path: Path, per_prompt: int) -> set[int]:
+    """Prompt indices whose `per_prompt` answers are all in `path`; the file is rewritten (atomically) without
+    the answers of a batch a kill cut short, so a resumed run writes each prompt's answers once."""
+    if not path.exists():
+        return set()
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append((json.loads(line)["index"], line))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line
+    counts: dict[int, int] = {}
+    for i, _ in rows:
+        counts[i] = counts.get(i, 0) + 1
+    complete = {i for i, n in counts.items() if n == per_prompt}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for i, line in rows if i in complete))
+    tmp.replace(path)
+    return complete
+
+
+def generate(cfg: GenerateConfig) -> list[dict]:
+    """Answers to --prompt / --prompts, printed and (with --output) appended batch by batch, so an interruption
+    loses at most the batch in flight and --resume carries on. Each batch is seeded from --seed and its first
+    prompt, so a resumed run writes what a straight run would have."""
+    prompts = [Prompt(prompt=p) for p in cfg.prompt]
+    if cfg.prompts:
+        prompts += read_prompts(cfg.prompts).records
+    if not prompts:
+        raise ValueError("nothing to answer: pass --prompt TEXT or --prompts FILE")
+    out = Path(cfg.output) if cfg.output else None
+    if out is not None and out.exists() and not cfg.resume:
+        raise FileExistsError(f"{out} exists; pass --resume to carry on after the prompts it holds, or choose "
+                              "another --output")
+    done = _complete_prompts(out, cfg.num_samples) if out is not None else set()
+    todo = [i for i in range(len(prompts)) if i not in done]
+    device = default_device()
+    model, tokenizer = load_causal_lm(cfg.model)
+    model.to(device)
+    if mixed_precision(cfg.dtype, device) == "bf16":
+        model.to(torch.bfloat16)  # decoding only: cast once
+    per_batch = max(1, cfg.batch_size // cfg.num_samples)
+    records: list[dict] = []
+    with make_progress(cfg.progress) as progress:
+        task = progress.add_task("generate", total=len(prompts), completed=len(done), metrics="")
+        for start in range(0, len(todo), per_batch):
+            chunk = todo[start : start + per_batch]
+            torch.manual_seed(cfg.seed + chunk[0])
+            roll = sample(model, tokenizer, [prompts[i].prompt for i in chunk], cfg.num_samples,
+                          cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.batch_size)
+            batch = []
+            for j, text, ended in sorted(zip(roll.prompt_index, roll.texts, roll.ended, strict=True),
+                                         key=lambda x: x[0]):
+                i = chunk[j]
+                # the answers to stdout (the bar is on stderr), as plain text: nothing in them is markup
+                print(f"### {prompt_text(prompts[i].prompt)}\n{text}{'' if ended else ' [cut at max-new-tokens]'}\n",
+                      flush=True)
+                batch.append({"index": i, "prompt": prompts[i].model_dump(mode="json")["prompt"], "response": text,
+                              "ended": ended})
+            if out is not None:
+                append_jsonl(out, batch)
+            records += batch
+            progress.update(task, advance=len(chunk))
+    return records
