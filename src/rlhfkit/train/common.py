@@ -394,12 +394,12 @@ class TrainLoop:
 
     def __init__(self, cfg: TrainConfig, name: str):
         self.cfg, self.name = cfg, name
+        self.fsdp = wants_fsdp(cfg)  # before the accelerator, which must not take the launch for its own FSDP
+        if self.fsdp and cfg.lora_r:
+            raise ValueError("--fsdp with --lora-r: not supported yet (shard the full model, or train LoRA with DDP)")
         self.acc = make_accelerator(cfg)
         self.run_dir = prepare_run_dir(cfg, self.acc)
         self.checkpoints = Checkpoints(self.run_dir, self.acc, cfg.keep_checkpoints)
-        self.fsdp = wants_fsdp(cfg)
-        if self.fsdp and cfg.lora_r:
-            raise ValueError("--fsdp with --lora-r: not supported yet (shard the full model, or train LoRA with DDP)")
         self._full_weights: dict[str, dict] | None = None  # while a checkpoint is written under FSDP
         self.resume_from = self.checkpoints.latest() if cfg.resume else None
         if cfg.resume and self.resume_from is None:
