@@ -136,3 +136,25 @@ def test_json_next_task_route_checks_sign_in_and_project(app):
     assert sorted(task["responses"]) == sorted(XSS) and task["csrf"] and task["kind"] == "ranking"
     again = ann.get("/api/projects/p/next").json()["task"]
     assert again["assignment"] == task["assignment"]  # the open lease comes back, not a second task
+
+
+def test_malformed_submissions_are_4xx_with_a_message(app):
+    """Issue #19 rows 4, 5, 7: every malformed body gets a 422 naming what was expected, never a 500, and
+    nothing is stored."""
+    ann = client_for(app, "ann")
+    _, data = task_data(ann, ann.get("/projects/p/next").headers["location"])
+    url, headers = f"/api/assignments/{data['assignment']}/submit", {"X-CSRF-Token": data["csrf"]}
+    judgement = {"ranks": [0, 1, 1, 2]}
+    for body in (b"{bad", b"[]", b"null", b"5", b"\xff\xfe"):
+        r = ann.post(url, content=body, headers={**headers, "content-type": "application/json"})
+        assert r.status_code == 422 and "JSON" in r.json()["error"], (body, r.text)
+    for body in ({"judgement": judgement}, {"judgement": judgement, "submission_key": None},
+                 {"judgement": judgement, "submission_key": "k" * 1_000_000},
+                 {"judgement": "x", "submission_key": "k"},
+                 {"judgement": {"ranks": [True, False, True, 2]}, "submission_key": "k"}):
+        r = ann.post(url, json=body, headers=headers)
+        assert r.status_code == 422, (str(body)[:80], r.text)
+    assert app.state.store.progress("p")["judgements"] == 0
+    r = ann.post(f"/api/assignments/{data['assignment']}/skip", content=b"[1]",
+                 headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 422

@@ -67,9 +67,14 @@ def test_submissions_are_validated_idempotent_and_never_overwritten(store):
     a = store.lease_next(lab.id, "p")
     for bad, msg in [({"ranks": [0, 1]}, "4 whole numbers"), ({"ranks": [0, 2, 2, 3]}, "no gaps"),
                      ({"ranks": [0, 1, 1, 2], "likert": [1, 2, 8, 3]}, "1 to 7"),
-                     ({"ranks": [0, 1, 1, 2], "flags": [["nonsense"], [], [], []]}, "known metadata flags")]:
+                     ({"ranks": [0, 1, 1, 2], "flags": [["nonsense"], [], [], []]}, "known metadata flags"),
+                     ({"ranks": [True, False, True, 2]}, "whole numbers"),  # JSON booleans are not ranks
+                     ({"ranks": [0, 1, 1, 2], "likert": [True, 7, None, 1]}, "1 to 7")]:
         with pytest.raises(FeedbackError, match=msg):
             store.submit(lab.id, a.id, bad, "k1")
+    for key in (None, "", "x" * 101, "a b", 5):  # a missing, empty, huge or odd key is refused, never stored
+        with pytest.raises(FeedbackError, match="submission_key"):
+            store.submit(lab.id, a.id, {"ranks": [0, 1, 1, 2]}, key)
     good = {"ranks": [0, 1, 1, 2], "likert": [7, 4, 4, 1], "flags": [[], ["hallucination"], [], []],
             "prompt_labels": ["ambiguous"], "comment": "B and C are as good"}
     j1 = store.submit(lab.id, a.id, good, "k1")
@@ -85,8 +90,11 @@ def test_labelers_cannot_touch_each_others_assignments(store):
     ann, _ = store.add_labeler("ann")
     bob, _ = store.add_labeler("bob")
     a = store.lease_next(ann.id, "p")
+    store.submit(ann.id, a.id, {"ranks": [0, 1, 2, 3]}, "anns-key")
     with pytest.raises(NotFound):
         store.submit(bob.id, a.id, {"ranks": [0, 1, 2, 3]}, "x")
+    with pytest.raises(NotFound):  # ann's key on ann's assignment: still 404 to bob, not a hint that it exists
+        store.submit(bob.id, a.id, {"ranks": [0, 1, 2, 3]}, "anns-key")
     with pytest.raises(NotFound):
         store.skip(bob.id, a.id, "not mine")
 
@@ -109,6 +117,11 @@ def test_skip_and_expiry_give_the_slot_back(store, monkeypatch):
     assert c is not None and c.task_id == a.task_id
     with pytest.raises(FeedbackError, match="expired"):
         store.submit(bob.id, b.id, {"ranks": [0, 1, 2, 3]}, "late")
+    # a lease past its time is refused at submit even when nobody has leased since
+    much_later = later + timedelta(seconds=120)
+    monkeypatch.setattr(store_mod, "now", lambda: much_later)
+    with pytest.raises(FeedbackError, match="expired"):
+        store.submit(cy.id, c.id, {"ranks": [0, 1, 2, 3]}, "late-too")
 
 
 def test_priority_order(store):

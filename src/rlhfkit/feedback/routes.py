@@ -26,7 +26,7 @@ from rlhfkit.feedback.auth import (
 )
 from rlhfkit.feedback.export import agreement, throughput
 from rlhfkit.feedback.plots import admin_plot_png
-from rlhfkit.feedback.store import PROMPT_LABELS, Store
+from rlhfkit.feedback.store import PROMPT_LABELS, FeedbackError, Store
 
 templates = Environment(loader=PackageLoader("rlhfkit.feedback", "templates"), autoescape=select_autoescape(["html"]))
 pages, api, admin_pages = APIRouter(), APIRouter(prefix="/api"), APIRouter(prefix="/admin")
@@ -109,19 +109,31 @@ def next_task_json(name: str, user: SignedIn = Depends(signed_in), store: Store 
     return {"task": None if a is None else task_view(store, user, a.id)[0]}
 
 
+async def json_object(request: Request, fields: str) -> dict:
+    """The request's JSON object, or a 422 that says what was expected (never a 500 on a malformed body)."""
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise FeedbackError(f"the body is not valid JSON; expected an object {{{fields}}}") from None
+    if not isinstance(body, dict):
+        raise FeedbackError(f"the body must be a JSON object {{{fields}}}")
+    return body
+
+
 @api.post("/assignments/{assignment_id}/submit")
 async def submit(request: Request, assignment_id: int, user: SignedIn = Depends(csrf_header),
                  store: Store = Depends(get_store)):
-    body = await request.json()  # read only once the caller is known
-    j = store.submit(user.labeler.id, assignment_id, body.get("judgement") or {}, str(body.get("submission_key", "")))
+    body = await json_object(request, "judgement, submission_key")  # read only once the caller is known
+    j = store.submit(user.labeler.id, assignment_id, body.get("judgement") or {}, body.get("submission_key"))
     return {"judgement": j.id}
 
 
 @api.post("/assignments/{assignment_id}/skip")
 async def skip(request: Request, assignment_id: int, user: SignedIn = Depends(csrf_header),
                store: Store = Depends(get_store)):
-    body = await request.json()
-    store.skip(user.labeler.id, assignment_id, str(body.get("reason", "")))
+    body = await json_object(request, "reason")
+    reason = body.get("reason")
+    store.skip(user.labeler.id, assignment_id, reason if isinstance(reason, str) else "")
     return {"skipped": assignment_id}
 
 

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -160,17 +161,25 @@ def check_password(password: str, stored: str | None) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
+def _whole(x) -> bool:
+    """An int that is not a bool (JSON true/false arrive as Python bools, which are ints)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+SUBMISSION_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
 def validate_ranking(data: dict, k: int) -> dict:
     """Ranks a valid weak order over exactly the k shown outputs, Likert 1-7, known flags."""
     ranks = data.get("ranks")
-    if not isinstance(ranks, list) or len(ranks) != k or not all(isinstance(r, int) for r in ranks):
+    if not isinstance(ranks, list) or len(ranks) != k or not all(_whole(r) for r in ranks):
         raise FeedbackError(f"ranks must be {k} whole numbers, one per output")
     distinct = sorted(set(ranks))
     if distinct != list(range(len(distinct))):
         raise FeedbackError("ranks must be 0 (best), 1, 2, ... with no gaps; equal ranks are ties")
     likert = data.get("likert")
     if likert is not None and (not isinstance(likert, list) or len(likert) != k
-                               or any(v is not None and (not isinstance(v, int) or not 1 <= v <= 7) for v in likert)):
+                               or any(v is not None and (not _whole(v) or not 1 <= v <= 7) for v in likert)):
         raise FeedbackError("likert must hold a score from 1 to 7 (or nothing) for each output")
     flags = data.get("flags") or [[] for _ in range(k)]
     if not isinstance(flags, list) or len(flags) != k or any(not set(f) <= set(METADATA_FLAGS) for f in flags):
@@ -389,15 +398,21 @@ class Store:
         return retry_when_busy(lambda: self._submit(labeler_id, assignment_id, shown, submission_key))
 
     def _submit(self, labeler_id: int, assignment_id: int, shown: dict, submission_key: str) -> Judgement:
+        if not isinstance(submission_key, str) or not SUBMISSION_KEY.fullmatch(submission_key):
+            raise FeedbackError("submission_key must be 1 to 100 letters, digits, '-' or '_'")
+        if not isinstance(shown, dict):
+            raise FeedbackError("judgement must be an object")
         with self.session() as s:
+            a, task, project = self.own_assignment(s, labeler_id, assignment_id)  # someone else's: 404 first
             existing = s.scalar(select(Judgement).where(Judgement.submission_key == submission_key))
             if existing is not None:
-                if existing.labeler_id != labeler_id or existing.assignment_id != assignment_id:
+                if existing.assignment_id != assignment_id:
                     raise FeedbackError("that submission key was used for another submission")
                 return existing  # a retried submit: same answer, nothing duplicated
-            a, task, project = self.own_assignment(s, labeler_id, assignment_id)
             if a.status == "submitted":
                 raise FeedbackError("this task was already submitted; submissions are never overwritten")
+            if a.status == "leased" and a.expires_at < now():  # expired, though nobody has leased since
+                raise FeedbackError("this lease expired; ask for a new task")
             if a.status != "leased":
                 raise FeedbackError(f"this lease is {a.status}; ask for a new task")
             data = self._to_task_order(project.kind, shown, a.order)
