@@ -242,3 +242,21 @@ def test_migrations_build_exactly_the_models_schema(kind, tmp_path):
             assert "alembic_version" in inspect(conn).get_table_names()
         Store(url).engine.dispose()  # at head already: a no-op
         store.engine.dispose()
+
+
+def test_admin_inputs_are_checked_and_the_database_is_private(tmp_path):
+    """Issue #19 row 15: names and numbers an admin types are validated; the SQLite file is 0600."""
+    import os
+    import stat
+
+    store = Store(f"sqlite:///{tmp_path / 'private.db'}")
+    assert stat.S_IMODE(os.stat(tmp_path / "private.db").st_mode) == 0o600
+    for name, overlap, lease, msg in (("a/../../admin", 1, 1800, "project's name"), ("x" * 101, 1, 1800, "name"),
+                                      ("ok", 10**20, 1800, "overlap"), ("ok", True, 1800, "overlap"),
+                                      ("ok", 1, 0, "lease_seconds"), ("..", 1, 1800, "project's name")):
+        with pytest.raises(FeedbackError, match=msg):
+            store.add_project(name, overlap=overlap, lease_seconds=lease)
+    for name in ("", "   ", "a\x00b", "x" * 101, "tab\there"):
+        with pytest.raises(FeedbackError, match="labeler's name"):
+            store.add_labeler(name)
+    assert store.add_labeler("  Zoë Li ")[0].name == "Zoë Li" and store.projects() == []

@@ -159,7 +159,7 @@ def label_serve(
 
     from rlhfkit.feedback.app import create_app
 
-    uvicorn.run(create_app(db), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(db), host=host, port=port, log_level=log_level, server_header=False)
 
 
 @label_app.command("add-labeler")

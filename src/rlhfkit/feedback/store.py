@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import random
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -124,6 +126,10 @@ class Busy(FeedbackError):
 
 
 def make_engine(url: str):
+    path = url.removeprefix("sqlite:///")
+    if url.startswith("sqlite:///") and path and path != ":memory:" and not os.path.exists(path):
+        # created readable by the owner only (SQLite gives its -wal and -shm files the same mode)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     engine = create_engine(url, pool_pre_ping=True)
     if url.startswith("sqlite"):
         @event.listens_for(engine, "connect")
@@ -167,6 +173,24 @@ def _whole(x) -> bool:
 
 
 SUBMISSION_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # safe in URLs and file names
+
+
+def check_labeler_name(name) -> str:
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100 or any(
+            unicodedata.category(c) == "Cc" for c in name):
+        raise FeedbackError("a labeler's name is 1 to 100 characters, no control characters")
+    return name.strip()
+
+
+def check_project(name, overlap, lease_seconds) -> None:
+    if not isinstance(name, str) or not PROJECT_NAME.fullmatch(name) or ".." in name:
+        raise FeedbackError("a project's name is 1 to 100 letters, digits, '_', '.' or '-', starting with a letter "
+                            "or digit")
+    if not _whole(overlap) or not 1 <= overlap <= 100:
+        raise FeedbackError("overlap must be a whole number from 1 to 100")
+    if not _whole(lease_seconds) or not 10 <= lease_seconds <= 7 * 86400:
+        raise FeedbackError("lease_seconds must be a whole number from 10 to 604800 (a week)")
 
 
 def validate_ranking(data: dict, k: int) -> dict:
@@ -238,6 +262,7 @@ class Store:
     def add_labeler(self, name: str, role: str = "labeler", password: str | None = None,
                     actor: int | None = None) -> tuple[Labeler, str]:
         """(labeler, sign-in token). The token is shown once; only its hash is stored."""
+        name = check_labeler_name(name)
         if role not in ("admin", "labeler"):
             raise FeedbackError("role must be admin or labeler")
         token = secrets.token_urlsafe(32)
@@ -272,8 +297,7 @@ class Store:
                     actor: int | None = None) -> Project:
         if kind not in TASK_KINDS:
             raise FeedbackError(f"kind must be one of {', '.join(TASK_KINDS)}")
-        if overlap < 1:
-            raise FeedbackError("overlap must be at least 1")
+        check_project(name, overlap, lease_seconds)
         with self.session() as s:
             if s.scalar(select(Project).where(Project.name == name)):
                 raise FeedbackError(f"a project named {name!r} exists")
