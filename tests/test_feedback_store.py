@@ -260,3 +260,26 @@ def test_admin_inputs_are_checked_and_the_database_is_private(tmp_path):
         with pytest.raises(FeedbackError, match="labeler's name"):
             store.add_labeler(name)
     assert store.add_labeler("  Zoë Li ")[0].name == "Zoë Li" and store.projects() == []
+
+
+def test_secrets_and_passwords_have_a_minimum_and_stay_off_the_command_line(tmp_path, monkeypatch):
+    """Issue #19 row 13."""
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+    from rlhfkit.feedback.auth import load_secret
+
+    monkeypatch.setenv("RLHFKIT_SECRET", "a")
+    with pytest.raises(ValueError, match="at least 32"):
+        load_secret(f"sqlite:///{tmp_path / 'f.db'}")
+    monkeypatch.setenv("RLHFKIT_SECRET", "x" * 32)
+    assert load_secret(f"sqlite:///{tmp_path / 'f.db'}") == b"x" * 32
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    with pytest.raises(FeedbackError, match="at least 12"):
+        store.add_labeler("ann", password="x")
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    run = CliRunner().invoke
+    assert run(app, ["label", "add-labeler", "bob", "--password", "hunter2", "--db", db]).exit_code != 0  # no value
+    out = run(app, ["label", "add-labeler", "bob", "--password", "--db", db], input="a long passphrase\n")
+    assert out.exit_code == 0, out.output
+    assert store.by_password("bob", "a long passphrase").name == "bob"

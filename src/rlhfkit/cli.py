@@ -166,13 +166,19 @@ def label_serve(
 def label_add_labeler(
     name: str = typer.Argument(..., help="The labeler's sign-in name."),
     role: str = typer.Option("labeler", help="labeler or admin."),
-    password: str = typer.Option(None, help="Optional password (stored hashed); the token always works."),
+    password: bool = typer.Option(False, "--password", help="Also set a password (at least 12 characters, stored "
+                                  "hashed), asked for without echo, or read from standard input when that is not a "
+                                  "terminal; never taken on the command line, where other users can see it."),
     db: str = DB_OPTION,
 ) -> None:
     """Create a labeler and print their sign-in token (shown once; only its hash is stored)."""
     from rlhfkit.feedback.store import Store
 
-    _, token = Store(db).add_labeler(name, role, password)
+    secret = None
+    if password:
+        secret = (typer.prompt("password", hide_input=True, confirmation_prompt=True) if sys.stdin.isatty()
+                  else sys.stdin.readline().rstrip("\n"))
+    _, token = Store(db).add_labeler(name, role, secret)
     typer.echo(token)
 
 

@@ -24,9 +24,17 @@ COOKIE = "rlhfkit_session"
 SESSION_SECONDS = 12 * 3600
 
 
+MIN_SECRET_BYTES = 32
+
+
 def load_secret(db_url: str) -> bytes:
+    """RLHFKIT_SECRET (at least 32 bytes), or a random one kept in a file beside the database."""
     if os.environ.get("RLHFKIT_SECRET"):
-        return os.environ["RLHFKIT_SECRET"].encode()
+        secret = os.environ["RLHFKIT_SECRET"].encode()
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"RLHFKIT_SECRET has {len(secret)} bytes; sessions need at least {MIN_SECRET_BYTES} "
+                             "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+        return secret
     folder = Path(db_url.removeprefix("sqlite:///")).parent if db_url.startswith("sqlite:///") else Path.cwd()
     path = folder / ".rlhfkit-secret"
     if not path.exists():

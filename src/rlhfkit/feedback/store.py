@@ -172,6 +172,7 @@ def _whole(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+MIN_PASSWORD = 12
 SUBMISSION_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # safe in URLs and file names
 
@@ -263,6 +264,8 @@ class Store:
                     actor: int | None = None) -> tuple[Labeler, str]:
         """(labeler, sign-in token). The token is shown once; only its hash is stored."""
         name = check_labeler_name(name)
+        if password is not None and len(password) < MIN_PASSWORD:
+            raise FeedbackError(f"a password has at least {MIN_PASSWORD} characters")
         if role not in ("admin", "labeler"):
             raise FeedbackError("role must be admin or labeler")
         token = secrets.token_urlsafe(32)
