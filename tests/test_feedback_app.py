@@ -158,3 +158,26 @@ def test_malformed_submissions_are_4xx_with_a_message(app):
     r = ann.post(f"/api/assignments/{data['assignment']}/skip", content=b"[1]",
                  headers={**headers, "content-type": "application/json"})
     assert r.status_code == 422
+
+
+def test_login_csrf_separate_csrf_key_and_hsts_behind_tls(app):
+    """Issue #19 rows 8, 11, 12."""
+    _, token = app.state.store.add_labeler("eve")
+    c = TestClient(app, base_url="http://testserver", follow_redirects=False)
+    r = c.post("/login", data={"token": token}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "set-cookie" not in r.headers  # another site cannot sign a browser in
+    r = c.post("/login", data={"token": token}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 403
+    assert c.post("/login", data={"token": token}, headers={"Origin": "null"}).status_code == 403  # sandboxed frame
+    r = c.post("/login", data={"token": token}, headers={"Origin": "http://testserver"})
+    assert r.status_code == 303 and "strict-transport-security" not in r.headers
+    # the CSRF token is not a session signature: signing "csrf:" + payload with the session key is no token
+    sessions = app.state.sessions
+    payload = c.cookies.get("rlhfkit_session").rpartition(":")[0]
+    forged = sessions.sign("csrf:" + payload)
+    assert forged != sessions.csrf(payload)
+    bad = c.post("/api/assignments/1/submit", json={}, headers={"X-CSRF-Token": forged})
+    assert bad.status_code == 403
+    tls = TestClient(app, base_url="https://testserver", follow_redirects=False)
+    r = tls.post("/login", data={"token": token})
+    assert r.headers["strict-transport-security"].startswith("max-age=") and "secure" in r.headers["set-cookie"].lower()

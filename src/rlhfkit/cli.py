@@ -153,13 +153,18 @@ def label_serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port."),
     log_level: str = typer.Option("info", help="uvicorn log level (warning: no line per request)."),
+    proxy_headers: bool = typer.Option(False, "--proxy-headers/--no-proxy-headers", help="Behind a TLS proxy: "
+                                       "take the client's address and scheme from X-Forwarded-For/-Proto (then "
+                                       "cookies are Secure and HSTS is sent), from --forwarded-allow-ips only."),
+    forwarded_allow_ips: str = typer.Option("127.0.0.1", help="Proxies trusted for X-Forwarded-* (comma list)."),
 ) -> None:
     """Serve the labeling web app (sign in at /login; admins at /admin). Put it behind TLS for remote use."""
     import uvicorn
 
     from rlhfkit.feedback.app import create_app
 
-    uvicorn.run(create_app(db), host=host, port=port, log_level=log_level, server_header=False)
+    uvicorn.run(create_app(db), host=host, port=port, log_level=log_level, server_header=False,
+                proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips)
 
 
 @label_app.command("add-labeler")

@@ -7,6 +7,7 @@ and <output>/<name>.md (the headline table), and prints the table.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -120,7 +121,9 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path | None], o
         model, tok = load(path)
         results[label] = {"model": path}
         for k, part in parts.items():
-            results[label][k] = part.run(model, tok, items[k], options or Options())
+            t0 = time.perf_counter()
+            results[label][k] = {**part.run(model, tok, items[k], options or Options()),
+                                 "seconds": round(time.perf_counter() - t0, 1)}
     output.mkdir(parents=True, exist_ok=True)
     sizes = {k: len(v) for k, v in items.items()}
     (output / f"{name}.json").write_text(json.dumps({"data": {k: str(data[k]) for k in parts}, "items": sizes,

@@ -40,9 +40,11 @@ def create_app(db_url: str = "sqlite:///feedback.db", secret: bytes | None = Non
         response: Response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "same-origin"  # so browsers name this origin on its own posts
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Cache-Control"] = "no-store"
+        if request.url.scheme == "https":  # served over TLS (directly, or by a trusted proxy): keep it that way
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
 
     @app.exception_handler(HTTPException)

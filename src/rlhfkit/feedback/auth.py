@@ -55,10 +55,16 @@ class SignedIn:
 
 class Sessions:
     def __init__(self, key: bytes, store: Store):
-        self.key, self.store = key, store
+        # one key per purpose, derived from the secret: a session signature is never a valid CSRF token
+        self.key = hmac.new(key, b"rlhfkit session", hashlib.sha256).digest()
+        self.csrf_key = hmac.new(key, b"rlhfkit csrf", hashlib.sha256).digest()
+        self.store = store
 
     def sign(self, payload: str) -> str:
         return hmac.new(self.key, payload.encode(), hashlib.sha256).hexdigest()
+
+    def csrf(self, payload: str) -> str:
+        return hmac.new(self.csrf_key, payload.encode(), hashlib.sha256).hexdigest()
 
     def new(self, labeler_id: int) -> str:
         """A cookie value for a fresh session of this labeler."""
@@ -75,10 +81,19 @@ class Sessions:
             return None
         with self.store.session() as s:
             lab = s.get(Labeler, int(labeler_id))
-        return SignedIn(lab, self.sign("csrf:" + payload)) if lab and lab.active else None
+        return SignedIn(lab, self.csrf(payload)) if lab and lab.active else None
 
 
 # ---- dependencies: a route declares what it needs, and runs only if it holds ----
+
+def same_origin(request: Request) -> None:
+    """Refuse a form posted from another site (login CSRF: signing a browser in as someone else): browsers say
+    where a request comes from in Origin and Sec-Fetch-Site."""
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    if (origin is not None and origin != own) or request.headers.get("sec-fetch-site") == "cross-site":
+        raise HTTPException(403, "sign in from this site's own page")
+
 
 def get_store(request: Request) -> Store:
     return request.app.state.store

@@ -22,6 +22,7 @@ from rlhfkit.feedback.auth import (
     csrf_form,
     csrf_header,
     get_store,
+    same_origin,
     signed_in,
 )
 from rlhfkit.feedback.export import agreement, throughput
@@ -60,7 +61,7 @@ def login_page(error: str = "") -> HTMLResponse:
     return page("login.html", error=error)
 
 
-@pages.post("/login")
+@pages.post("/login", dependencies=[Depends(same_origin)])
 def login(request: Request, name: str = Form(""), password: str = Form(""), token: str = Form(""),
           store: Store = Depends(get_store)):
     lab = store.by_token(token) if token else store.by_password(name, password)
