@@ -181,3 +181,29 @@ def test_login_csrf_separate_csrf_key_and_hsts_behind_tls(app):
     tls = TestClient(app, base_url="https://testserver", follow_redirects=False)
     r = tls.post("/login", data={"token": token})
     assert r.headers["strict-transport-security"].startswith("max-age=") and "secure" in r.headers["set-cookie"].lower()
+
+
+def test_sign_in_is_throttled_and_unknown_names_cost_the_same(app, monkeypatch):
+    """Issue #19 rows 1 and 10."""
+    import time
+
+    from rlhfkit.feedback import store as store_mod
+
+    app.state.store.add_labeler("root", role="admin", password="a long passphrase")
+    c = TestClient(app, follow_redirects=False)
+    for _ in range(10):
+        assert c.post("/login", data={"name": "root", "password": "wrong"}).status_code == 303
+    r = c.post("/login", data={"name": "root", "password": "a long passphrase"})  # even the right one, for now
+    assert r.status_code == 429 and 0 < int(r.headers["retry-after"]) <= 300 and "set-cookie" not in r.headers
+    assert r.headers["x-content-type-options"] == "nosniff"
+    other = TestClient(app, follow_redirects=False)  # (the same test client address: 30 a client)
+    assert other.post("/login", data={"name": "ann", "password": "wrong"}).status_code == 303
+    # every password sign-in runs one key derivation, for a real name or not
+    calls = []
+    real = store_mod.hashlib.scrypt
+    monkeypatch.setattr(store_mod.hashlib, "scrypt", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("root", "nobody"):
+        app.state.store.by_password(name, "guess")
+    assert calls == [1, 1]
+    t0 = time.perf_counter()
+    assert app.state.store.by_password("nobody", "guess") is None and time.perf_counter() - t0 > 0.005

@@ -18,7 +18,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from rlhfkit.feedback.auth import Sessions, load_secret
+from rlhfkit.feedback.auth import Sessions, Throttle, load_secret
 from rlhfkit.feedback.routes import admin_pages, api, pages
 from rlhfkit.feedback.store import Busy, FeedbackError, NotFound, Store
 
@@ -31,6 +31,7 @@ def create_app(db_url: str = "sqlite:///feedback.db", secret: bytes | None = Non
     app = FastAPI(title="rlhfkit labeling", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.sessions = Sessions(secret or load_secret(db_url), store)
+    app.state.throttle = Throttle()
     app.mount("/static", StaticFiles(packages=[("rlhfkit.feedback", "static")]), name="static")
     for router in (pages, api, admin_pages):
         app.include_router(router)

@@ -47,6 +47,35 @@ def load_secret(db_url: str) -> bytes:
     return path.read_text().strip().encode()
 
 
+class Throttle:
+    """Failed sign-ins, counted per account ("name:...") and per client address ("client:...", a looser limit: a
+    shared address holds many people) over a sliding window: past the limit in `window` seconds, further
+    attempts get 429 with Retry-After until the oldest failure ages out. A success clears the account's count.
+    Kept in memory: a restart forgives, which costs an attacker a restart's worth of guesses at most."""
+
+    def __init__(self, per_account: int = 10, per_client: int = 30, window: float = 300.0):
+        self.limits, self.window = {"name": per_account, "client": per_client}, window
+        self.failures: dict[str, list[float]] = {}
+
+    def retry_after(self, *keys: str) -> int:
+        """Seconds until these keys may try again (0: now)."""
+        t = time.monotonic()
+        wait = 0.0
+        for key in keys:
+            recent = [x for x in self.failures.get(key, []) if t - x < self.window]
+            self.failures[key] = recent
+            if len(recent) >= self.limits[key.partition(":")[0]]:
+                wait = max(wait, self.window - (t - recent[0]))
+        return int(wait) + 1 if wait else 0
+
+    def failed(self, *keys: str) -> None:
+        for key in keys:
+            self.failures.setdefault(key, []).append(time.monotonic())
+
+    def succeeded(self, key: str) -> None:
+        self.failures.pop(key, None)
+
+
 @dataclass
 class SignedIn:
     labeler: Labeler

@@ -9,7 +9,7 @@ import json
 import secrets
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from rlhfkit.data.records import METADATA_FLAGS
@@ -64,9 +64,17 @@ def login_page(error: str = "") -> HTMLResponse:
 @pages.post("/login", dependencies=[Depends(same_origin)])
 def login(request: Request, name: str = Form(""), password: str = Form(""), token: str = Form(""),
           store: Store = Depends(get_store)):
+    throttle = request.app.state.throttle
+    keys = (f"client:{request.client.host if request.client else '-'}",) + (() if token else (f"name:{name}",))
+    wait = throttle.retry_after(*keys)
+    if wait:
+        return JSONResponse({"error": f"too many failed sign-ins; try again in {wait} s"}, 429,
+                            headers={"Retry-After": str(wait)})
     lab = store.by_token(token) if token else store.by_password(name, password)
     if lab is None:
+        throttle.failed(*keys)
         return RedirectResponse("/login?error=1", 303)
+    throttle.succeeded(f"name:{lab.name}")
     response = RedirectResponse("/", 303)
     response.set_cookie(COOKIE, request.app.state.sessions.new(lab.id), max_age=SESSION_SECONDS, httponly=True,
                         samesite="strict", secure=request.url.scheme == "https", path="/")

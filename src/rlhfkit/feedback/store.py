@@ -159,12 +159,16 @@ def hash_password(password: str) -> str:
     return f"scrypt${salt.hex()}${digest.hex()}"
 
 
+# Checked when a name has no password (or no labeler): every sign-in by password costs one key derivation,
+# so the time taken does not tell which names exist.
+_DUMMY_HASH = hash_password(secrets.token_hex(16))
+
+
 def check_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
-        return False
-    _, salt, digest = stored.split("$")
+    known = bool(stored) and stored.startswith("scrypt$")
+    _, salt, digest = (stored if known else _DUMMY_HASH).split("$")
     got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1)
-    return hmac.compare_digest(got.hex(), digest)
+    return hmac.compare_digest(got.hex(), digest) and known
 
 
 def _whole(x) -> bool:
@@ -294,7 +298,8 @@ class Store:
     def by_password(self, name: str, password: str) -> Labeler | None:
         with self.session() as s:
             lab = s.scalar(select(Labeler).where(Labeler.name == name))
-            return lab if lab and lab.active and check_password(password, lab.password_hash) else None
+        ok = check_password(password, lab.password_hash if lab else None)  # one derivation, whoever asks
+        return lab if ok and lab.active else None
 
     def add_project(self, name: str, kind: str = "ranking", overlap: int = 1, lease_seconds: int = 1800,
                     actor: int | None = None) -> Project:
