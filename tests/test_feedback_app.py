@@ -3,6 +3,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from rlhfkit.feedback import app as app_module
 from rlhfkit.feedback.app import create_app
 from rlhfkit.feedback.export import export_rankings
 
@@ -149,7 +150,7 @@ def test_malformed_submissions_are_4xx_with_a_message(app):
         r = ann.post(url, content=body, headers={**headers, "content-type": "application/json"})
         assert r.status_code == 422 and "JSON" in r.json()["error"], (body, r.text)
     for body in ({"judgement": judgement}, {"judgement": judgement, "submission_key": None},
-                 {"judgement": judgement, "submission_key": "k" * 1_000_000},
+                 {"judgement": judgement, "submission_key": "k" * 200_000},
                  {"judgement": "x", "submission_key": "k"},
                  {"judgement": {"ranks": [True, False, True, 2]}, "submission_key": "k"}):
         r = ann.post(url, json=body, headers=headers)
@@ -207,3 +208,36 @@ def test_sign_in_is_throttled_and_unknown_names_cost_the_same(app, monkeypatch):
     assert calls == [1, 1]
     t0 = time.perf_counter()
     assert app.state.store.by_password("nobody", "guess") is None and time.perf_counter() - t0 > 0.005
+
+
+def test_body_limit_before_auth_ids_in_range_and_headers_on_errors(app, monkeypatch):
+    """Issue #19 rows 7 and 9: 413 before parsing or authentication; an id out of range is a 422; a 500 carries
+    the security headers too."""
+    anon = TestClient(app, follow_redirects=False)
+    r = anon.post("/api/assignments/1/submit", content=b"{" + b" " * 2_000_000 + b"}",
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.headers["content-security-policy"] == app_module.CSP
+
+    def chunks():  # no Content-Length: counted as it streams, refused once past the limit
+        for _ in range(40):
+            yield b"x" * 50_000
+
+    ann = client_for(app, "ann")
+    _, data = task_data(ann, ann.get("/projects/p/next").headers["location"])
+    headers = {"X-CSRF-Token": data["csrf"]}
+    r = ann.post(f"/api/assignments/{data['assignment']}/submit", content=chunks(),
+                 headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 413
+    assert ann.post(f"/api/assignments/{2**63}/submit", json={}, headers=headers).status_code == 422
+    assert ann.get(f"/assignments/{2**63}").status_code == 422
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app.state.store, "submit", broken)
+    quiet = TestClient(app, raise_server_exceptions=False, follow_redirects=False)
+    quiet.cookies = ann.cookies
+    r = quiet.post(f"/api/assignments/{data['assignment']}/submit", json={"judgement": {}, "submission_key": "k"},
+                   headers=headers)
+    assert r.status_code == 500 and r.json() == {"error": "internal error"}
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"

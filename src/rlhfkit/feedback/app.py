@@ -24,6 +24,56 @@ from rlhfkit.feedback.store import Busy, FeedbackError, NotFound, Store
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+           "Referrer-Policy": "same-origin",  # so browsers name this origin on its own posts (sign-in's check)
+           "Cache-Control": "no-store"}
+MAX_BODY = 1_000_000  # bytes: a judgement is a few kB, a written demonstration at most 20000 characters
+
+
+class BodyLimit:
+    """Refuses a request body over `limit` bytes with 413 before anything reads it (before parsing, before
+    authentication), by its Content-Length or, when it streams without one, as the bytes arrive."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            return await self._refuse(send)
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except* _TooLarge:  # (raised inside the app's task groups, it may come back wrapped in a group)
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = b'{"error":"request body too large"}'
+        headers = [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
+        await send({"type": "http.response.start", "status": 413, "headers": headers + [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def create_app(db_url: str = "sqlite:///feedback.db", secret: bytes | None = None) -> FastAPI:
@@ -39,14 +89,15 @@ def create_app(db_url: str = "sqlite:///feedback.db", secret: bytes | None = Non
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response: Response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"  # so browsers name this origin on its own posts
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Cache-Control"] = "no-store"
+        response.headers.update(HEADERS)
         if request.url.scheme == "https":  # served over TLS (directly, or by a trusted proxy): keep it that way
             response.headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception):
+        # a bug: the client learns nothing of it but that it happened, under the same headers as any page
+        return JSONResponse({"error": "internal error"}, 500, headers=HEADERS)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -60,4 +111,5 @@ def create_app(db_url: str = "sqlite:///feedback.db", secret: bytes | None = Non
         status = 404 if isinstance(exc, NotFound) else 503 if isinstance(exc, Busy) else 422
         return JSONResponse({"error": str(exc)}, status)
 
+    app.add_middleware(BodyLimit)
     return app

@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -31,6 +32,8 @@ from rlhfkit.feedback.store import PROMPT_LABELS, FeedbackError, Store
 
 templates = Environment(loader=PackageLoader("rlhfkit.feedback", "templates"), autoescape=select_autoescape(["html"]))
 pages, api, admin_pages = APIRouter(), APIRouter(prefix="/api"), APIRouter(prefix="/admin")
+# ids the database can hold (a 2**63 in the URL is a 422, not an overflow deep in the driver)
+AssignmentId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def page(template: str, **context) -> HTMLResponse:
@@ -102,7 +105,7 @@ def next_task(name: str, user: SignedIn = Depends(signed_in), store: Store = Dep
 
 
 @pages.get("/assignments/{assignment_id}")
-def assignment_page(assignment_id: int, user: SignedIn = Depends(signed_in),
+def assignment_page(assignment_id: AssignmentId, user: SignedIn = Depends(signed_in),
                     store: Store = Depends(get_store)) -> HTMLResponse:
     data, project = task_view(store, user, assignment_id)
     return page("task.html", labeler=user.labeler, project=project, data=json_for_script(data), csrf=user.csrf)
@@ -130,7 +133,7 @@ async def json_object(request: Request, fields: str) -> dict:
 
 
 @api.post("/assignments/{assignment_id}/submit")
-async def submit(request: Request, assignment_id: int, user: SignedIn = Depends(csrf_header),
+async def submit(request: Request, assignment_id: AssignmentId, user: SignedIn = Depends(csrf_header),
                  store: Store = Depends(get_store)):
     body = await json_object(request, "judgement, submission_key")  # read only once the caller is known
     j = store.submit(user.labeler.id, assignment_id, body.get("judgement") or {}, body.get("submission_key"))
@@ -138,7 +141,7 @@ async def submit(request: Request, assignment_id: int, user: SignedIn = Depends(
 
 
 @api.post("/assignments/{assignment_id}/skip")
-async def skip(request: Request, assignment_id: int, user: SignedIn = Depends(csrf_header),
+async def skip(request: Request, assignment_id: AssignmentId, user: SignedIn = Depends(csrf_header),
                store: Store = Depends(get_store)):
     body = await json_object(request, "reason")
     reason = body.get("reason")
