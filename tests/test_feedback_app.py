@@ -172,12 +172,10 @@ def test_login_csrf_separate_csrf_key_and_hsts_behind_tls(app):
     assert c.post("/login", data={"token": token}, headers={"Origin": "null"}).status_code == 403  # sandboxed frame
     r = c.post("/login", data={"token": token}, headers={"Origin": "http://testserver"})
     assert r.status_code == 303 and "strict-transport-security" not in r.headers
-    # the CSRF token is not a session signature: signing "csrf:" + payload with the session key is no token
-    sessions = app.state.sessions
-    payload = c.cookies.get("rlhfkit_session").rpartition(":")[0]
-    forged = sessions.sign("csrf:" + payload)
-    assert forged != sessions.csrf(payload)
-    bad = c.post("/api/assignments/1/submit", json={}, headers={"X-CSRF-Token": forged})
+    # the CSRF token is an HMAC of the session under a key of its own: the cookie itself is no token
+    cookie = c.cookies.get("rlhfkit_session")
+    assert app.state.sessions.csrf(cookie) != cookie
+    bad = c.post("/api/assignments/1/submit", json={}, headers={"X-CSRF-Token": cookie})
     assert bad.status_code == 403
     tls = TestClient(app, base_url="https://testserver", follow_redirects=False)
     r = tls.post("/login", data={"token": token})
@@ -241,3 +239,44 @@ def test_body_limit_before_auth_ids_in_range_and_headers_on_errors(app, monkeypa
                    headers=headers)
     assert r.status_code == 500 and r.json() == {"error": "internal error"}
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
+
+
+def test_sessions_end_on_sign_out_deactivation_and_new_token_and_are_audited(app):
+    """Issue #19 rows 2 and 14: a copied cookie stops working when its session ends; sign-in, failures,
+    sign-out and refusals are in the audit log with their actor."""
+    from sqlalchemy import select
+
+    from rlhfkit.feedback.store import AuditEntry
+
+    store = app.state.store
+    ann = client_for(app, "ann")
+    html = ann.get("/").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    copy = TestClient(app, follow_redirects=False)
+    copy.cookies = ann.cookies  # e.g. stolen
+    assert copy.get("/api/projects/p/next").status_code == 200
+    assert ann.post("/logout", data={"csrf": csrf}).status_code == 303
+    assert copy.get("/api/projects/p/next").status_code == 401  # the session is over, not only the cookie
+
+    bob = client_for(app, "bob")
+    assert bob.get("/api/projects/p/next").status_code == 200
+    store.deactivate("bob")
+    assert bob.get("/api/projects/p/next").status_code == 401
+    cy = client_for(app, "cy")
+    new = store.rotate_token("cy")
+    assert cy.get("/api/projects/p/next").status_code == 401
+    fresh = TestClient(app, follow_redirects=False)
+    assert fresh.post("/login", data={"token": new}).status_code == 303 and fresh.get("/").status_code == 200
+
+    fresh.post("/login", data={"name": "nobody", "password": "wrong password"})
+    dan = client_for(app, "dan")
+    assert dan.get("/admin").status_code == 403
+    with store.session() as s:
+        log = [(e.action, e.actor_id, e.detail) for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    actions = [a for a, _, _ in log]
+    for action in ("sign_in", "sign_out", "deactivate", "rotate_token", "sign_in_failed", "denied"):
+        assert action in actions, action
+    denied = next(d for a, _, d in log if a == "denied")
+    assert denied["status"] == 403 and denied["path"] == "/admin"
+    assert next(actor for a, actor, _ in log if a == "denied") is not None  # dan, who asked
+    assert next(d for a, _, d in log if a == "deactivate")["via"] == "cli"  # no labeler acted: who ran it

@@ -187,6 +187,23 @@ def label_add_labeler(
     typer.echo(token)
 
 
+@label_app.command("deactivate")
+def label_deactivate(name: str = typer.Argument(..., help="The labeler's name."), db: str = DB_OPTION) -> None:
+    """Stop a labeler: their token and password no longer sign in, and their open sessions end at once."""
+    from rlhfkit.feedback.store import Store
+
+    Store(db).deactivate(name)
+    typer.echo(f"{name}: deactivated, sessions ended")
+
+
+@label_app.command("rotate-token")
+def label_rotate_token(name: str = typer.Argument(..., help="The labeler's name."), db: str = DB_OPTION) -> None:
+    """Give a labeler a new sign-in token (printed once): the old one stops working and their sessions end."""
+    from rlhfkit.feedback.store import Store
+
+    typer.echo(Store(db).rotate_token(name))
+
+
 @label_app.command("add-project")
 def label_add_project(
     name: str = typer.Argument(..., help="Project name."),

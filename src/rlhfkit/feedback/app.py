@@ -99,16 +99,26 @@ def create_app(db_url: str = "sqlite:///feedback.db", secret: bytes | None = Non
         # a bug: the client learns nothing of it but that it happened, under the same headers as any page
         return JSONResponse({"error": "internal error"}, 500, headers=HEADERS)
 
+    def denied(request: Request, status: int) -> None:
+        """An audit entry for a refused request (403, 404), with the signed-in labeler where there is one."""
+        user = app.state.sessions.of(request)
+        store.audit_event("denied", user.labeler.id if user else None, status=status, method=request.method,
+                          path=request.url.path[:200])
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code == 401 and request.method == "GET" and not request.url.path.startswith("/api/"):
             return RedirectResponse("/login", 303)
+        if exc.status_code == 403:
+            denied(request, 403)
         return JSONResponse({"error": exc.detail}, exc.status_code)
 
     @app.exception_handler(FeedbackError)
     async def refused(request: Request, exc: FeedbackError):
         # what the store refuses, with its reason: unknown (404), busy (503), invalid (422)
         status = 404 if isinstance(exc, NotFound) else 503 if isinstance(exc, Busy) else 422
+        if status == 404:
+            denied(request, 404)
         return JSONResponse({"error": str(exc)}, status)
 
     app.add_middleware(BodyLimit)

@@ -80,37 +80,32 @@ class Throttle:
 class SignedIn:
     labeler: Labeler
     csrf: str  # the token state-changing requests of this session must carry
+    session: str = ""  # the cookie's session token (sign-out ends it)
 
 
 class Sessions:
+    """Server-side sessions: the cookie holds a random token whose hash names a row in the store, so signing out,
+    deactivating a labeler or rotating their token ends a session on its next request. The CSRF token is an HMAC
+    of the session token under a key of its own, derived from the secret."""
+
     def __init__(self, key: bytes, store: Store):
-        # one key per purpose, derived from the secret: a session signature is never a valid CSRF token
-        self.key = hmac.new(key, b"rlhfkit session", hashlib.sha256).digest()
         self.csrf_key = hmac.new(key, b"rlhfkit csrf", hashlib.sha256).digest()
         self.store = store
 
-    def sign(self, payload: str) -> str:
-        return hmac.new(self.key, payload.encode(), hashlib.sha256).hexdigest()
-
-    def csrf(self, payload: str) -> str:
-        return hmac.new(self.csrf_key, payload.encode(), hashlib.sha256).hexdigest()
+    def csrf(self, token: str) -> str:
+        return hmac.new(self.csrf_key, token.encode(), hashlib.sha256).hexdigest()
 
     def new(self, labeler_id: int) -> str:
         """A cookie value for a fresh session of this labeler."""
-        payload = f"{labeler_id}:{int(time.time()) + SESSION_SECONDS}:{secrets.token_hex(8)}"
-        return f"{payload}:{self.sign(payload)}"
+        return self.store.start_session(labeler_id, SESSION_SECONDS)
 
     def of(self, request: Request) -> SignedIn | None:
-        """The request's session, if its cookie is genuine, unexpired and its labeler active."""
-        payload, _, sig = request.cookies.get(COOKIE, "").rpartition(":")
-        if not payload or not hmac.compare_digest(self.sign(payload), sig):
+        """The request's session, if its cookie names a live one of an active labeler."""
+        token = request.cookies.get(COOKIE, "")
+        if not token or len(token) > 100:
             return None
-        labeler_id, expires, _nonce = payload.split(":")
-        if int(expires) < time.time():
-            return None
-        with self.store.session() as s:
-            lab = s.get(Labeler, int(labeler_id))
-        return SignedIn(lab, self.csrf(payload)) if lab and lab.active else None
+        lab = self.store.session_labeler(token)
+        return SignedIn(lab, self.csrf(token), token) if lab is not None else None
 
 
 # ---- dependencies: a route declares what it needs, and runs only if it holds ----

@@ -76,6 +76,7 @@ def login(request: Request, name: str = Form(""), password: str = Form(""), toke
     lab = store.by_token(token) if token else store.by_password(name, password)
     if lab is None:
         throttle.failed(*keys)
+        store.audit_event("sign_in_failed", name=name[:100] if not token else None, client=keys[0])
         return RedirectResponse("/login?error=1", 303)
     throttle.succeeded(f"name:{lab.name}")
     response = RedirectResponse("/", 303)
@@ -85,7 +86,8 @@ def login(request: Request, name: str = Form(""), password: str = Form(""), toke
 
 
 @pages.post("/logout")
-def logout(user: SignedIn = Depends(csrf_form)):
+def logout(user: SignedIn = Depends(csrf_form), store: Store = Depends(get_store)):
+    store.end_session(user.session)  # the cookie is worthless from now on, wherever a copy of it is
     response = RedirectResponse("/login", 303)
     response.delete_cookie(COOKIE, path="/")
     return response

@@ -102,6 +102,19 @@ class Judgement(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
+class LoginSession(Base):
+    """A signed-in browser: the cookie holds a random token, the database its hash; ending a session (sign-out,
+    deactivation, a new token) is one UPDATE, effective on the next request."""
+
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    expires_at: Mapped[datetime] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 class AuditEntry(Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -111,6 +124,19 @@ class AuditEntry(Base):
     object_type: Mapped[str] = mapped_column(String(30))
     object_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+def _via(actor: int | None) -> dict:
+    """Who acted, where no labeler did: the command line, and the operating-system user running it."""
+    if actor is not None:
+        return {}
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return {"via": "cli", "os_user": user}
 
 
 class FeedbackError(ValueError):
@@ -280,7 +306,7 @@ class Store:
                           password_hash=hash_password(password) if password else None)
             s.add(lab)
             s.flush()
-            self._audit(s, actor, "add_labeler", "labeler", lab.id, name=name, role=role)
+            self._audit(s, actor, "add_labeler", "labeler", lab.id, name=name, role=role, **_via(actor))
         return lab, token
 
     def by_token(self, token: str) -> Labeler | None:
@@ -301,6 +327,65 @@ class Store:
         ok = check_password(password, lab.password_hash if lab else None)  # one derivation, whoever asks
         return lab if ok and lab.active else None
 
+    # ---- sessions ----
+
+    def start_session(self, labeler_id: int, seconds: int) -> str:
+        """A new session's cookie token (random; only its hash is stored)."""
+        token = secrets.token_urlsafe(32)
+        with self.session() as s:
+            s.add(LoginSession(token_hash=hash_token(token), labeler_id=labeler_id,
+                               expires_at=now() + timedelta(seconds=seconds)))
+            self._audit(s, labeler_id, "sign_in", "labeler", labeler_id)
+        return token
+
+    def session_labeler(self, token: str) -> Labeler | None:
+        """The active labeler of a live session (not ended, not expired), or None."""
+        with self.session() as s:
+            row = s.scalar(select(LoginSession).where(LoginSession.token_hash == hash_token(token)))
+            if row is None or row.ended_at is not None or row.expires_at < now():
+                return None
+            lab = s.get(Labeler, row.labeler_id)
+            return lab if lab is not None and lab.active else None
+
+    def end_session(self, token: str) -> None:
+        with self.session() as s:
+            row = s.scalar(select(LoginSession).where(LoginSession.token_hash == hash_token(token)))
+            if row is not None and row.ended_at is None:
+                row.ended_at = now()
+                self._audit(s, row.labeler_id, "sign_out", "labeler", row.labeler_id)
+
+    def _end_sessions(self, s: Session, labeler_id: int) -> None:
+        for row in s.scalars(select(LoginSession).where(LoginSession.labeler_id == labeler_id,
+                                                        LoginSession.ended_at.is_(None))):
+            row.ended_at = now()
+
+    def deactivate(self, name: str, actor: int | None = None) -> None:
+        """The labeler can no longer sign in, and every session of theirs ends at once."""
+        with self.session() as s:
+            lab = s.scalar(select(Labeler).where(Labeler.name == name))
+            if lab is None:
+                raise NotFound(f"no labeler named {name!r}")
+            lab.active = False
+            self._end_sessions(s, lab.id)
+            self._audit(s, actor, "deactivate", "labeler", lab.id, **_via(actor))
+
+    def rotate_token(self, name: str, actor: int | None = None) -> str:
+        """A new sign-in token for the labeler (returned once); the old one stops working and their sessions end."""
+        token = secrets.token_urlsafe(32)
+        with self.session() as s:
+            lab = s.scalar(select(Labeler).where(Labeler.name == name))
+            if lab is None:
+                raise NotFound(f"no labeler named {name!r}")
+            lab.token_hash = hash_token(token)
+            self._end_sessions(s, lab.id)
+            self._audit(s, actor, "rotate_token", "labeler", lab.id, **_via(actor))
+        return token
+
+    def audit_event(self, action: str, actor: int | None = None, **detail) -> None:
+        """An entry for what happens outside the store's own changes (failed sign-ins, refused requests)."""
+        with self.session() as s:
+            self._audit(s, actor, action, "request", None, **detail)
+
     def add_project(self, name: str, kind: str = "ranking", overlap: int = 1, lease_seconds: int = 1800,
                     actor: int | None = None) -> Project:
         if kind not in TASK_KINDS:
@@ -312,7 +397,7 @@ class Store:
             p = Project(name=name, kind=kind, overlap=overlap, lease_seconds=lease_seconds)
             s.add(p)
             s.flush()
-            self._audit(s, actor, "add_project", "project", p.id, name=name, kind=kind, overlap=overlap)
+            self._audit(s, actor, "add_project", "project", p.id, name=name, kind=kind, overlap=overlap, **_via(actor))
         return p
 
     def projects(self) -> list[tuple[str, str]]:
@@ -341,7 +426,7 @@ class Store:
                 s.add(Task(project_id=p.id, payload=payload, import_key=key,
                            priority=priorities[i] if priorities else 0.0))
                 added += 1
-            self._audit(s, actor, "import_tasks", "project", p.id, added=added, offered=len(payloads))
+            self._audit(s, actor, "import_tasks", "project", p.id, added=added, offered=len(payloads), **_via(actor))
         return added
 
     @staticmethod
