@@ -46,17 +46,29 @@ def iter_raw(path: str | Path) -> Iterator[tuple[int, Any]]:
             import pyarrow.parquet as pq
         except ImportError as e:
             raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from e
-        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        yield from enumerate(table.to_pylist(), start=1)
         return
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+    try:
+        with opener(path, "rb") as f:
+            for lineno, data in enumerate(f, start=1):
+                try:  # decoded line by line, so one bad byte costs its line, not the file
+                    line = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    yield lineno, DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line)")
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield lineno, DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        raise DataError(f"{path}: cannot be read to the end ({e})") from None
 
 
 def _describe(e: ValidationError, rename: dict[str, str] | None = None) -> str:
@@ -74,8 +86,11 @@ def read_records(
     path: str | Path, to_record: Callable[[dict], T | list[T]], skip_invalid: bool = False, text_lines: bool = False
 ) -> ReadResult[T]:
     """Read every line of `path` through `to_record` (which raises ValueError/ValidationError, and may
-    return several records for one line). With `text_lines`, a line may also be a bare JSON string."""
+    return several records for one line). With `text_lines`, a line may also be a bare JSON string. Every bad
+    line is found before anything is refused: the error names the first 20 (file, line, field) and counts the
+    rest; with `skip_invalid` they are skipped and counted instead."""
     result: ReadResult[T] = ReadResult(records=[])
+    bad: list[str] = []
     for lineno, raw in iter_raw(path):
         try:
             if isinstance(raw, DataError):
@@ -90,11 +105,11 @@ def read_records(
             except (ValueError, TypeError, KeyError) as e:
                 raise DataError(f"{path}:{lineno}: {e}") from None
         except DataError as e:
-            if not skip_invalid:
-                raise
-            result.skipped += 1
-            if len(result.errors) < 5:
-                result.errors.append(str(e))
+            bad.append(str(e))
+    if bad and not skip_invalid:
+        more = f"\n... and {len(bad) - 20} more bad lines" if len(bad) > 20 else ""
+        raise DataError("\n".join(bad[:20]) + more)
+    result.skipped, result.errors = len(bad), bad[:20]
     return result
 
 
