@@ -131,8 +131,11 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path | None], o
     columns = [(header, k, fn, kind) for k, part in parts.items() for header, fn, kind in part.columns]
     header = ["model"] + [c[0] for c in columns]
     rows = [[label] + [_format(fn(r[k]), kind) for _, k, fn, kind in columns] for label, r in results.items()]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+
+    def cells(values: list[str]) -> str:  # a "|" inside a cell (a model's path, a header) would split it
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    lines = [cells(header), "|" + "---|" * len(header)] + [cells(row) for row in rows]
     title = f"{name}: " + ", ".join(f"{sizes[k]} items of `{data[k]}`" for k in parts)
     (output / f"{name}.md").write_text(f"# {title}\n\n" + "\n".join(lines) + f"\n\n![{name}]({name}.png)\n")
     _figure(output / f"{name}.png", title, [(h, [fn(r[k]) for r in results.values()], kind)
