@@ -233,6 +233,8 @@ def publish(checkpoint: Path, run_dir: Path) -> None:
     copy that costs no space), else copies."""
     for f in (checkpoint / "model").iterdir():
         if f.is_file():
+            if (run_dir / f.name).exists() and os.path.samefile(f, run_dir / f.name):
+                continue  # published already (a resumed run that had finished): renaming a link onto itself is a no-op
             tmp = run_dir / f".{f.name}.tmp"
             tmp.unlink(missing_ok=True)
             _link_or_copy(str(f), str(tmp))
