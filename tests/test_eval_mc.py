@@ -174,3 +174,15 @@ def test_eval_commands_write_json_and_markdown(tiny_llama, tiny_gpt2, tmp_path):
         assert set(saved["items"].values()) == {1} and list(saved["results"]) == [tiny_llama.name, tiny_gpt2.name]
         table = [ln for ln in (tmp_path / "out" / f"{name}.md").read_text().splitlines() if ln.startswith("|")]
         assert len({ln.replace("\\|", "").count("|") for ln in table}) == 1  # every row has the header's columns
+
+
+def test_shared_prefix_keeps_every_difference_between_choices(tiny):
+    model, tok = tiny
+    items = [Choices("", ["the cat is red.", "the cat is blue.", "the cat is"]),
+             Choices("Say:", [" yes it is", " yes it was"]), Choices("", ["apple", "banana"])]
+    full = choice_logliks(model, tok, items, show_progress=False)
+    shared = choice_logliks(model, tok, items, show_progress=False, share_prefix=True)
+    for a, b in zip(full, shared, strict=True):
+        # (equal up to fp32 rounding: the packed rows differ, so do the matmuls)
+        assert [x - a[0] for x in a] == pytest.approx([x - b[0] for x in b], abs=1e-5)
+    assert shared[0] != full[0]  # the shared "the cat is" was left out of every choice's score

@@ -59,8 +59,9 @@ def evaluate_crows_pairs(model, tok, pairs: list[StereotypePair], contexts: tupl
     out = {}
     for style in contexts:
         items = [Choices(CONTEXTS[style], [p.more, p.less]) for p in pairs]
+        # both figures use only the gap between the two sentences: their shared start is computed once
         ll = choice_logliks(model, tok, items, batch_tokens, show_progress=show_progress,
-                            description=f"crows-pairs ({style})")
+                            description=f"crows-pairs ({style})", share_prefix=True)
         rows = [(float(a > b), abs(a - b)) for a, b in ll]
         by_type: dict[str, list[tuple[float, float]]] = {}
         for p, r in zip(pairs, rows, strict=True):
@@ -131,8 +132,9 @@ def evaluate_winogender(model, tok, items: list[WinogenderItem], contexts: tuple
     out = {}
     for style in contexts:
         choices = [Choices(CONTEXTS[style], [it.sentences[g] for g in PRONOUNS]) for it in items]
+        # a distribution over the three sentences: the words before the pronoun are computed once
         ll = choice_logliks(model, tok, choices, batch_tokens, show_progress=show_progress,
-                            description=f"winogender ({style})")
+                            description=f"winogender ({style})", share_prefix=True)
         dists = []
         for row in ll:
             top = max(row)

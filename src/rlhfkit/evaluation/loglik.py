@@ -51,16 +51,32 @@ def encode_item(tok, item: Choices) -> Group:
     return Group(context_ids, conts)
 
 
+def shared_prefix(g: Group) -> Group:
+    """The choices' common leading tokens moved into the context, each choice keeping at least one token. Their
+    log-probability is the same in every choice, so this changes every choice's score by one constant: fine for
+    metrics that use only differences between choices (CrowS-Pairs' gap, a distribution over choices), and the
+    shared tokens are computed once instead of once a choice."""
+    n = 0
+    shortest = min(map(len, g.response_ids)) - 1
+    while n < shortest and len({r[n] for r in g.response_ids}) == 1:
+        n += 1
+    return Group(g.prompt_ids + g.response_ids[0][:n], [r[n:] for r in g.response_ids]) if n else g
+
+
 @torch.no_grad()
 def choice_logliks(model, tok, items: list[Choices], batch_tokens: int = 8192, max_length: int | None = None,
-                   show_progress: bool = True, description: str = "scoring") -> list[list[float]]:
+                   show_progress: bool = True, description: str = "scoring", share_prefix: bool = False
+                   ) -> list[list[float]]:
     """Σ log p(choice | context) for every choice of every item (fp64 sums of the model's log-probs). Items are
     packed `batch_tokens` at a time; a context longer than `max_length` (default: the model's positions) loses
-    its start, as in the harness."""
+    its start, as in the harness. `share_prefix`: score only what follows the choices' common leading tokens
+    (`shared_prefix`; differences between an item's choices are unchanged)."""
     limit = max_length or getattr(model.config, "max_position_embeddings", None) or 2048
     groups = []
     for item in items:
         g = encode_item(tok, item)
+        if share_prefix:
+            g = shared_prefix(g)
         longest = max(map(len, g.response_ids))
         if len(g.prompt_ids) + longest > limit:
             g = Group(g.prompt_ids[-(limit - longest):], g.response_ids)
