@@ -69,8 +69,11 @@ class Throttle:
         return int(wait) + 1 if wait else 0
 
     def failed(self, *keys: str) -> None:
+        t = time.monotonic()
+        if len(self.failures) > 10_000:  # many names sprayed: forget what has aged out, so memory stays bounded
+            self.failures = {k: v for k, v in self.failures.items() if v and t - v[-1] < self.window}
         for key in keys:
-            self.failures.setdefault(key, []).append(time.monotonic())
+            self.failures.setdefault(key, []).append(t)
 
     def succeeded(self, key: str) -> None:
         self.failures.pop(key, None)
