@@ -140,9 +140,14 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path | None], o
     (output / f"{name}.md").write_text(f"# {title}\n\n" + "\n".join(lines) + f"\n\n![{name}]({name}.png)\n")
     _figure(output / f"{name}.png", title, [(h, [fn(r[k]) for r in results.values()], kind)
                                             for h, k, fn, kind in columns], list(results))
-    table = Table(*header, title=escape(title))
-    for row in rows:
-        table.add_row(*map(escape, row))
+    if len(header) <= 8:
+        table = Table(*header, title=escape(title))
+        for row in rows:
+            table.add_row(*map(escape, row))
+    else:  # many figures (eval all): a row a figure, a column a model, so a terminal can show it
+        table = Table("figure", *(escape(row[0]) for row in rows), title=escape(title))
+        for j, h in enumerate(header[1:], start=1):
+            table.add_row(escape(h), *(escape(row[j]) for row in rows))
     console.print(table)
     return results
 
