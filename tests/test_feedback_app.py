@@ -184,8 +184,6 @@ def test_login_csrf_separate_csrf_key_and_hsts_behind_tls(app):
 
 def test_sign_in_is_throttled_and_unknown_names_cost_the_same(app, monkeypatch):
     """Issue #19 rows 1 and 10."""
-    import time
-
     from rlhfkit.feedback import store as store_mod
 
     app.state.store.add_labeler("root", role="admin", password="a long passphrase")
@@ -203,9 +201,7 @@ def test_sign_in_is_throttled_and_unknown_names_cost_the_same(app, monkeypatch):
     monkeypatch.setattr(store_mod.hashlib, "scrypt", lambda *a, **k: calls.append(1) or real(*a, **k))
     for name in ("root", "nobody"):
         app.state.store.by_password(name, "guess")
-    assert calls == [1, 1]
-    t0 = time.perf_counter()
-    assert app.state.store.by_password("nobody", "guess") is None and time.perf_counter() - t0 > 0.005
+    assert calls == [1, 1] and app.state.store.by_password("nobody", "guess") is None
 
 
 def test_body_limit_before_auth_ids_in_range_and_headers_on_errors(app, monkeypatch):

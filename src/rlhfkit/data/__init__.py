@@ -8,6 +8,7 @@ from rlhfkit.data.collate import (
     pack_groups,
     pack_lengths,
     shifted_targets,
+    token_batches,
 )
 from rlhfkit.data.io import (
     DataError,
@@ -44,5 +45,5 @@ __all__ = [
     "PackedGroups", "Prompt", "PromptText", "Ranking", "ReadResult", "TokenizeStats", "append_jsonl", "as_messages",
     "collate_packed", "encode_demonstrations", "encode_group", "encode_prompt", "pack", "pack_groups", "pack_lengths",
     "prompt_key", "prompt_text", "read_demonstrations", "read_prompts", "read_records", "shifted_targets",
-    "write_jsonl",
+    "token_batches", "write_jsonl",
 ]

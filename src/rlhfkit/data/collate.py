@@ -14,6 +14,21 @@ import torch
 from rlhfkit.data.tokenize import IGNORE, Example, Group
 
 
+def token_batches(sizes: list[int], budget: int) -> list[list[int]]:
+    """Indices of items by size, longest first, cut into batches of at most `budget` tokens (a longer item alone):
+    a forward pass each, with similar lengths together."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    batches: list[list[int]] = []
+    tokens = 0
+    for i in order:
+        if not batches or tokens + sizes[i] > budget:
+            batches.append([])
+            tokens = 0
+        batches[-1].append(i)
+        tokens += sizes[i]
+    return batches
+
+
 def pack(examples: list[Example], row_length: int) -> list[list[int]]:
     """First-fit-decreasing bin packing: lists of example indices, each list fitting in `row_length`."""
     return pack_lengths([len(e.input_ids) for e in examples], row_length)

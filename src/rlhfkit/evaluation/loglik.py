@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.console import make_progress
-from rlhfkit.data import Group, pack_groups
+from rlhfkit.data import Group, pack_groups, token_batches
 from rlhfkit.models import default_device
 from rlhfkit.models.lm import response_logprobs
 
@@ -81,18 +81,11 @@ def choice_logliks(model, tok, items: list[Choices], batch_tokens: int = 8192, m
         if len(g.prompt_ids) + longest > limit:
             g = Group(g.prompt_ids[-(limit - longest):], g.response_ids)
         groups.append(g)
-    order = sorted(range(len(groups)), key=lambda i: -len(groups[i]))
     out: list[list[float]] = [[0.0] * len(item.choices) for item in items]
     device = default_device()
     with make_progress(show_progress) as bar:
         task = bar.add_task(description, total=len(items), metrics="")
-        start = 0
-        while start < len(order):
-            batch, tokens = [], 0
-            while start < len(order) and (not batch or tokens + len(groups[order[start]]) <= batch_tokens):
-                batch.append(order[start])
-                tokens += len(groups[order[start]])
-                start += 1
+        for batch in token_batches([len(g) for g in groups], batch_tokens):
             packed = pack_groups([groups[i] for i in batch], tok.pad_token_id, max(len(groups[i]) for i in batch))
             logp = response_logprobs(model, packed.to(device)).logprobs.double().cpu()
             first = [0]

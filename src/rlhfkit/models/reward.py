@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-from rlhfkit.data import Group, PromptText, encode_group, pack_groups, prompt_key
+from rlhfkit.data import Group, PromptText, encode_group, pack_groups, prompt_key, token_batches
 from rlhfkit.models.loading import ModelLoadError, is_peft, load_causal_lm, load_tokenizer
 
 HEAD_FILE = "reward_head.safetensors"
@@ -203,14 +203,7 @@ def score(rm: RewardModel, tokenizer, prompts: list[PromptText], responses: list
                                        [ended[i] for i in chunk])[0])
             members.append(chunk)
     out = torch.empty(len(prompts))
-    order = sorted(range(len(groups)), key=lambda g: -len(groups[g]))
-    start = 0
-    while start < len(order):
-        batch, tokens = [], 0
-        while start < len(order) and (not batch or tokens + len(groups[order[start]]) <= tokens_per_batch):
-            batch.append(order[start])
-            tokens += len(groups[order[start]])
-            start += 1
+    for batch in token_batches([len(g) for g in groups], tokens_per_batch):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             rewards = score_groups(rm, [groups[g] for g in batch], tokenizer.pad_token_id).float().cpu()
         out[[i for g in batch for i in members[g]]] = rewards
