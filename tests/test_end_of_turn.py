@@ -70,6 +70,10 @@ def test_responses_end_with_the_end_of_turn_token(make, tmp_path):
     assert gen["eos_token_id"] == [tok.convert_tokens_to_ids(eos), tok.convert_tokens_to_ids(turn_end)]
 
 
-def test_a_template_without_special_turn_end_keeps_eos(tiny_gpt2):
+def test_eos_stays_where_it_already_ends_turns_or_the_template_has_no_turn_token(tiny_gpt2):
+    from rlhfkit.models.loading import DEFAULT_CHAT_TEMPLATE
+
     tok = load_tokenizer(tiny_gpt2)
     assert end_of_turn(tok) == "<|im_end|>" == tok.eos_token  # ChatML, EOS already the turn end
+    tok.chat_template = DEFAULT_CHAT_TEMPLATE  # turns closed by a plain newline
+    assert end_of_turn(tok) is None
