@@ -130,3 +130,10 @@ def test_top_p_keeps_the_nucleus():
     picked = pick_tokens(logits, 1.0, 0.7)
     assert set(picked.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.7; the tail is cut
     assert set(pick_tokens(logits, 0.0, 1.0).tolist()) == {0}
+
+
+def test_token_batches_longest_first_within_budget():
+    from rlhfkit.data import token_batches
+
+    assert token_batches([3, 9, 4, 2, 12], 10) == [[4], [1], [2, 0, 3]]  # 12 alone (over budget), 9, 4+3+2
+    assert token_batches([], 10) == []
