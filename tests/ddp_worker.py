@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py under `accelerate launch`: trains (sft, rm or ppo), then each rank saves its weights
+"""Run by tests/test_ddp.py under `accelerate launch`: trains (sft, rm, dpo or ppo), then each rank saves its weights
 (except under FSDP, whose ranks hold shards: the published folder is what is compared). With a third argument N,
 the run is killed after step N (its checkpoint written), as a crash would stop it."""
 
@@ -9,7 +9,8 @@ from pathlib import Path
 from accelerate import PartialState
 from safetensors.torch import save_file
 
-from rlhfkit.config import PPOConfig, RMConfig, SFTConfig
+from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
+from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.reward import train_reward
 from rlhfkit.train.sft import train_sft
@@ -29,6 +30,9 @@ if stage == "sft":
 elif stage == "rm":
     cfg = RMConfig.model_validate_json(cfg_file.read_text())
     model = train_reward(cfg, on_step=on_step).model
+elif stage == "dpo":
+    cfg = DPOConfig.model_validate_json(cfg_file.read_text())
+    model = train_dpo(cfg, on_step=on_step).model
 else:
     cfg = PPOConfig.model_validate_json(cfg_file.read_text())
     model = train_ppo(cfg).policy

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhfkit.config import PPOConfig, RMConfig, SFTConfig
+from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
 from rlhfkit.data import write_jsonl
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -154,3 +154,25 @@ def test_fsdp2_reward_model_matches_ddp(tmp_path, tiny_llama):
     assert ddp["bias"].item() == pytest.approx(fsdp["bias"].item(), abs=1e-4)
     report = [json.loads((tmp_path / run / "eval_report.json").read_text()) for run in ("ddp", "fsdp")]
     assert report[0]["pairs"] == report[1]["pairs"] > 0 and report[0]["loss"] == pytest.approx(report[1]["loss"])
+
+
+def test_dpo_on_two_processes_ddp_and_fsdp2_matches_one(tmp_path, tiny_llama):
+    from test_reward import planted_rankings
+
+    from rlhfkit.train.dpo import train_dpo
+
+    write_jsonl(tmp_path / "r.jsonl", planted_rankings(22, 5))
+    base = dict(model=str(tiny_llama), data=str(tmp_path / "r.jsonl"), max_length=64, lr=1e-3, max_steps=3,
+                warmup_ratio=0, eval_every=0, eval_fraction=0.15, save_every=0, progress=False, dtype="fp32")
+    train_dpo(DPOConfig(**base, batch_size=4, output_dir=str(tmp_path / "one")))
+    run_worker(DPOConfig(**base, batch_size=2, output_dir=str(tmp_path / "ddp")), tmp_path, 2, "dpo")
+    run_worker(DPOConfig(**base, batch_size=2, output_dir=str(tmp_path / "fsdp")), tmp_path, 2, "dpo", fsdp=True)
+
+    def logged(run):
+        return [json.loads(x) for x in (tmp_path / run / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+    for run in ("ddp", "fsdp"):
+        assert [m["loss"] for m in logged(run)] == pytest.approx([m["loss"] for m in logged("one")], rel=1e-4)
+        assert logged(run)[-1]["eval_accuracy"] == pytest.approx(logged("one")[-1]["eval_accuracy"])
+    one, fsdp = (load_file(tmp_path / run / "model.safetensors") for run in ("one", "fsdp"))
+    assert one.keys() == fsdp.keys() and all(torch.allclose(one[k], fsdp[k], atol=1e-5) for k in one)

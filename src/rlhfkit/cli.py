@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from rlhfkit.config import (
     ConfigError,
+    DPOConfig,
     GenerateConfig,
     PPOConfig,
     RMConfig,
@@ -128,6 +129,10 @@ STAGES = [
      "Step 3: PPO-ptx. Optimise the SFT policy against the reward model with a per-token KL penalty "
      "to the SFT policy and pretraining gradients mixed in (--ptx-data, --ptx-coef). Writes the policy to "
      "--output-dir and the value model to --output-dir/value."),
+    ("dpo", DPOConfig, "rlhfkit.train.dpo:train_dpo",
+     "DPO on rankings, the alternative to steps 2b-3: train the policy on every ordered pair of each ranking "
+     "against a frozen reference (--beta; --label-smoothing for cDPO, --loss-type ipo). No reward model, no "
+     "sampling. Writes the policy to --output-dir."),
     ("demo", DemoConfig, "rlhfkit.demo.pipeline:run_demo",
      "The whole loop on the bundled data with simulated labelers: SFT, comparisons, reward model, "
      "PPO-ptx, evaluation against base and SFT, a second round; writes runs/<name>/report.md. "

@@ -157,6 +157,28 @@ class RMConfig(SupervisedConfig):
                             "other tools.")
 
 
+class DPOConfig(SupervisedConfig):
+    model: str = Field("runs/sft", description="Policy to train, and the frozen reference π_ref (a HF folder; by "
+                       "default the SFT output).")
+    reference: str | None = Field(None, description="A different frozen reference policy (default: --model).")
+    data: str | None = Field(None, description="Rankings, in any format `rlhfkit rm` reads: every strictly "
+                             "ordered pair of a K-way ranking is a (chosen, rejected) pair.")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data held out (by prompt) when "
+                                 "--eval-data is not given.")
+    max_length: int = Field(1024, ge=8, description="Tokens per prompt+response; longer responses are cut.")
+    output_dir: str = Field("runs/dpo", description="Run folder: final policy, checkpoints/, logs/, config.yaml.")
+    batch_size: int = Field(4, ge=1, description="Prompts with their K responses per micro-batch on each process.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the rankings.")
+    lr: float = Field(1e-6, description="Peak learning rate (AdamW).")
+    beta: float = Field(0.1, gt=0, description="β: the implicit reward is β·log(π/π_ref); larger keeps the policy "
+                        "closer to the reference.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's ε: the share of preference labels "
+                                   "taken to be flipped (sigmoid loss only).")
+    loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO (with --label-smoothing, "
+                                                 "cDPO); ipo: IPO's squared loss (h − 1/(2β))² on the summed "
+                                                 "log-ratio margin h.")
+
+
 class SampleConfig(StageConfig):
     model: str = Field("runs/sft", description="Policy to sample from: a HF folder or smollm2-135m.")
     prompts: str | None = Field(None, description="Prompts: JSONL or Parquet with prompt, messages or instruction.")

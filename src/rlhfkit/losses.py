@@ -30,16 +30,58 @@ def ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     its pairs (1/C(K,2) when there are no ties), and the result is the mean over rankings that have at
     least one strict pair. logsigmoid keeps it stable for large reward gaps.
     """
+    margin = rewards[:, :, None] - rewards[:, None, :]  # [b, w, l]
+    return mean_over_ranked_pairs(-F.logsigmoid(margin), ranks)
+
+
+def ranked_pairs(ranks: torch.Tensor) -> torch.Tensor:
+    """(B, K, K) bool: [b, w, l] is True where ranking b puts response w strictly above response l."""
     present = ranks >= 0
-    better = (ranks[:, :, None] < ranks[:, None, :]) & present[:, :, None] & present[:, None, :]  # [b, w, l]
-    margin = rewards[:, :, None] - rewards[:, None, :]
-    pair_loss = torch.where(better, -F.logsigmoid(margin), torch.zeros_like(margin))
+    return (ranks[:, :, None] < ranks[:, None, :]) & present[:, :, None] & present[:, None, :]
+
+
+def mean_over_ranked_pairs(pair_loss: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """pair_loss (B, K, K) at [b, w, l] -> the mean over each ranking's strictly ordered pairs, then over the
+    rankings that have one (the weighting of `ranking_loss` and `dpo_ranking_loss`)."""
+    better = ranked_pairs(ranks)
     n_pairs = better.sum(dim=(1, 2))
     has_pairs = n_pairs > 0
     if not has_pairs.any():
-        return rewards.sum() * 0.0  # keeps the graph: a batch of all-tie rankings contributes nothing
-    per_ranking = pair_loss.sum(dim=(1, 2)) / n_pairs.clamp(min=1)
+        return pair_loss.sum() * 0.0  # keeps the graph: a batch of all-tie rankings contributes nothing
+    per_ranking = torch.where(better, pair_loss, torch.zeros_like(pair_loss)).sum(dim=(1, 2)) / n_pairs.clamp(min=1)
     return per_ranking[has_pairs].mean()
+
+
+# ---- DPO (Rafailov et al. 2023): the policy learns the rankings directly ------------------------------------
+# The implicit reward of a response is β·log(π(y|x) / π_ref(y|x)); DPO's loss is the RM's pairwise loss on it.
+
+
+def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, beta: float, label_smoothing: float = 0.0,
+             loss_type: str = "sigmoid") -> torch.Tensor:
+    """Per-pair losses (any matching shapes) from sequence log-probs Σ_t log π(y_t | x, y_<t).
+
+    h = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))
+    sigmoid (DPO; cDPO with ε = label_smoothing, the share of labels taken to be flipped):
+        −(1−ε)·log σ(β·h) − ε·log σ(−β·h)
+    ipo (Azar et al. 2023): (h − 1/(2β))², which stops pushing once the margin reaches 1/(2β).
+    """
+    h = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
+    if loss_type == "sigmoid":
+        return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    if loss_type == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    raise ValueError(f"unknown DPO loss_type {loss_type!r}: sigmoid or ipo")
+
+
+def dpo_ranking_loss(logps: torch.Tensor, ref_logps: torch.Tensor, ranks: torch.Tensor, beta: float,
+                     label_smoothing: float = 0.0, loss_type: str = "sigmoid") -> torch.Tensor:
+    """DPO on K-way rankings: logps, ref_logps (B, K) sequence log-probs of B rankings' responses under the policy
+    and the frozen reference; ranks as in `ranking_loss`. Every strictly ordered pair counts, weighted as the
+    reward model weights them (a ranking's mean over its pairs, then the mean over rankings)."""
+    pair_loss = dpo_loss(logps[:, :, None], logps[:, None, :], ref_logps[:, :, None], ref_logps[:, None, :],
+                         beta, label_smoothing, loss_type)
+    return mean_over_ranked_pairs(pair_loss, ranks)
 
 
 # ---- Step 3: PPO-ptx --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from rlhfkit.data import IGNORE, Example, Group, Prompt, collate_packed, pack, pack_groups, shifted_targets
 from rlhfkit.losses import sft_loss
 from rlhfkit.models import default_device, load_causal_lm, mixed_precision
-from rlhfkit.models.lm import response_logprobs, scored_logits
+from rlhfkit.models.lm import scored_logits, summed_logprobs
 from rlhfkit.rollout import Rollout, sample
 
 
@@ -37,14 +37,13 @@ def generate(model, tok, prompts: list[Prompt], max_new_tokens: int, temperature
 def sequence_logprobs(model, tok, prompt_ids: list[list[int]], response_ids: list[list[int]],
                       batch_size: int = 32, row_length: int = 512, temperature: float = 1.0) -> list[float]:
     """Σ_t log π(y_t | x, y_<t) of each response under `model` (fp32; at `temperature`, the distribution the
-    responses were sampled from), prompt + response sequences packed end to end (`models.lm.response_logprobs`)."""
+    responses were sampled from), prompt + response sequences packed end to end (`models.lm.summed_logprobs`)."""
     out = torch.zeros(len(prompt_ids), dtype=torch.float64)
     for start in range(0, len(prompt_ids), batch_size):
         end = min(start + batch_size, len(prompt_ids))
         groups = [Group(p, [r]) for p, r in zip(prompt_ids[start:end], response_ids[start:end], strict=True)]
         pk = pack_groups(groups, tok.pad_token_id, row_length).to(default_device())
-        token_logp = response_logprobs(model, pk, temperature).logprobs
-        out.index_add_(0, pk.slots[:, 0].cpu() + start, token_logp.double().cpu())
+        out[start:end] = summed_logprobs(model, pk, temperature).double().cpu()
     return out.tolist()
 
 

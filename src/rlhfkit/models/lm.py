@@ -42,6 +42,15 @@ def response_logprobs(model: nn.Module, packed: PackedGroups, temperature: float
     return ResponseLogprobs(logp.gather(-1, packed.targets[:, None]).squeeze(-1), entropy, states)
 
 
+def summed_logprobs(model: nn.Module, packed: PackedGroups, temperature: float = 1.0) -> torch.Tensor:
+    """Σ_t log π(y_t | x, y_<t) of each of the M responses of packed groups, (M,) in fp32, in response order
+    (`PackedGroups.slots`); gradients flow when enabled (DPO trains through it)."""
+    token_logp = response_logprobs(model, packed, temperature).logprobs
+    n = packed.ends.shape[0]
+    return torch.zeros(n, dtype=token_logp.dtype, device=token_logp.device).index_add(0, packed.slots[:, 0],
+                                                                                     token_logp)
+
+
 def scored_logits(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, V) in fp32, targets (N,)) at the N positions of packed rows that predict a token: `targets`

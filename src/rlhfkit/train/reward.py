@@ -77,7 +77,12 @@ def encode_rankings(tokenizer, rankings: list[Ranking], max_length: int) -> tupl
 def forward_rankings(rm: nn.Module, batch: list[EncodedRanking], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards and ranks (J, Kmax), one row per ranking (ranks -1 where a prompt has fewer responses). Each
     prompt is computed once for its K responses, each response once for all its rankings."""
-    flat = score_groups(rm, [r.group for r in batch], pad_id)
+    return by_ranking(score_groups(rm, [r.group for r in batch], pad_id), batch)
+
+
+def by_ranking(flat: torch.Tensor, batch: list[EncodedRanking]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A value per response of `batch` (M,), in group order, laid out as (J, Kmax) rows, one per ranking, with
+    the ranks (J, Kmax) (-1 where a prompt has fewer responses)."""
     k_max = max(len(r.group.response_ids) for r in batch)
     rows, ranks, i = [], [], 0
     for r in batch:
