@@ -142,7 +142,7 @@ def test_resume_continues_a_killed_run(tmp_path, tiny_llama, prompts_file, tiny_
     {"lora_r": 4},  # reference = the same weights with adapters off
     {"lora_r": 4, "shared_value_head": True, "kl_estimator": "k3", "value_warmup_iterations": 1},
     {"advantage": "rloo", "samples_per_prompt": 2},
-    {"advantage": "grpo", "samples_per_prompt": 4, "lora_r": 4},
+    {"advantage": "grpo", "samples_per_prompt": 4, "lora_r": 4, "kl_in": "loss", "kl_estimator": "k3"},
     {"frozen_dtype": "bf16", "offload_frozen": True},  # reference and RM in bf16, in CPU memory between uses
 ])
 def test_every_option_runs(tmp_path, tiny_llama, prompts_file, tiny_rm, options):
@@ -150,6 +150,7 @@ def test_every_option_runs(tmp_path, tiny_llama, prompts_file, tiny_rm, options)
     assert all(all(v == v for v in m.values()) for m in result.history)  # no NaN
     model, _ = load_causal_lm(result.output_dir)
     assert not hasattr(model, "peft_config")  # LoRA adapters merged into the published policy
+    assert ("kl_loss" in result.history[-1]) == (options.get("kl_in") == "loss")
     critic_free = options.get("advantage", "gae") != "gae"
     assert (result.output_dir / "value").exists() != (bool(options.get("shared_value_head")) or critic_free)
 

@@ -7,6 +7,7 @@ from rlhfkit.losses import (
     AdaptiveKLController,
     gae,
     group_normalized,
+    kl_loss,
     kl_penalized_rewards,
     leave_one_out,
     ppo_policy_loss,
@@ -35,6 +36,19 @@ def test_kl_k3_is_non_negative_and_matches_formula():
     assert (r <= 1e-7).all() and r[0, 2] == 0  # equal log-probs: zero KL
     with pytest.raises(ValueError):
         kl_penalized_rewards(torch.zeros(2), logp, ref, MASK, 1.0, estimator="k2")
+
+
+def test_kl_loss_is_the_token_mean_of_k3_with_its_gradient():
+    logp = torch.tensor([[-1.0, -2.0, -0.5, -9.0], [-1.0, -9.0, -9.0, -9.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, -0.5, 0.0], [-2.0, 0.0, 0.0, 0.0]])
+    terms = [(0.5, 1), (-1.0, 1), (0.0, 1), (1.0, 1)]  # the 4 real tokens' log-ratios
+    k3 = [math.exp(-x) - 1 + x for x, _ in terms]
+    loss = kl_loss(logp, ref, MASK)
+    assert loss.item() == pytest.approx(sum(k3) / 4)
+    loss.backward()  # d k3 / d log π = 1 − exp(−log_ratio), over 4 tokens; padding gets none
+    assert logp.grad[0, 0].item() == pytest.approx((1 - math.exp(-0.5)) / 4)
+    assert logp.grad[0, 3].item() == 0 and logp.grad[1, 1].item() == 0
+    assert kl_loss(logp, ref, MASK, "k1").item() == pytest.approx(0.5 / 4)
 
 
 def test_gae_by_hand():

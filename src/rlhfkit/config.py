@@ -250,6 +250,10 @@ class PPOConfig(TrainConfig):
     kl_horizon: int = Field(10000, ge=1, description="Horizon of the adaptive β controller, in samples.")
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="Per-token KL estimator: k1 = log-ratio, "
                                               "k3 = the non-negative unbiased one.")
+    kl_in: Literal["reward", "loss"] = Field("reward", description="Where the KL penalty goes: reward = −β·KL_t in "
+                                             "each token's reward, as the paper (and PPO with GAE); loss = β·mean "
+                                             "KL_t added to the policy loss, as GRPO does (use with --kl-estimator "
+                                             "k3).")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
     missing_eos_penalty: float | None = Field(1.0, ge=0, description="Subtracted from the RM's score of a "
                                               "response cut off without EOS, as TRL does (unset = none).")

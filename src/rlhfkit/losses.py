@@ -99,6 +99,27 @@ def last_positions(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask > 0, positions, torch.zeros_like(positions)).max(dim=1).values
 
 
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """KL_t, a per-token estimate of KL(π_RL ‖ π_SFT) from the sampled token, log_ratio = log π_RL − log π_SFT:
+      k1 = log_ratio                         (the paper's log(π_RL/π_SFT); unbiased, can be negative)
+      k3 = (exp(−log_ratio) − 1) + log_ratio (unbiased and never negative; Schulman 2020)
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}: use k1 or k3")
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, estimator: str = "k3"
+            ) -> torch.Tensor:
+    """The KL penalty as a loss term instead of a reward (GRPO, Shao et al. 2024): the token mean of KL_t under
+    the current policy, added to the policy loss with weight β. Its gradient pulls each sampled token's
+    probability back toward π_SFT directly, where the reward's penalty reaches it only through the advantages."""
+    return masked_mean(kl_estimate(logprobs, ref_logprobs, estimator), mask)
+
+
 def kl_penalized_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,
@@ -107,20 +128,9 @@ def kl_penalized_rewards(
     beta: float,
     estimator: str = "k1",
 ) -> torch.Tensor:
-    """Per-token rewards: −β·KL_t on every response token, plus the RM score (B,) at each row's last token.
-
-    KL_t estimates KL(π_RL ‖ π_SFT) from the sampled token, with log_ratio = log π_RL − log π_SFT:
-      k1 = log_ratio                         (the paper's β·log(π_RL/π_SFT); unbiased, can be negative)
-      k3 = (exp(−log_ratio) − 1) + log_ratio (unbiased and never negative; Schulman 2020)
-    """
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        kl = log_ratio
-    elif estimator == "k3":
-        kl = torch.expm1(-log_ratio) + log_ratio
-    else:
-        raise ValueError(f"unknown KL estimator {estimator!r}: use k1 or k3")
-    rewards = -beta * kl * mask
+    """Per-token rewards: −β·KL_t on every response token (`kl_estimate`), plus the RM score (B,) at each row's
+    last token."""
+    rewards = -beta * kl_estimate(logprobs, ref_logprobs, estimator) * mask
     has_tokens = mask.sum(dim=1) > 0
     rows = torch.arange(mask.shape[0], device=mask.device)[has_tokens]
     rewards[rows, last_positions(mask)[has_tokens]] += scores[has_tokens].to(rewards.dtype)

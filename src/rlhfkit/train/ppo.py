@@ -10,6 +10,7 @@ One iteration is one step of the trainer core (`TrainLoop`):
                  last real response token, less `missing_eos_penalty` for a response cut off without EOS;
                  with several responses per prompt, less the mean score of the others  -> losses.leave_one_out
     3. rewards   per token −β·KL_t, plus the score at the last token     -> losses.kl_penalized_rewards
+                 (--kl-in loss: no KL in the reward; β·KL_t joins the policy loss in step 5 -> losses.kl_loss)
     4. GAE       advantages (whitened over the whole batch, all processes) and returns  -> losses.gae
                  (critic-free, --advantage rloo|grpo: no values, each token's advantage the rest of its
                  response's reward; grpo scales each prompt's scores by their std -> losses.group_normalized)
@@ -54,6 +55,7 @@ from rlhfkit.losses import (
     AdaptiveKLController,
     gae,
     group_normalized,
+    kl_loss,
     kl_penalized_rewards,
     leave_one_out,
     masked_mean,
@@ -329,6 +331,7 @@ class Experience:
     penalized_scores: torch.Tensor  # (B,) less the missing-EOS penalty
     seconds_generate: float
     seconds_score: float
+    beta: float  # the KL coefficient this batch was made with (in its rewards, or for the loss: --kl-in)
 
 
 def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list, beta: float,
@@ -372,7 +375,8 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
         baselined = leave_one_out(penalized, batch.prompt_of)
     old_logprobs, ref_logprobs, values = fwd["logprobs"].float(), ref["logprobs"].float(), values.float()
 
-    rewards = kl_penalized_rewards(baselined, old_logprobs, ref_logprobs, batch.mask, beta, cfg.kl_estimator)
+    in_reward = beta if cfg.kl_in == "reward" else 0.0  # else the update adds it to the loss (policy_step)
+    rewards = kl_penalized_rewards(baselined, old_logprobs, ref_logprobs, batch.mask, in_reward, cfg.kl_estimator)
     if cfg.advantage == "gae":
         advantages, returns = gae(rewards, values, batch.mask, cfg.gamma, cfg.lam)
     else:  # critic-free: the rest of the response's reward (values 0, λ = 1)
@@ -382,7 +386,7 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
     adv_var = loop.all_sum((((advantages - adv_mean) * batch.mask) ** 2).sum()) / n_tok
     advantages = whiten(advantages, batch.mask, stats=(adv_mean, adv_var))
     return Experience(batch, old_logprobs, ref_logprobs, values, advantages, returns, scores, penalized,
-                      t_generate, time.perf_counter() - t0)
+                      t_generate, time.perf_counter() - t0, beta)
 
 
 # ---- step 5: the update ----------------------------------------------------------------------------
@@ -405,7 +409,7 @@ def ppo_update(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, exp: Experien
     shared_head = models.value is None
     n_minibatches = math.ceil(cfg.rollout_batch / cfg.minibatch_size)
     stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
-                                                      "ptx_loss")}
+                                                      "ptx_loss", "kl_loss")}
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + iteration * 31 + loop.rank)
     groups = batch.by_prompt()
     for epoch in range(cfg.ppo_epochs):
@@ -442,7 +446,12 @@ def policy_step(cfg: PPOConfig, loop: TrainLoop, part: Optimised, exp: Experienc
     new_logprobs = out["logprobs"].float()
     pg_loss, clipfrac = ppo_policy_loss(new_logprobs, exp.old_logprobs[mb], exp.advantages[mb], m, cfg.clip_eps)
     entropy = masked_mean(out["entropy"].float(), m)
-    loss = (pg_loss - cfg.entropy_coef * entropy) * scale * float(train_policy)
+    policy_loss = pg_loss - cfg.entropy_coef * entropy
+    if cfg.kl_in == "loss":
+        kl = kl_loss(new_logprobs, exp.ref_logprobs[mb], m, cfg.kl_estimator)
+        policy_loss = policy_loss + exp.beta * kl
+        stats["kl_loss"].append(kl.item())
+    loss = policy_loss * scale * float(train_policy)
     if "values" in out:
         vf_loss = ppo_value_loss(out["values"].float(), exp.values[mb], exp.returns[mb], m, cfg.value_clip_eps)
         loss = loss + cfg.vf_coef * vf_loss * scale
