@@ -167,11 +167,38 @@ def test_generate_writes_batch_by_batch_and_resumes(tmp_path, tiny_llama):
     assert sorted(cut.read_text().splitlines()) == sorted(ln.rstrip("\n") for ln in lines)
 
 
+def test_generate_best_of_n_keeps_what_the_reward_model_scores_highest(tmp_path, tiny_llama):
+    from rlhfkit.config import GenerateConfig
+    from rlhfkit.models.reward import load_reward_model, reward_model_from_causal_lm, score
+    from rlhfkit.sampling import generate
+
+    rm, tok = reward_model_from_causal_lm(tiny_llama)
+    torch.nn.init.normal_(rm.head.weight, std=1.0)  # a random but non-trivial scorer
+    rm.save(tmp_path / "rm", tok)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in "abc"))
+    args = dict(model=str(tiny_llama), prompts=str(prompts), temperature=1.0, max_new_tokens=6, batch_size=8,
+                progress=False, seed=3)
+    drawn = generate(GenerateConfig(**args, num_samples=4))  # the same draws best-of-4 makes
+    best = generate(GenerateConfig(**args, best_of=4, reward_model=str(tmp_path / "rm")))
+    rm, tok = load_reward_model(tmp_path / "rm")
+    rewards = score(rm, tok, [r["prompt"] for r in drawn], [r["response"] for r in drawn],
+                    ended=[r["ended"] for r in drawn]).tolist()
+    assert [r["index"] for r in best] == [0, 1, 2] and all(r["best_of"] == 4 for r in best)
+    for i, kept in enumerate(best):
+        options = list(zip(rewards[4 * i : 4 * i + 4], drawn[4 * i : 4 * i + 4], strict=True))
+        top_reward, top = max(options, key=lambda x: x[0])
+        assert kept["response"] == top["response"] and kept["reward"] == pytest.approx(top_reward, abs=1e-5)
+    with pytest.raises(ValueError, match="--reward-model"):
+        generate(GenerateConfig(**args, best_of=4))
+
+
 def test_every_command_documents_every_option():
-    from rlhfkit.config import GenerateConfig, PPOConfig, RMConfig, SampleConfig
+    from rlhfkit.config import DPOConfig, GenerateConfig, PPOConfig, RMConfig, SampleConfig
 
     runner = CliRunner()
-    for command, cls in (("rm", RMConfig), ("ppo", PPOConfig), ("sample", SampleConfig), ("generate", GenerateConfig)):
+    for command, cls in (("rm", RMConfig), ("ppo", PPOConfig), ("sample", SampleConfig), ("generate", GenerateConfig),
+                         ("dpo", DPOConfig)):
         out = runner.invoke(app, [command, "--help"], terminal_width=200).output
         for field in cls.model_fields:
             assert "--" + field.replace("_", "-") in out, (command, field)

@@ -274,6 +274,9 @@ class GenerateConfig(StageConfig):
     resume: bool = Field(False, description="Carry on after the prompts --output already holds.")
     progress: bool = Field(True, description="Show a progress bar.")
     num_samples: int = Field(1, ge=1, description="Responses per prompt.")
+    best_of: int = Field(1, ge=1, description="Sample N responses for each one written and keep the one "
+                         "--reward-model scores highest (best-of-n as a policy; needs --temperature > 0).")
+    reward_model: str | None = Field(None, description="Reward model folder (from `rlhfkit rm`) for --best-of.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     max_new_tokens: int = Field(128, ge=1, description="Longest response, in tokens.")

@@ -18,6 +18,7 @@ from rlhfkit.config import GenerateConfig, SampleConfig
 from rlhfkit.console import console, make_progress
 from rlhfkit.data import Prompt, Ranking, append_jsonl, prompt_text, read_prompts
 from rlhfkit.models import default_device, load_causal_lm, mixed_precision
+from rlhfkit.models.reward import load_reward_model, score
 from rlhfkit.rollout import sample
 
 
@@ -118,6 +119,9 @@ def generate(cfg: GenerateConfig) -> list[dict]:
     """Answers to --prompt / --prompts, printed and (with --output) appended batch by batch, so an interruption
     loses at most the batch in flight and --resume carries on. Each batch is seeded from --seed and its first
     prompt, so a resumed run writes what a straight run would have."""
+    if cfg.best_of > 1 and (cfg.reward_model is None or cfg.temperature == 0):
+        raise ValueError("--best-of N needs --reward-model DIR to choose with and --temperature > 0 to sample "
+                         "N different responses")
     prompts = [Prompt(prompt=p) for p in cfg.prompt]
     if cfg.prompts:
         prompts += read_prompts(cfg.prompts).records
@@ -134,26 +138,46 @@ def generate(cfg: GenerateConfig) -> list[dict]:
     model.to(device)
     if mixed_precision(cfg.dtype, device) == "bf16":
         model.to(torch.bfloat16)  # decoding only: cast once
-    per_batch = max(1, cfg.batch_size // cfg.num_samples)
+    rm = None
+    if cfg.best_of > 1:
+        rm, _ = load_reward_model(cfg.reward_model)
+        rm.to(device)
+    drawn = cfg.num_samples * cfg.best_of  # responses sampled per prompt
+    per_batch = max(1, cfg.batch_size // drawn)
     records: list[dict] = []
     with make_progress(cfg.progress) as progress:
         task = progress.add_task("generate", total=len(prompts), completed=len(done), metrics="")
         for start in range(0, len(todo), per_batch):
             chunk = todo[start : start + per_batch]
             torch.manual_seed(cfg.seed + chunk[0])
-            roll = sample(model, tokenizer, [prompts[i].prompt for i in chunk], cfg.num_samples,
+            roll = sample(model, tokenizer, [prompts[i].prompt for i in chunk], drawn,
                           cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.batch_size)
+            answers = sorted(zip(roll.prompt_index, roll.texts, roll.ended, strict=True), key=lambda x: x[0])
+            if rm is not None:
+                answers = best_of_n(rm, tokenizer, [prompts[chunk[j]].prompt for j, _, _ in answers], answers,
+                                    cfg.best_of)
             batch = []
-            for j, text, ended in sorted(zip(roll.prompt_index, roll.texts, roll.ended, strict=True),
-                                         key=lambda x: x[0]):
+            for j, text, ended, *reward in answers:
                 i = chunk[j]
                 # the answers to stdout (the bar is on stderr), as plain text: nothing in them is markup
                 print(f"### {prompt_text(prompts[i].prompt)}\n{text}{'' if ended else ' [cut at max-new-tokens]'}\n",
                       flush=True)
                 batch.append({"index": i, "prompt": prompts[i].model_dump(mode="json")["prompt"], "response": text,
-                              "ended": ended})
+                              "ended": ended, **({"reward": reward[0], "best_of": cfg.best_of} if reward else {})})
             if out is not None:
                 append_jsonl(out, batch)
             records += batch
             progress.update(task, advance=len(chunk))
     return records
+
+
+def best_of_n(rm, tokenizer, prompts: list, answers: list[tuple[int, str, bool]], n: int) -> list[tuple]:
+    """Of each run of n consecutive answers to one prompt, the one the reward model scores highest, with its score
+    (the RM's raw score: a response cut off at max-new-tokens competes as it is)."""
+    rewards = score(rm, tokenizer, prompts, [text for _, text, _ in answers],
+                    ended=[ended for _, _, ended in answers]).tolist()
+    kept = []
+    for start in range(0, len(answers), n):
+        best = max(range(start, start + n), key=lambda k: rewards[k])
+        kept.append((*answers[best], rewards[best]))
+    return kept
