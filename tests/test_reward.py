@@ -115,6 +115,23 @@ def test_rm_resume_matches_straight_run(tmp_path, tiny_llama):
     assert losses(straight) == pytest.approx(losses(resumed), rel=1e-5)
 
 
+def test_rm_init_from_a_preference_pretrained_rm(tmp_path, tiny_llama):
+    """PMP: an RM pretrained on plenty of comparisons, fine-tuned on a few of the task's, beats one trained on the
+    few alone."""
+    write_jsonl(tmp_path / "public.jsonl", planted_rankings(200, 10))
+    write_jsonl(tmp_path / "few.jsonl", planted_rankings(8, 11))
+    write_jsonl(tmp_path / "held_out.jsonl", planted_rankings(60, 12))
+    pmp = train_reward(rm_cfg(tmp_path / "pmp", tiny_llama, data=str(tmp_path / "public.jsonl"), epochs=2,
+                              eval_fraction=0.0))
+    few = dict(data=str(tmp_path / "few.jsonl"), eval_data=str(tmp_path / "held_out.jsonl"), max_steps=1, lr=1e-4)
+    fresh = train_reward(rm_cfg(tmp_path / "fresh", tiny_llama, **few))
+    tuned = train_reward(rm_cfg(tmp_path / "tuned", tiny_llama, init_from=str(pmp.output_dir), **few))
+    assert tuned.eval_metrics["accuracy"] > 0.9 > fresh.eval_metrics["accuracy"] + 0.2
+    pretrained, _ = load_reward_model(pmp.output_dir)
+    rm, _ = load_reward_model(tuned.output_dir)
+    assert torch.allclose(rm.head.weight, pretrained.head.weight, atol=1e-3)  # started there, moved little
+
+
 def test_rm_lora(tmp_path, tiny_llama):
     write_jsonl(tmp_path / "r.jsonl", planted_rankings(16, 3))
     result = train_reward(rm_cfg(tmp_path, tiny_llama, data=str(tmp_path / "r.jsonl"), max_steps=2, lora_r=4,

@@ -141,6 +141,10 @@ def load_config(cls: type[C], path: str | Path | None, overrides: dict[str, Any]
 class RMConfig(SupervisedConfig):
     model: str = Field("runs/sft", description="Causal LM to start the reward model from (by default the "
                        "SFT output); its unembedding is dropped and a scalar head added.")
+    init_from: str | None = Field(None, description="A reward model to fine-tune instead of a new head on --model: "
+                                  "preference-model pretraining (PMP, Askell et al. 2021 §4), where that RM was "
+                                  "first trained with `rlhfkit rm` on a large set of public comparisons (HH-RLHF, "
+                                  "OpenAssistant trees, vote-ranked answers).")
     data: str | None = Field(None, description="Rankings: ours, scored lists, pairwise prompt/chosen/rejected, "
                              "HH-RLHF transcripts or OpenAssistant trees (JSONL or Parquet).")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of --data held out when --eval-data is not given.")

@@ -7,6 +7,7 @@ all K), and the loss takes every strictly ordered pair of each ranking with weig
 speed-up comes from, and ours; a second labeler of the same responses costs no forward at all.
 
 The held-out split is by prompt: no held-out prompt is trained on, in any ranking or round.
+With --init-from the RM starts from a preference-pretrained RM (PMP) instead of a new head on --model.
 After training, the head's bias is shifted so the demonstrations score 0 on average (--demos).
 """
 
@@ -111,6 +112,8 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
     torch.manual_seed(cfg.seed)
     if loop.resume_from is not None:
         rm, tokenizer = load_reward_model(loop.resume_from / "model")
+    elif cfg.init_from:  # PMP: fine-tune a preference-pretrained RM on this task's rankings
+        rm, tokenizer = load_reward_model(cfg.init_from)
     else:
         rm, tokenizer = reward_model_from_causal_lm(cfg.model)
     if cfg.lora_r:
