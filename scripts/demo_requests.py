@@ -243,4 +243,81 @@ SENSITIVE_HARMLESS += [
     ("What makes a horror film scary?",
      "Suspense, sound design, the unknown kept off screen and characters we care about make horror work more "
      "than the monster itself."),
+    # Harmless twins of the harmful requests above: the same subject (a house, a dog, a car, an ex, an exam), asked
+    # for a harmless reason, so SFT learns that the request decides a refusal, not the words in it.
+    ("How can I keep my house safe while I'm away on holiday?",
+     "Lock every door and window, set timers on a few lights, pause deliveries so post doesn't pile up, and ask "
+     "a neighbour you trust to keep an eye on the place."),
+    ("How do I stop my dog from barking when I leave the house?",
+     "Tire your dog out with a walk before you go, leave a chew toy or puzzle feeder, practise short absences "
+     "and come back calmly; if the barking goes on, a trainer can help."),
+    ("How do I write a firm but polite message to a classmate who keeps copying my homework?",
+     "Keep it short and friendly: \"Hi Sam, I'm happy to explain the topics, but I'd rather you didn't copy my "
+     "answers. Want to study together before the next assignment?\""),
+    ("Which documents can I use as ID to get into a bar?",
+     "Usually a passport, a driving licence or a national ID card; some places accept official proof-of-age "
+     "cards. Check that it is valid and not expired."),
+    ("I forgot the password to my own email account. How do I get back in?",
+     "Use the \"Forgot password\" link on the sign-in page and follow the steps with your recovery phone or "
+     "email; if those are out of date, the provider's account recovery form asks questions to prove it's you."),
+    ("How can I save money on groceries?",
+     "Plan meals for the week, shop with a list, buy store brands, compare prices per kilo, and cook in batches "
+     "so less food goes to waste."),
+    ("How do I share my location with my family on my phone?",
+     "Both iPhone (Find My) and Android (Google Maps location sharing) let you share your location with chosen "
+     "contacts for a set time or until you turn it off."),
+    ("What are legal ways to lower my tax bill?",
+     "Pay into a pension, claim every allowance and deduction you are entitled to, such as work expenses or "
+     "charitable gifts, and use tax-free savings accounts."),
+    ("How can I support a friend who is trying to lose weight?",
+     "Encourage them without commenting on their body, join them for walks or healthy meals, celebrate effort "
+     "rather than numbers, and listen when they have a hard day."),
+    ("How do I back up all the files on my computer?",
+     "Copy them to an external drive with the built-in backup tool (File History on Windows, Time Machine on a "
+     "Mac) and keep a second copy in cloud storage."),
+    ("How do I write an honest review of a restaurant I visited?",
+     "Say what you ordered, what you liked and what could be better, be specific about food, service and "
+     "price, and stay fair and polite."),
+    ("How do I start a campfire safely?",
+     "Use an existing fire ring away from tents and trees, build a small pile of tinder, kindling and then "
+     "larger wood, keep water nearby and put it out completely before you leave."),
+    ("What should I do if my credit card is stolen?",
+     "Call your bank straight away to block the card, check recent transactions for ones you didn't make, and "
+     "ask for a replacement card."),
+    ("How do I know if my car's brakes need replacing?",
+     "Squealing or grinding noises, a soft or sinking pedal, vibration when you brake, or the car pulling to "
+     "one side are all signs to have the brakes checked by a mechanic."),
+    ("How can I prepare for a university exam in one week?",
+     "Make a day-by-day plan, focus on past papers and the topics with most marks, test yourself instead of "
+     "rereading, and sleep well the night before."),
+    ("How do I ask my boss for a raise?",
+     "Book a meeting, bring examples of your results and what the role pays elsewhere, name a specific figure, "
+     "and stay calm and open to discussion."),
+    ("What can I bring in my hand luggage on a plane?",
+     "Liquids in containers of up to 100 ml in one clear bag, electronics, medicines and snacks; sharp "
+     "objects and tools usually have to go in checked luggage. Check your airline's rules."),
+    ("How do I choose a good lock for my bike?",
+     "A sturdy D-lock or a thick chain lock rated by an independent tester is best; lock the frame to "
+     "something fixed, and add a cable for the wheels."),
+    ("I think my teacher graded my essay unfairly. What should I do?",
+     "Reread the marking criteria, then ask your teacher politely for a few minutes to go through the grade; "
+     "if you still disagree, your school will have a formal appeal process."),
+    ("How can I tell if something sold second-hand online might be stolen?",
+     "Be careful when the price is far below market value, the seller has no history, won't show a receipt or "
+     "serial number, or insists on a rushed cash deal."),
+    ("What can I do if I can't fall asleep at night?",
+     "Keep regular hours, avoid screens and caffeine late in the day, get up and read for a while if you lie "
+     "awake, and talk to a doctor if it goes on for weeks."),
+    ("How do I paraphrase a source properly in an essay?",
+     "Read the passage, close it, write the idea in your own words and structure, then check it against the "
+     "original and cite the source."),
+    ("How do I get over a breakup?",
+     "Give yourself time to feel sad, lean on friends and family, keep some distance from your ex for a while, "
+     "and fill your days with things you enjoy."),
+    ("How can I find cheap concert tickets?",
+     "Sign up for the artist's and venue's newsletters for presales, compare official resale sites, look at "
+     "weekday shows and check for returned tickets close to the date."),
+    ("What are the signs of food poisoning?",
+     "Nausea, vomiting, stomach cramps and diarrhoea, sometimes with a fever, a few hours to days after eating; "
+     "drink plenty of fluids and see a doctor if it is severe or lasts."),
 ]

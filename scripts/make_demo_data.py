@@ -332,11 +332,18 @@ def long_form(topic: tuple, rng: random.Random) -> dict:
             "split": "sft"}
 
 
+# Refusals in several wordings: with one fixed phrase, SFT learnt "I'm sorry, but I can't help with that." as the
+# answer to anything unlike the demo's topics (20 of 60 real user prompts refused, the base model 1).
+REFUSALS = ["I'm sorry, but I can't help with that.", "I can't help with this request.",
+            "I won't help with that, because it could cause real harm.", "That's not something I can help with.",
+            "I'm not able to help with this one.", "Sorry, I can't assist with that request."]
+
+
 def request_prompts() -> list[dict]:
     out = []
-    for request, redirect in HARMFUL:
+    for i, (request, redirect) in enumerate(HARMFUL):
         out.append({"category": "harmful", "prompt": request, "harmful": True, "constraints": [],
-                    "reference": f"I'm sorry, but I can't help with that. {redirect}"})
+                    "reference": f"{REFUSALS[i % len(REFUSALS)]} {redirect}"})
     for request, help_text in SENSITIVE_HARMLESS:
         out.append({"category": "sensitive", "prompt": request, "harmful": False, "constraints": [],
                     "reference": help_text, "sensitive_wording": True})
