@@ -160,7 +160,7 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     (public / "toxigen/prompts_sample.jsonl").write_text(json.dumps({"group": "g", "label": "neutral",
                                                                       "prompt": "- people are kind\n-"}) + "\n")
     report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", outside_prompts=str(outside),
-                                 compare_without_ptx=True, rounds=2, eval_data=str(public))).read_text()
+                                 compare=["no-ptx", "dpo", "gae", "grpo"], rounds=2, eval_data=str(public))).read_text()
     for heading in ("## Outside the demo's prompts", "## Truthfulness, bias, toxicity, hallucination", "## Stages",
                     "## Data", "## Headroom above SFT",
                     "## Comparisons and reward model", "## PPO",
@@ -172,17 +172,20 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     assert "Where round 1's RM agrees with the judges" in report
     for column in ("TruthfulQA MC1, QA", "CrowS stereotype %", "Winogender entropy", "expected max", "hallucinated"):
         assert column in report
-    for row in ("ppo-ptx r1 vs sft", "ppo-ptx r1 vs base", "sft vs base", "ppo r1 (γ=0)", "ppo-ptx r2 vs sft"):
+    for row in ("ppo-ptx r1 vs sft", "ppo-ptx r1 vs base", "sft vs base", "ppo r1 (γ=0)", "ppo-ptx r2 vs sft",
+                "dpo r1 vs sft", "ppo-ptx gae r1 vs sft", "grpo-ptx r1 vs sft", "| best-of-4 by RM |"):
         assert row in report
+    assert "training seconds" in report
     run = tmp_path / "quick"
     for artefact in ("ppo_curves.png", "win_rates.png", "agreement.png", "gold_vs_proxy.png", "sft/config.json",
-                     "round2/rm", "round1/ppo-no-ptx", "rm-round1.jsonl", "stages.json", "evals/sft_samples.json",
+                     "round2/rm", "round1/ppo-no-ptx", "round1/dpo/model.safetensors", "round1/grpo/model.safetensors",
+                     "round1/ppo-gae/value", "rm-round1.jsonl", "stages.json", "evals/sft_samples.json",
                      "evals/suite/all.png"):
         assert (run / artefact).exists(), artefact
     # a rerun with --resume finds every stage done and only rewrites nothing
     before = (run / "stages.json").read_text()
     run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", resume=True, outside_prompts=str(outside),
-                        compare_without_ptx=True, rounds=2, eval_data=str(public)))
+                        compare=["no-ptx", "dpo", "gae", "grpo"], rounds=2, eval_data=str(public)))
     assert (run / "stages.json").read_text() == before
 
 

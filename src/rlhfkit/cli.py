@@ -55,7 +55,8 @@ def _cli_type(annotation) -> tuple[type, str]:
     if origin is Literal:
         return str, " One of: " + ", ".join(map(str, args)) + "."
     if origin is list:
-        return list[args[0]], ""
+        inner, extra = _cli_type(args[0])
+        return list[inner], extra and extra.replace("One of", "Each one of") + " Repeat the flag for several."
     return annotation, ""
 
 

@@ -8,11 +8,11 @@ the pipeline sets them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rlhfkit.config import PPOConfig, RMConfig, SampleConfig, SFTConfig, StageConfig
+from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SampleConfig, SFTConfig, StageConfig
 
 # What the demo changes from each stage's defaults, sized for a 30-minute run on a 2-core CPU.
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -39,7 +39,18 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
             "advantage": "rloo", "max_new_tokens": 48, "lr": 3e-5, "min_lr_ratio": 1.0, "kl_coef": 0.05,
             "ptx_coef": 0.5, "save_every": 5, "samples_every": 5},
 }
-STAGES = {"sft": SFTConfig, "sample": SampleConfig, "rm": RMConfig, "ppo": PPOConfig}
+# DPO (only with `compare: [dpo]`): on round 1's rankings from the SFT model, 2 prompts (their K responses and
+# every ranking of them) a step as the RM trains; β 0.1 and a small step, as DPO is usually run.
+STAGE_DEFAULTS["dpo"] = {"epochs": 2.0, "lr": 2e-6, "beta": 0.1, "batch_size": 2, "max_length": 384,
+                         "eval_fraction": 0.1, "eval_every": 0, "save_every": 50}
+STAGES = {"sft": SFTConfig, "sample": SampleConfig, "rm": RMConfig, "ppo": PPOConfig, "dpo": DPOConfig}
+# What `compare` trains beside the reported PPO-ptx policy in round 1, on the same data, RM and budget.
+ALTERNATIVES = {
+    "dpo": "DPO on the round's rankings (no RM, no sampling)",
+    "gae": "PPO-ptx with a value model and GAE (the paper's advantage)",
+    "grpo": "GRPO-style PPO-ptx: no critic, scores normalised by the group's std, KL (k3) in the loss",
+    "no-ptx": "PPO with γ = 0 (the alignment tax with and without ptx)",
+}
 
 # --quick: a smoke test of every stage in a few minutes
 QUICK = {"demonstrations": 32, "rm_prompts": 10, "eval_prompts": 10, "prose_lines": 8, "panel_size": 4,
@@ -47,6 +58,7 @@ QUICK = {"demonstrations": 32, "rm_prompts": 10, "eval_prompts": 10, "prose_line
          "outside_max_new_tokens": 16,
          "held_out_labelers": 2, "sft": {"epochs": 1.0}, "sample": {"max_new_tokens": 16}, "rm": {"epochs": 1.0},
          "ppo": {"iterations": 2, "rollout_batch": 8, "minibatch_size": 8, "ppo_epochs": 1, "max_new_tokens": 16},
+         "dpo": {"epochs": 1.0},
          "eval_samples": 1}
 
 
@@ -70,9 +82,11 @@ class DemoConfig(StageConfig):
                                "the RM trains on every one's ranking, their responses forwarded once).")
     panel_noise: float = Field(0.02, gt=0, description="Bradley–Terry noise of the simulated labelers (0.02: "
                                "about 70% agreement on the demo's comparisons, InstructGPT's labelers 73%).")
-    compare_without_ptx: bool = Field(False, description="Also train round 1's PPO with γ = 0 to measure the "
-                                      "alignment tax with and without ptx (configs/demo-large.yaml does; the default "
-                                      "run spends its budget on the policy it reports).")
+    compare: list[Literal["dpo", "gae", "grpo", "no-ptx"]] = Field(
+        default_factory=list, description="Alternatives to train in round 1 beside the reported PPO-ptx, on the same "
+        "rankings, RM, prompts and budget, each evaluated and judged against SFT in the report's comparison table "
+        "(the default run spends its budget on the policy it reports): "
+        + "; ".join(f"{k}: {v}" for k, v in ALTERNATIVES.items()) + " (configs/demo-compare.yaml).")
     eval_prompts: int | None = Field(None, description="Held-out prompts to evaluate on (default all).")
     eval_samples: int = Field(2, ge=1, description="Responses of each policy to each held-out prompt: win rates "
                               "compare them sample for sample, every other measure averages over them.")
@@ -107,6 +121,8 @@ class DemoConfig(StageConfig):
     ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(**STAGE_DEFAULTS["ppo"]),
                            description="PPO-ptx's options (`rlhfkit ppo --help`); the evaluation samples "
                            "responses as long as its max_new_tokens.")
+    dpo: DPOConfig = Field(default_factory=lambda: DPOConfig(**STAGE_DEFAULTS["dpo"]),
+                           description="DPO's options when compare holds dpo (`rlhfkit dpo --help`).")
 
     @model_validator(mode="before")
     @classmethod

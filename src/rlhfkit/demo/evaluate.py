@@ -75,11 +75,16 @@ def policy_metrics(out: PolicyOutputs, prompts: list[Prompt], judges: list[Simul
     }
 
 
+# `compare`'s alternatives: their folders in round1/ and their names in the report
+ALTERNATIVE_DIRS = {"no-ptx": "ppo-no-ptx", "gae": "ppo-gae", "grpo": "grpo", "dpo": "dpo"}
+ALTERNATIVE_NAMES = {"no-ptx": "ppo r1 (γ=0)", "gae": "ppo-ptx gae r1", "grpo": "grpo-ptx r1", "dpo": "dpo r1"}
+
+
 def _policies(run_dir: Path, cfg: DemoConfig, r: int) -> dict[str, str]:
     if r == 1:
         out = {"base": cfg.model, "sft": str(run_dir / "sft"), "ppo-ptx r1": str(run_dir / "round1/ppo")}
-        if (run_dir / "round1/ppo-no-ptx").exists():
-            out["ppo r1 (γ=0)"] = str(run_dir / "round1/ppo-no-ptx")
+        for alt in cfg.compare:
+            out[ALTERNATIVE_NAMES[alt]] = str(run_dir / "round1" / ALTERNATIVE_DIRS[alt])
         return out
     return {f"ppo-ptx r{r}": str(run_dir / f"round{r}/ppo")}
 
@@ -129,8 +134,8 @@ def evaluate_round(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulate
         metrics[name] = m
     ppo = f"ppo-ptx r{r}"
     pairs = [(ppo, "sft"), (ppo, "base")] + ([("sft", "base")] if r == 1 else [(ppo, f"ppo-ptx r{r - 1}")])
-    if r == 1 and "ppo r1 (γ=0)" in outputs:
-        pairs.append(("ppo r1 (γ=0)", "sft"))
+    if r == 1:
+        pairs += [(ALTERNATIVE_NAMES[alt], "sft") for alt in cfg.compare]
     wins = {f"{a} vs {b}": win_rate(judges, prompts, outputs[a], outputs[b], cfg.eval_samples, seed=cfg.seed)
             for a, b in pairs}
     return {"policies": metrics, "win_rates": wins, "prompts": len(held_out), "samples_per_prompt": cfg.eval_samples,
@@ -144,13 +149,13 @@ def ppo_gold_proxy(ppo_dir: Path) -> list[dict]:
              "all_met": m["eval_all_met"]} for m in rows if "eval_gold" in m]
 
 
-def evaluate_outside(run_dir: Path, cfg: DemoConfig) -> dict:
+def evaluate_outside(run_dir: Path, cfg: DemoConfig, policies: dict[str, str] | None = None) -> dict:
     """Refusals and response lengths on real user prompts the demo never trains on (`outside_prompts`), for the
-    starting model, SFT and the final PPO-ptx policy, answering greedily: the habits (brevity, refusing harmless
-    requests) that the demo's own prompts cannot show."""
+    starting model, SFT and the final PPO-ptx policy (or the named `policies`), answering greedily: the habits
+    (brevity, refusing harmless requests) that the demo's own prompts cannot show."""
     prompts = read_prompts(cfg.outside_prompts).records[: cfg.outside_limit]
-    policies = {"base": cfg.model, "sft": str(run_dir / "sft"), f"ppo-ptx r{cfg.rounds}": str(run_dir /
-                                                                                              f"round{cfg.rounds}/ppo")}
+    policies = policies or {"base": cfg.model, "sft": str(run_dir / "sft"),
+                            f"ppo-ptx r{cfg.rounds}": str(run_dir / f"round{cfg.rounds}/ppo")}
     out = {}
     for name, path in policies.items():
         console.print(f"outside prompts: {name}")

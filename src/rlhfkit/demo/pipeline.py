@@ -27,13 +27,14 @@ from rlhfkit.console import console, make_progress
 from rlhfkit.data import Prompt, read_demonstrations, read_prompts, write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.evaluate import GoldProxy, evaluate_outside, evaluate_round, evaluate_suite
+from rlhfkit.demo.evaluate import ALTERNATIVE_DIRS, GoldProxy, evaluate_outside, evaluate_round, evaluate_suite
 from rlhfkit.demo.headroom import headroom, sft_samples
 from rlhfkit.demo.labelers import SimulatedLabeler, make_panel
 from rlhfkit.demo.report import write_report
 from rlhfkit.feedback.export import agreement, export_rankings
 from rlhfkit.feedback.store import NotFound, Store
 from rlhfkit.sampling import sample_rankings
+from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.reward import train_reward
 from rlhfkit.train.sft import train_sft
@@ -226,17 +227,28 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
                                    **trainer_run(cfg)})
     run.stage(f"round{r}/rm", lambda: train_reward(rm).eval_metrics, trainer_dir=here / "rm")
 
-    def ppo(out: Path, ptx: float, gold_proxy: bool) -> dict:
+    def ppo(out: Path, gold_proxy: bool, **options) -> dict:
         # the main run is scored by the judges (gold) and the RM (proxy) along the way
         check = GoldProxy(d, cfg, here / "rm", judges) if gold_proxy else None
         result = train_ppo(cfg.ppo.model_copy(update={
             "policy": policy, "reference": str(d / "sft"), "reward_model": str(here / "rm"),
-            "prompts": str(d / "data/ppo_prompts.jsonl"), "ptx_data": str(d / "data/ptx.txt"), "ptx_coef": ptx,
-            "output_dir": str(out), **trainer_run(cfg)}), evaluate=check, eval_every=cfg.gold_every)
+            "prompts": str(d / "data/ppo_prompts.jsonl"), "ptx_data": str(d / "data/ptx.txt"),
+            "output_dir": str(out), **trainer_run(cfg), **options}), evaluate=check, eval_every=cfg.gold_every)
         return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
 
-    run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", cfg.ppo.ptx_coef, True), trainer_dir=here / "ppo")
-    if r == 1 and cfg.compare_without_ptx:
-        run.stage("round1/ppo-no-ptx", lambda: ppo(here / "ppo-no-ptx", 0.0, False), trainer_dir=here / "ppo-no-ptx")
+    run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", True), trainer_dir=here / "ppo")
+    if r == 1:  # the alternatives, on the same rankings, RM, prompts and budget (ALTERNATIVES)
+        alternatives = {
+            "no-ptx": lambda out: ppo(out, False, ptx_coef=0.0),
+            "gae": lambda out: ppo(out, False, advantage="gae"),
+            "grpo": lambda out: ppo(out, False, advantage="grpo", kl_in="loss", kl_estimator="k3"),
+            "dpo": lambda out: train_dpo(cfg.dpo.model_copy(update={
+                "model": str(d / "sft"), "data": str(rankings), "output_dir": str(out), **trainer_run(cfg)}
+            )).eval_metrics,
+        }
+        for name in cfg.compare:
+            out = here / ALTERNATIVE_DIRS[name]
+            run.stage(f"round1/{ALTERNATIVE_DIRS[name]}", lambda fn=alternatives[name], out=out: fn(out),
+                      trainer_dir=out)
     run.stage(f"round{r}/eval", lambda: evaluate_round(d, cfg, r, judges))
     return str(here / "ppo")

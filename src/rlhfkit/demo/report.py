@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rlhfkit.demo.config import DemoConfig
+from rlhfkit.demo.evaluate import ALTERNATIVE_DIRS, ALTERNATIVE_NAMES
 
 TARGET_WIN_RATE, TARGET_CONSTRAINT_GAIN = 0.60, 0.10
 
@@ -69,10 +70,11 @@ def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
     # PPO: RM score and KL per iteration, every round
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     for r in range(1, cfg.rounds + 1):
-        for label, folder in ((f"round {r} PPO-ptx", run_dir / f"round{r}/ppo"),
-                              ("round 1 PPO (γ=0)", run_dir / "round1/ppo-no-ptx") if r == 1 else (None, None)):
-            if label is None:
-                continue
+        runs = [(f"round {r} PPO-ptx", run_dir / f"round{r}/ppo")]
+        if r == 1:  # the PPO-shaped alternatives of `compare`
+            runs += [(ALTERNATIVE_NAMES[alt], run_dir / "round1" / ALTERNATIVE_DIRS[alt]) for alt in cfg.compare
+                     if alt != "dpo"]
+        for label, folder in runs:
             h = _ppo_history(folder)
             if h:
                 a.plot([x["step"] for x in h], [x["score"] for x in h], marker=".", label=label)
@@ -171,7 +173,7 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
                          f"{_pct(m['refusal_harmless'])} | "
                          f"{_num(m['rm_score'])} | {_num(m.get('kl_to_sft'), 2)} | {_num(m['prose_perplexity'], 2)} | "
                          f"{_pct(m['no_eos'])} |")
-        lines += _gold_proxy_table(ev, r)
+        lines += _gold_proxy_table(ev, r, _training_seconds(state, cfg, r))
         lines += _rm_vs_gold(ev.get("rm_vs_gold"), r)
         lines += ["", "| comparison | win rate | 95% interval |", "|---|---|---|"]
         for k, v in ev["win_rates"].items():
@@ -187,25 +189,36 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
     return path
 
 
-def _gold_proxy_table(ev: dict, r: int) -> list[str]:
-    """Gold, proxy, KL, constraints and win rate vs SFT for SFT, best-of-n by the RM and the PPO-ptx policies."""
+def _training_seconds(state: dict, cfg: DemoConfig, r: int) -> dict[str, float]:
+    """Wall time of the training stage behind each policy of round r's table."""
+    stages = {f"ppo-ptx r{r}": f"round{r}/ppo"}
+    if r == 1:
+        stages.update({ALTERNATIVE_NAMES[alt]: f"round1/{ALTERNATIVE_DIRS[alt]}" for alt in cfg.compare})
+    return {name: state[stage]["seconds"] for name, stage in stages.items() if stage in state}
+
+
+def _gold_proxy_table(ev: dict, r: int, seconds: dict[str, float]) -> list[str]:
+    """Gold, proxy, KL, constraints, win rate vs SFT and training time for SFT, best-of-n by the RM, PPO-ptx and
+    the alternatives trained on the same data (`compare`)."""
     if not ev.get("best_of_n"):
         return []
     lines = ["", f"Gold vs proxy on the {ev['prompts']} held-out prompts (best-of-n: on the headroom prompts, from "
              "SFT's samples, chosen by this round's RM; win rates of best-of-n are expected wins by the judges' gold "
              "score against a random SFT sample, those of the policies the held-out labelers' votes):", "",
-             "| policy | gold | proxy (RM) | KL to SFT | constraints all met | win rate vs SFT |",
-             "|---|---|---|---|---|---|"]
+             "| policy | gold | proxy (RM) | KL to SFT | constraints all met | win rate vs SFT (95% interval) | "
+             "training seconds |", "|---|---|---|---|---|---|---|"]
     for b in ev["best_of_n"]:
         if b["n"] in (1, 4, 16):
             name = "sft (samples)" if b["n"] == 1 else f"best-of-{b['n']} by RM"
             lines.append(f"| {name} | {b['gold']:.3f} | {b['proxy']:.3f} | {b['kl']:.2f} | {_pct(b['all_met'])} | "
-                         f"{_pct(b['win_vs_sft'])} |")
+                         f"{_pct(b['win_vs_sft'])} | – |")
     for name, m in ev["policies"].items():
-        if name.startswith("ppo"):
-            win = ev["win_rates"].get(f"{name} vs sft", {}).get("win_rate")
+        if name not in ("base", "sft"):
+            win = ev["win_rates"].get(f"{name} vs sft", {})
+            interval = f" ({_pct(win['low'])} – {_pct(win['high'])})" if win else ""
             lines.append(f"| {name} | {_num(m.get('gold'))} | {_num(m['rm_score'])} | {_num(m.get('kl_to_sft'), 2)} | "
-                         f"{_pct(m['constraints_all_met'])} | {_pct(win)} |")
+                         f"{_pct(m['constraints_all_met'])} | {_pct(win.get('win_rate'))}{interval} | "
+                         f"{f'{seconds[name]:.0f}' if name in seconds else '–'} |")
     return lines
 
 
