@@ -54,29 +54,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class LabelServer:
+    """`rlhfkit label serve` on 127.0.0.1 in a subprocess, on a fixed port and secret so that it can be killed
+    (SIGKILL, as a crash or an OOM kill would) and started again where its clients expect it."""
+
+    def __init__(self, db_url: str, log_path=None):
+        self.db_url, self.log_path = db_url, log_path
+        self.port, self.secret = free_port(), secrets.token_hex(32)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        log = open(self.log_path, "a") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "label", "serve", "--db", self.db_url,
+                                      "--port", str(self.port), "--log-level", "warning"],
+                                     env={**os.environ, "RLHFKIT_SECRET": self.secret}, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        if log is not subprocess.DEVNULL:
+            log.close()  # the child holds its own copy
+        for _ in range(300):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}")
+            try:
+                httpx.get(self.url + "/login", timeout=1)
+                return self.url
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("the server did not start in 30 s")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
 @contextmanager
 def label_server(db_url: str, log_path=None):
     """`rlhfkit label serve` on 127.0.0.1 in a subprocess; yields its base URL."""
-    port = free_port()
-    env = {**os.environ, "RLHFKIT_SECRET": secrets.token_hex(32)}
-    log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "label", "serve", "--db", db_url, "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = LabelServer(db_url, log_path)
     try:
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}")
-            try:
-                httpx.get(url + "/login", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("the server did not start in 30 s")
-        yield url
+        yield server.start()
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if log_path:
-            log.close()
+        server.stop()
