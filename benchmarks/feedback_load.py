@@ -6,7 +6,8 @@ Each labeler is a thread with its own signed-in HTTP client (rlhfkit.feedback.cl
 task, waits `--think` seconds (a person reading; 0 = as fast as the server answers) and submits a ranking
 with ties, until no task is left. The server is one uvicorn process on 127.0.0.1, on the same machine as
 the clients. Prints submissions/s, p50/p99 latency of taking a task and of submitting, and checks that every
-task got exactly its N judgements from N distinct labelers (none lost, none duplicated).
+task got exactly its N judgements from N distinct labelers (none lost, none duplicated). `--kill N` SIGKILLs the
+server N times at evenly spaced points of the load and starts it again; the labelers retry as their page would.
 """
 
 from __future__ import annotations
@@ -44,23 +45,45 @@ def postgres_database(server: str):
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@contextmanager
-def server(db_url: str, port: int):
-    env = {**os.environ, "RLHFKIT_SECRET": secrets.token_hex(32)}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "label", "serve", "--db", db_url, "--port", str(port),
-                             "--log-level", "warning"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
+class Server:
+    """`rlhfkit label serve` in a subprocess on a fixed port and secret: it can be SIGKILLed and started again
+    where its clients (signed in with server-side sessions) expect it."""
+
+    def __init__(self, db_url: str, port: int):
+        self.db_url, self.port, self.secret = db_url, port, secrets.token_hex(32)
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "label", "serve", "--db", self.db_url,
+                                      "--port", str(self.port), "--log-level", "warning"],
+                                     env={**os.environ, "RLHFKIT_SECRET": self.secret})
         for _ in range(300):
             try:
-                httpx.get(url + "/login", timeout=1)
-                break
+                httpx.get(self.url + "/login", timeout=1)
+                return self.url
             except httpx.TransportError:
                 time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        raise RuntimeError("the server did not start in 30 s")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def retrying(call):
+    """What a labeler's page does while the server is down: the same request again a moment later (a submission
+    key makes a repeated submit the same judgement)."""
+    while True:
+        try:
+            return call()
+        except httpx.TransportError:
+            time.sleep(0.05)
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -87,7 +110,7 @@ def run(db_url: str, args, think: float) -> dict:
                 time.sleep(think * rng.random())  # people arrive over a moment, not all in the same millisecond
                 while True:
                     t0 = time.perf_counter()
-                    task = client.next_task("load")
+                    task = retrying(lambda: client.next_task("load"))
                     lease_ms.append(1000 * (time.perf_counter() - t0))
                     if task is None:
                         return
@@ -95,20 +118,31 @@ def run(db_url: str, args, think: float) -> dict:
                     ranks = [rng.randrange(3) for _ in range(args.k)]
                     ranks = [sorted(set(ranks)).index(r) for r in ranks]
                     t0 = time.perf_counter()
-                    client.submit(task, {"ranks": ranks, "likert": [rng.randint(1, 7) for _ in range(args.k)]})
+                    judgement = {"ranks": ranks, "likert": [rng.randint(1, 7) for _ in range(args.k)]}
+                    retrying(lambda t=task, j=judgement: client.submit(t, j))
                     submit_ms.append(1000 * (time.perf_counter() - t0))
         except Exception as e:  # noqa: BLE001 - counted and reported
             errors.append(e)
 
-    with server(db_url, args.port) as base:
+    srv = Server(db_url, args.port)
+    base = srv.start()
+    try:
         threads = [threading.Thread(target=labeler, args=(i, base)) for i in range(args.labelers)]
         for t in threads:
             t.start()
         start.wait()
         t0 = time.perf_counter()
+        for k in range(1, args.kill + 1):  # SIGKILL the server at evenly spaced points of the load, restart it
+            while store.progress("load")["judgements"] < k * args.tasks * args.overlap / (args.kill + 1):
+                time.sleep(0.02)
+            srv.kill()
+            time.sleep(0.3)
+            srv.start()
         for t in threads:
             t.join()
         seconds = time.perf_counter() - t0
+    finally:
+        srv.stop()
 
     per_task: dict[int, list[str]] = {}
     for task, _, lab in store.judgements("load"):
@@ -135,6 +169,8 @@ def main() -> None:
     p.add_argument("--think", type=float, nargs="+", default=[1.0, 0.0],
                    help="mean seconds a labeler spends per task (0 = submit as fast as the server answers)")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--kill", type=int, default=0, help="SIGKILL and restart the server this many times mid-load "
+                   "(labelers retry as their page would; latencies then include the downtime)")
     args = p.parse_args()
     print(f"{args.labelers} labelers, {args.tasks} tasks x {args.overlap} judgements, K = {args.k}, "
           f"server and clients on {os.cpu_count()} cores", flush=True)

@@ -206,3 +206,39 @@ def test_win_rate_compares_sample_for_sample():
     w = win_rate(judges, twice, outputs(good), outputs(bad), samples=2)
     assert w["prompts"] == 3 and w["samples_per_prompt"] == 2 and w["win_rate"] == 1.0
     assert win_rate(judges, twice, outputs(good), outputs(good), samples=2)["win_rate"] == 0.5
+
+
+@pytest.mark.parametrize("stop_after", [0, 7, 13])
+def test_labeling_interrupted_and_resumed_gives_the_straight_runs_rankings(tmp_path, monkeypatch, stop_after):
+    """The panel stopped after a number of judgements (its last lease taken, never submitted, as a kill -9 leaves
+    it), then started again by a new process: the same rankings, in the same order, as labeling straight through."""
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.demo.config import DemoConfig
+    from rlhfkit.demo.pipeline import Run, label_with_panel, prepare_data
+    from rlhfkit.feedback.store import Store
+
+    def labelled(name: str, interrupt: bool) -> str:
+        cfg = DemoConfig(quick=True, runs_dir=str(tmp_path), name=name).sized()
+        run = Run(cfg)
+        prepare_data(run, cfg)
+        samples = run.dir / "samples.jsonl"
+        write_jsonl(samples, [{"prompt": p.prompt, "id": p.id, "sources": [{"ended": j != 2} for j in range(4)],
+                               "responses": [f"Answer {j}. " * (j + 1) for j in range(4)]}
+                              for p in read_prompts(run.dir / "data" / "rm_prompts.jsonl").records[:6]])
+        if interrupt:
+            real, calls = Store.submit, [0]
+
+            def submit(self, *args, **kwargs):
+                if calls[0] == stop_after:
+                    raise KeyboardInterrupt
+                calls[0] += 1
+                return real(self, *args, **kwargs)
+
+            monkeypatch.setattr(Store, "submit", submit)
+            with pytest.raises(KeyboardInterrupt):
+                label_with_panel(run, cfg, samples, "rm-round1", make_panel(cfg.panel_size, cfg.seed, "labeler"))
+            monkeypatch.setattr(Store, "submit", real)
+        label_with_panel(run, cfg, samples, "rm-round1", make_panel(cfg.panel_size, cfg.seed, "labeler"))
+        return (run.dir / "rm-round1.jsonl").read_text()
+
+    assert labelled("interrupted", True) == labelled("straight", False)

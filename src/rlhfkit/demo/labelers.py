@@ -100,11 +100,13 @@ class SimulatedLabeler:
     def likert(self, quality: float) -> int:
         return max(1, min(7, 1 + round(6 * quality)))
 
-    def rank(self, prompt: Prompt, responses: list[str], ended: list[bool] | None = None) -> dict:
-        """A judgement as the labeling page submits it: ranks (0 = best, ties equal), Likert, flags."""
+    def rank(self, prompt: Prompt, responses: list[str], ended: list[bool] | None = None,
+             rng: random.Random | None = None) -> dict:
+        """A judgement as the labeling page submits it: ranks (0 = best, ties equal), Likert, flags. `rng`: the
+        noise's own stream (one per task makes a judgement the same however the work was interrupted)."""
         ended = ended or [True] * len(responses)
         quality = [self.quality(prompt, r, e) for r, e in zip(responses, ended, strict=True)]
-        noisy = [q + self.noise * _gumbel(self.rng) for q in quality]
+        noisy = [q + self.noise * _gumbel(rng or self.rng) for q in quality]
         order = sorted(range(len(responses)), key=lambda i: -noisy[i])
         ranks = [0] * len(responses)
         rank = 0

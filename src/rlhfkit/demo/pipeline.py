@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from importlib.resources import files
 from pathlib import Path
 
@@ -139,12 +140,22 @@ def label_with_panel(run: Run, cfg: DemoConfig, samples: Path, project: str, pan
             ids[lab.name] = store.by_name(lab.name).id  # from an earlier round
         except NotFound:
             ids[lab.name] = store.add_labeler(lab.name)[0].id
+    # A run killed mid-stage labels on as a straight run would have: the turns go on from the newest lease (its
+    # labeler again if it was never submitted), and every random draw is keyed by labeler and task or by the
+    # labeler's count of judgements, never by how long this process has been running.
     active = list(panel)
-    shown_order = random.Random(f"{cfg.seed}:{project}")  # the order each labeler sees the responses in
+    given = Counter(store.progress(project)["per_labeler"])
+    latest = store.latest_assignment(project)
+    if latest is not None:
+        i = next(k for k, lab in enumerate(panel) if ids[lab.name] == latest.labeler_id)
+        i += latest.status != "leased"
+        active = panel[i:] + panel[:i]
     with make_progress(True) as progress:
-        task = progress.add_task("label", total=len(records) * cfg.label_overlap, metrics="")
+        task = progress.add_task("label", total=len(records) * cfg.label_overlap, completed=given.total(),
+                                 metrics="")
         while active:
             for lab in list(active):  # labelers take turns, as people working side by side would
+                shown_order = random.Random(f"{cfg.seed}:{project}:{lab.name}:{given[lab.name]}")
                 a = store.lease_next(ids[lab.name], project, shown_order)
                 if a is None:
                     active.remove(lab)
@@ -154,8 +165,10 @@ def label_with_panel(run: Run, cfg: DemoConfig, samples: Path, project: str, pan
                     payload = t.payload
                 shown = [payload["responses"][i] for i in a.order]
                 ended = [payload["sources"][i].get("ended", True) for i in a.order]
-                judgement = lab.rank(prompts[payload["prompt_id"]], shown, ended)
+                judgement = lab.rank(prompts[payload["prompt_id"]], shown, ended,
+                                     random.Random(f"{cfg.seed}:{project}:{lab.name}:task{t.id}"))
                 store.submit(ids[lab.name], a.id, judgement, f"{project}-{a.id}")
+                given[lab.name] += 1
                 progress.update(task, advance=1)
     rankings = export_rankings(store, project)
     write_jsonl(run.dir / f"{project}.jsonl", rankings)

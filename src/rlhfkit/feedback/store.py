@@ -496,6 +496,13 @@ class Store:
         except _LostRace:  # the transaction was rolled back on the way out
             return False
 
+    def latest_assignment(self, project: str) -> Assignment | None:
+        """The project's most recent lease, whatever became of it: where an interrupted batch of work stood."""
+        p = self.project(project)
+        with self.session() as s:
+            return s.scalar(select(Assignment).join(Task).where(Task.project_id == p.id)
+                            .order_by(Assignment.id.desc()).limit(1))
+
     def _expire(self, s: Session, project_id: int) -> None:
         stale = s.scalars(select(Assignment).join(Task).where(
             Task.project_id == project_id, Assignment.status == "leased", Assignment.expires_at < now()))
