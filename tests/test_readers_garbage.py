@@ -81,3 +81,29 @@ def test_garbage_parquet_is_a_data_error(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match=r"x\.parquet: not a readable Parquet file"):
         read_demonstrations(tmp_path / "x.parquet")
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo", "ppo-prompts", "ppo-ptx"])
+def test_bad_data_stops_a_stage_before_its_run_folder_exists(tmp_path, tiny_llama, stage):
+    from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
+    from rlhfkit.train.dpo import train_dpo
+    from rlhfkit.train.ppo import train_ppo
+    from rlhfkit.train.reward import train_reward
+    from rlhfkit.train.sft import train_sft
+
+    bad, good = tmp_path / "bad.jsonl", tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "fine", "response": "fine"}\n{"prompt": 5}\n')
+    good.write_text('{"prompt": "say hi"}\n')
+    out = tmp_path / "run"
+    model = str(tiny_llama)
+    train, cfg = {
+        "sft": (train_sft, SFTConfig(model=model, data=str(bad), output_dir=str(out))),
+        "rm": (train_reward, RMConfig(model=model, data=str(bad), output_dir=str(out))),
+        "dpo": (train_dpo, DPOConfig(model=model, data=str(bad), output_dir=str(out))),
+        "ppo-prompts": (train_ppo, PPOConfig(policy=model, reward_model=model, prompts=str(bad), output_dir=str(out))),
+        "ppo-ptx": (train_ppo, PPOConfig(policy=model, reward_model=model, prompts=str(good), ptx_data=str(bad),
+                                         output_dir=str(out))),
+    }[stage]
+    with pytest.raises(DataError, match="bad.jsonl"):
+        train(cfg)
+    assert not out.exists()

@@ -138,9 +138,9 @@ def generate(cfg: GenerateConfig) -> list[dict]:
     model.to(device)
     if mixed_precision(cfg.dtype, device) == "bf16":
         model.to(torch.bfloat16)  # decoding only: cast once
-    rm = None
+    rm = rm_tokenizer = None
     if cfg.best_of > 1:
-        rm, _ = load_reward_model(cfg.reward_model)
+        rm, rm_tokenizer = load_reward_model(cfg.reward_model)  # its own tokenizer: it may not be the policy's
         rm.to(device)
     drawn = cfg.num_samples * cfg.best_of  # responses sampled per prompt
     per_batch = max(1, cfg.batch_size // drawn)
@@ -154,7 +154,7 @@ def generate(cfg: GenerateConfig) -> list[dict]:
                           cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.batch_size)
             answers = sorted(zip(roll.prompt_index, roll.texts, roll.ended, strict=True), key=lambda x: x[0])
             if rm is not None:
-                answers = best_of_n(rm, tokenizer, [prompts[chunk[j]].prompt for j, _, _ in answers], answers,
+                answers = best_of_n(rm, rm_tokenizer, [prompts[chunk[j]].prompt for j, _, _ in answers], answers,
                                     cfg.best_of)
             batch = []
             for j, text, ended, *reward in answers:

@@ -517,6 +517,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
         raise ValueError(f"--advantage {cfg.advantage} takes its baseline from other responses to the same prompt: "
                          "pass --samples-per-prompt 2 or more")
     prompts = read_prompts(cfg.prompts).records
+    if cfg.ptx_data and cfg.ptx_coef > 0 and not cfg.ptx_data.endswith(".txt"):
+        read_demonstrations(cfg.ptx_data)  # a bad line stops the run here, before its folder is made
     loop = TrainLoop(cfg, "ppo")
     if loop.fsdp:
         raise ValueError("--fsdp: PPO does not shard yet (sft and rm do); run PPO with DDP, --lora-r, "
