@@ -1,0 +1,227 @@
+"""Learning efficiency: reward reached against wall-clock and episodes, rlhfkit's PPO / RLOO / GRPO vs TRL's.
+
+    python benchmarks/rl_efficiency.py runs/demo --budget 1200
+
+From a finished demo run: its SFT SmolLM2 as the policy and the frozen reference, its PPO prompts, and a
+programmatic reward, the held-out judges' own noise-free rubric (the demo's gold score x --reward-scale), so the
+reward every method climbs is exact and the same. Each method gets the same wall-clock budget on this machine,
+counted from the call that builds it (model loading included) to its last update, evaluations excluded:
+  rlhfkit-gae    `rlhfkit ppo --advantage gae`: a value model, GAE, KL in the reward (k1), the paper's PPO
+  rlhfkit-rloo   `--advantage rloo`: no critic, the leave-one-out mean of a prompt's other samples as baseline
+  rlhfkit-grpo   `--advantage grpo --kl-in loss --kl-estimator k3`: GRPO's form
+  trl-grpo       TRL's GRPOTrainer (defaults: DAPO loss, group-std scaling; beta = KL coefficient, k3 in the loss)
+  trl-rloo       TRL's RLOOTrainer (beta: KL in the reward)
+The same batch shape for all: 8 prompts x 8 samples = 64 episodes an update round, 2 passes over each (PPO epochs
+= TRL's num_iterations), one optimiser step per pass, lr, KL coefficient, temperature 1, 48 new tokens; no ptx.
+Every --eval-every seconds of training, one evaluator (the demo's gold-vs-proxy check) samples the current
+policy on the run's held-out headroom prompts and gives gold, proxy (the run's RM) and KL to SFT (nats per
+sequence), identical for every method. Prints the curves, when each rlhfkit method first reaches TRL GRPO's final
+gold, and writes rl_efficiency.png. Needs `pip install -e '.[bench]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from rlhfkit.data import prompt_key, read_prompts
+from rlhfkit.data.records import as_messages
+from rlhfkit.demo.config import DemoConfig
+from rlhfkit.demo.evaluate import GoldProxy
+from rlhfkit.demo.headroom import gold
+from rlhfkit.demo.labelers import make_panel
+from rlhfkit.train.ppo import train_ppo
+
+METHODS = ("trl-grpo", "rlhfkit-grpo", "rlhfkit-rloo", "rlhfkit-gae", "trl-rloo")
+PROMPTS_PER_ROUND, SAMPLES, PASSES = 8, 8, 2
+
+
+class BudgetSpent(Exception):
+    """Raised by the evaluation hook once a method's training time passes the budget."""
+
+
+class Clock:
+    """Training time since the method was built, evaluations excluded; evaluates every `every` seconds of it."""
+
+    def __init__(self, budget: float, every: float, check: GoldProxy):
+        self.budget, self.every, self.check = budget, every, check
+        self.start, self.eval_seconds, self.next_eval = time.perf_counter(), 0.0, 0.0
+        self.episodes, self.curve = 0, []
+
+    def training_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.eval_seconds
+
+    def maybe_evaluate(self, policy, tokenizer, force: bool = False) -> dict:
+        spent = self.training_seconds()
+        if not force and spent < self.next_eval and spent < self.budget:
+            return {}
+        t0 = time.perf_counter()
+        was_training = policy.training
+        policy.eval()
+        with torch.no_grad(), torch.random.fork_rng():
+            m = self.check(policy, tokenizer)
+        policy.train(was_training)
+        self.eval_seconds += time.perf_counter() - t0
+        self.curve.append({"seconds": spent, "episodes": self.episodes, "gold": m["eval_gold"],
+                           "proxy": m["eval_proxy"], "kl": m["eval_kl"], "all_met": m["eval_all_met"]})
+        print(f"  {spent:7.0f} s {self.episodes:6d} episodes: gold {m['eval_gold']:.3f} proxy {m['eval_proxy']:+.3f} "
+              f"KL {m['eval_kl']:.2f} all met {m['eval_all_met']:.1%}", flush=True)
+        self.next_eval = spent + self.every
+        return m
+
+
+def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clock:
+    options = {"rlhfkit-gae": {"advantage": "gae"}, "rlhfkit-rloo": {"advantage": "rloo"},
+               "rlhfkit-grpo": {"advantage": "grpo", "kl_in": "loss", "kl_estimator": "k3"}}[method]
+    clock = Clock(args.budget, args.eval_every, check)
+
+    def counted(prompts, responses):
+        clock.episodes += len(responses)
+        return reward(prompts, responses)
+
+    def evaluate(policy, tokenizer) -> dict:
+        m = clock.maybe_evaluate(policy, tokenizer)
+        if clock.training_seconds() >= args.budget:
+            raise BudgetSpent
+        return m
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ppo = cfg.ppo.model_copy(update={
+            "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
+            "reward_model": str(args.run / "round1" / "rm"), "prompts": str(args.run / "data" / "ppo_prompts.jsonl"),
+            "ptx_coef": 0.0, "ptx_data": None, "output_dir": tmp, "seed": cfg.seed, "progress": False,
+            "save_every": 0, "samples_every": 10**6, "iterations": 10**6, "missing_eos_penalty": None,
+            "rollout_batch": PROMPTS_PER_ROUND * SAMPLES, "samples_per_prompt": SAMPLES,
+            "minibatch_size": PROMPTS_PER_ROUND * SAMPLES, "ppo_epochs": PASSES, "lr": args.lr,
+            "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "kl_coef": args.kl_coef, **options})
+        clock.start = time.perf_counter()
+        try:
+            train_ppo(ppo, reward_fn=counted, evaluate=evaluate, eval_every=1)
+        except BudgetSpent:
+            pass
+    return clock
+
+
+def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clock:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    clock = Clock(args.budget, args.eval_every, check)
+    policy = str(args.run / "sft")
+    by_key = {prompt_key(p.prompt): p for p in read_prompts(args.run / "data" / "ppo_prompts.jsonl").records}
+
+    def trl_reward(prompts, completions, key, **_) -> list[float]:
+        clock.episodes += len(completions)
+        return reward([by_key[k].prompt for k in key], [c[-1]["content"] for c in completions]).tolist()
+
+    class Budget(TrainerCallback):
+        def on_step_end(self, a, state, control, model=None, processing_class=None, **kw):
+            over = clock.training_seconds() >= args.budget
+            clock.maybe_evaluate(model, processing_class, force=over)
+            if over:
+                control.should_training_stop = True
+
+    Config, Trainer = (GRPOConfig, GRPOTrainer) if method == "trl-grpo" else (RLOOConfig, RLOOTrainer)
+    with tempfile.TemporaryDirectory() as tmp:
+        clock.start = time.perf_counter()
+        tok = AutoTokenizer.from_pretrained(policy)
+        trl_cfg = Config(
+            output_dir=tmp, use_cpu=not torch.cuda.is_available(), bf16=True, seed=cfg.seed,
+            per_device_train_batch_size=PROMPTS_PER_ROUND * SAMPLES // 4, gradient_accumulation_steps=4,
+            num_generations=SAMPLES, num_iterations=PASSES, max_completion_length=cfg.ppo.max_new_tokens,
+            temperature=1.0, top_p=1.0, learning_rate=args.lr, lr_scheduler_type="constant", beta=args.kl_coef,
+            max_steps=10**6, logging_steps=10**6, save_strategy="no", report_to="none", disable_tqdm=True,
+            gradient_checkpointing=False)  # TRL turns it on by default: off is faster for a 135M model
+        dataset = Dataset.from_list([{"prompt": as_messages(x.prompt), "key": key} for key, x in by_key.items()])
+        trainer = Trainer(model=policy, reward_funcs=trl_reward, args=trl_cfg, train_dataset=dataset,
+                          processing_class=tok, callbacks=[Budget()])
+        trainer.train()
+    return clock
+
+
+def reached(curve: list[dict], target: float) -> float | None:
+    """Training seconds at which a curve first reaches `target` gold."""
+    return next((p["seconds"] for p in curve if p["gold"] >= target), None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a finished demo run (runs/<name>): sft/, round1/rm, data/")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--budget", type=float, default=1200, help="training seconds per method")
+    p.add_argument("--eval-every", type=float, default=150, help="training seconds between evaluations")
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--kl-coef", type=float, default=0.05)
+    p.add_argument("--reward-scale", type=float, default=5.0, help="the gold score (0-1) times this is the reward")
+    p.add_argument("--out", type=Path, default=Path("runs/rl-efficiency"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
+    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
+    check = GoldProxy(args.run, cfg, args.run / "round1" / "rm", judges)
+    by_key = {prompt_key(x.prompt): x for x in read_prompts(args.run / "data" / "ppo_prompts.jsonl").records}
+
+    def reward(prompts: list, responses: list[str]) -> torch.Tensor:
+        return torch.tensor([args.reward_scale * gold(judges, by_key[prompt_key(q)], r, True)
+                             for q, r in zip(prompts, responses, strict=True)])
+
+    sft_gold = json.loads((args.run / "stages.json").read_text()).get("headroom", {}).get("result", {}).get("sft_gold")
+    print(f"SFT's gold on the headroom prompts (the demo's headroom stage): {sft_gold}")
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}  # a rerun adds what is missing
+    for method in args.methods:
+        if method in results:
+            continue
+        print(f"\n{method}: {args.budget:.0f} s of training", flush=True)
+        run = run_rlhfkit if method.startswith("rlhfkit") else run_trl
+        clock = run(method, args, cfg, reward, check)
+        results[method] = {"curve": clock.curve, "episodes": clock.episodes}
+        results_path.write_text(json.dumps(results, indent=1))
+
+    print("\n| method | final gold | KL to SFT | all met | episodes | episodes/s |")
+    print("|---|---|---|---|---|---|")
+    for method, r in results.items():
+        last = r["curve"][-1]
+        print(f"| {method} | {last['gold']:.3f} | {last['kl']:.2f} | {last['all_met']:.1%} | {last['episodes']} | "
+              f"{last['episodes'] / last['seconds']:.2f} |")
+    if "trl-grpo" in results:
+        trl = results["trl-grpo"]["curve"]
+        target, trl_seconds = trl[-1]["gold"], reached(trl, trl[-1]["gold"])
+        print(f"\nTRL GRPO's final gold {target:.3f}, first reached at {trl_seconds:.0f} s "
+              f"(start: {trl[0]['gold']:.3f})")
+        for method in (m for m in results if m.startswith("rlhfkit")):
+            t = reached(results[method]["curve"], target)
+            print(f"  {method}: " + (f"reached it at {t:.0f} s = {t / trl_seconds:.2f}x TRL's time" if t is not None
+                                     else "did not reach it in the budget"))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for method, r in results.items():
+        c = r["curve"]
+        axes[0].plot([x["seconds"] for x in c], [x["gold"] for x in c], marker=".", label=method)
+        axes[1].plot([x["episodes"] for x in c], [x["gold"] for x in c], marker=".", label=method)
+        axes[2].plot([x["seconds"] for x in c], [x["kl"] for x in c], marker=".", label=method)
+    for ax, (x, y) in zip(axes, [("training seconds", "held-out gold"), ("episodes", "held-out gold"),
+                                 ("training seconds", "KL to SFT (nats/sequence)")], strict=True):
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out / "rl_efficiency.png", dpi=120)
+    print(f"\nplot: {args.out / 'rl_efficiency.png'}; results: {results_path}")
+
+
+if __name__ == "__main__":
+    main()
