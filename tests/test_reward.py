@@ -193,6 +193,27 @@ def test_sample_writes_distinct_responses_and_resumes(tmp_path, tiny_llama):
     assert again["written"] == 0 and again["already_done"] == 3
 
 
+def test_sample_cut_short_resumes_to_the_straight_runs_file(tmp_path, tiny_llama):
+    """A kill can leave the last batch half-written (some records, a torn line): resumed, the file is byte for byte
+    what a straight run writes, because that batch is dropped and sampled again from its own seed."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"tell me about the {w}"}) + "\n"
+                               for w in ["cat", "dog", "tree", "sea", "sun", "moon", "rain"]))
+    cfg = SampleConfig(model=str(tiny_llama), prompts=str(prompts), output=str(tmp_path / "straight.jsonl"), k=3,
+                       batch_size=6, max_new_tokens=8, progress=False, dtype="fp32")  # 2 prompts a batch
+    sample_rankings(cfg)
+    straight = (tmp_path / "straight.jsonl").read_text()
+    lines = straight.splitlines(keepends=True)
+    assert len(lines) == 7
+    cut = tmp_path / "cut.jsonl"
+    # cut mid-batch, at a batch's end, mid-batch with a torn line
+    for kept, whole in ((lines[:3], 2), (lines[:4], 4), (lines[:5] + [lines[5][:40]], 4)):
+        cut.write_text("".join(kept))
+        again = sample_rankings(cfg.model_copy(update={"output": str(cut), "resume": True}))
+        assert cut.read_text() == straight
+        assert again["already_done"] == whole and again["written"] == 7 - whole
+
+
 @pytest.mark.parametrize("kind", ["tiny_llama", "tiny_gpt2"])
 def test_shared_prompt_packing_matches_one_by_one(kind, request):
     from rlhfkit.models.reward import reward_model_from_causal_lm

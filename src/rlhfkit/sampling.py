@@ -26,17 +26,34 @@ def prompt_key(index: int, prompt_id: str | None) -> str:
     return prompt_id if prompt_id is not None else f"#{index}"
 
 
-def done_keys(path: Path) -> set[str]:
+def _batches_written(path: Path, keys: list[str], per_batch: int) -> int:
+    """How many leading batches of `per_batch` prompts `path` holds whole. Batches are appended in order, so only
+    the last one can have been cut short by a kill (a torn line, or fewer records than prompts); the file is
+    rewritten (atomically) without such a batch, which is then sampled again from its own seed and so comes out as
+    a straight run writes it. A batch short by a prompt skipped for too few distinct answers is sampled again too:
+    same seed, same skip."""
     if not path.exists():
-        return set()
-    keys = set()
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                keys.add(json.loads(line)["meta"]["prompt_key"])
-            except (json.JSONDecodeError, KeyError):
-                continue  # a torn last line from a killed run: that prompt is sampled again
-    return keys
+        return 0
+    batch_of: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        batch_of.setdefault(key, i // per_batch)  # a repeated id: its records count towards its first batch
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            key = json.loads(line)["meta"]["prompt_key"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line
+        if key not in batch_of:
+            raise ValueError(f"{path}:{n}: meta.prompt_key {key!r} is not a prompt of --prompts; resume with the "
+                             "prompts this file was sampled from, or choose another --output")
+        rows.append((batch_of[key], line))
+    last = max((b for b, _ in rows), default=-1)
+    if sum(b == last for b, _ in rows) >= sum(i // per_batch == last for i in range(len(keys))):
+        return last + 1
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for b, line in rows if b != last))
+    tmp.replace(path)
+    return last
 
 
 def sample_rankings(cfg: SampleConfig) -> dict:
@@ -46,8 +63,10 @@ def sample_rankings(cfg: SampleConfig) -> dict:
     if out.exists() and not cfg.resume:
         raise FileExistsError(f"{out} exists; pass --resume to add to it, or choose another --output")
     read = read_prompts(cfg.prompts, cfg.skip_invalid)
-    done = done_keys(out)
-    todo = [(i, p) for i, p in enumerate(read.records) if prompt_key(i, p.id) not in done]
+    prompts_per_batch = max(1, cfg.batch_size // cfg.k)
+    keys = [prompt_key(i, p.id) for i, p in enumerate(read.records)]
+    done = min(_batches_written(out, keys, prompts_per_batch) * prompts_per_batch, len(keys))
+    todo = list(enumerate(read.records))[done:]
     device = default_device()
     model, tokenizer = load_causal_lm(cfg.model)
     model.to(device)
@@ -55,13 +74,13 @@ def sample_rankings(cfg: SampleConfig) -> dict:
         model.to(torch.bfloat16)  # this stage only decodes: cast once here, not a bf16 copy per batch in sample()
     source = {"policy": str(cfg.model), "temperature": cfg.temperature, "top_p": cfg.top_p,
               "max_new_tokens": cfg.max_new_tokens}
-    torch.manual_seed(cfg.seed + len(done))
     written = skipped = duplicates = 0
-    prompts_per_batch = max(1, cfg.batch_size // cfg.k)
     with make_progress(cfg.progress) as progress:
         task = progress.add_task("sample", total=len(todo), metrics="")
         for start in range(0, len(todo), prompts_per_batch):
             chunk = todo[start : start + prompts_per_batch]
+            # each batch seeded from --seed and its first prompt: a resumed run writes what a straight run would
+            torch.manual_seed(cfg.seed + chunk[0][0])
             found: list[dict[str, bool]] = [{} for _ in chunk]  # distinct text -> ended with EOS
             for _ in range(cfg.max_attempts):
                 need = [j for j, f in enumerate(found) if len(f) < cfg.k]
@@ -88,7 +107,7 @@ def sample_rankings(cfg: SampleConfig) -> dict:
             append_jsonl(out, records)
             written += len(records)
             progress.update(task, advance=len(chunk), metrics=f"{written} written")
-    summary = {"written": written, "already_done": len(done), "skipped_fewer_than_2_distinct": skipped,
+    summary = {"written": written, "already_done": done, "skipped_fewer_than_2_distinct": skipped,
                "duplicates_dropped": duplicates, "invalid_prompts": read.skipped}
     console.print(f"sample: {summary} -> {out}")
     return summary
