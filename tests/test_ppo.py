@@ -181,6 +181,29 @@ def test_critic_free_advantages_allocate_no_value_model(tmp_path, tiny_llama, pr
         train_ppo(ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage))
 
 
+
+def test_grpo_advantages_are_the_group_normalised_scores_not_whitened_again():
+    """GRPO's advantage is each response's score against its group (mean, std): a prompt whose responses all scored
+    alike teaches nothing and keeps advantage 0; rloo and gae are whitened over the batch's tokens."""
+    from rlhfkit.losses import group_normalized, kl_penalized_rewards
+    from rlhfkit.train.ppo import advantages_and_returns
+
+    scores = torch.tensor([1.0, 1.0, 1.0, 0.0, 2.0, 5.0])  # prompt 0: all alike; prompt 1: different
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]).float()
+    zeros = torch.zeros_like(mask)
+    cfg = PPOConfig(policy="p", reward_model="r", prompts="x", advantage="grpo")
+    rewards = kl_penalized_rewards(group_normalized(scores, groups), zeros, zeros, mask, 0.0)
+    adv, _ = advantages_and_returns(cfg, rewards, zeros, mask)
+    expected = group_normalized(scores, groups)[:, None] * mask
+    torch.testing.assert_close(adv, expected)
+    assert (adv[:3] == 0).all()
+    for advantage in ("rloo", "gae"):
+        adv, _ = advantages_and_returns(cfg.model_copy(update={"advantage": advantage}), rewards, zeros, mask)
+        on = adv[mask.bool()]
+        assert on.mean().abs() < 1e-5 and (on.var(unbiased=False) - 1).abs() < 1e-3
+        assert (adv[:3][mask[:3].bool()] != 0).all()  # shifted by the batch mean: what GRPO avoids
+
 def run_alone(model, head, prompts, responses, width):
     """Log-probs, entropies and values of each response's tokens with its prompt run alone (no packing)."""
     alone = {k: torch.zeros(len(prompts), width) for k in ("logprobs", "entropy", "values")}

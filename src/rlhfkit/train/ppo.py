@@ -13,7 +13,8 @@ One iteration is one step of the trainer core (`TrainLoop`):
                  (--kl-in loss: no KL in the reward; β·KL_t joins the policy loss in step 5 -> losses.kl_loss)
     4. GAE       advantages (whitened over the whole batch, all processes) and returns  -> losses.gae
                  (critic-free, --advantage rloo|grpo: no values, each token's advantage the rest of its
-                 response's reward; grpo scales each prompt's scores by their std -> losses.group_normalized)
+                 response's reward; grpo scales each prompt's scores by their std -> losses.group_normalized,
+                 and is not whitened again)
   ppo_update
     5. update    `ppo_epochs` passes of minibatches: clipped policy loss − entropy bonus + γ_ptx · NLL of
                  pretraining text in the same loss and optimiser step; clipped value loss for the value model
@@ -377,16 +378,27 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
 
     in_reward = beta if cfg.kl_in == "reward" else 0.0  # else the update adds it to the loss (policy_step)
     rewards = kl_penalized_rewards(baselined, old_logprobs, ref_logprobs, batch.mask, in_reward, cfg.kl_estimator)
-    if cfg.advantage == "gae":
-        advantages, returns = gae(rewards, values, batch.mask, cfg.gamma, cfg.lam)
-    else:  # critic-free: the rest of the response's reward (values 0, λ = 1)
-        advantages, returns = gae(rewards, values, batch.mask, cfg.gamma, 1.0)
-    n_tok = loop.all_sum(batch.mask.sum())
-    adv_mean = loop.all_sum((advantages * batch.mask).sum()) / n_tok
-    adv_var = loop.all_sum((((advantages - adv_mean) * batch.mask) ** 2).sum()) / n_tok
-    advantages = whiten(advantages, batch.mask, stats=(adv_mean, adv_var))
+    advantages, returns = advantages_and_returns(cfg, rewards, values, batch.mask, loop.all_sum)
     return Experience(batch, old_logprobs, ref_logprobs, values, advantages, returns, scores, penalized,
                       t_generate, time.perf_counter() - t0, beta)
+
+
+def advantages_and_returns(cfg: PPOConfig, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                           all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 4: GAE, or for the critic-free options the rest of the response's reward (values 0, λ = 1); gae and
+    rloo advantages whitened over the whole batch (`all_sum` adds over processes). GRPO's are not: its scores are
+    already normalised within each prompt's group, and whitening again would shift every response of a prompt
+    whose samples all scored alike (advantage 0: nothing to learn) by the batch's token-weighted mean, a push
+    that depends only on length, and scale the rest by a std that those zeros shrink (TRL and the GRPO paper do
+    not whiten either)."""
+    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam if cfg.advantage == "gae" else 1.0)
+    if cfg.advantage != "grpo":
+        n_tok = all_sum(mask.sum())
+        mean = all_sum((advantages * mask).sum()) / n_tok
+        var = all_sum((((advantages - mean) * mask) ** 2).sum()) / n_tok
+        advantages = whiten(advantages, mask, stats=(mean, var))
+    return advantages, returns
 
 
 # ---- step 5: the update ----------------------------------------------------------------------------
