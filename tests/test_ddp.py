@@ -150,8 +150,8 @@ def test_fsdp2_reward_model_matches_ddp(tmp_path, tiny_llama):
     assert ddp.keys() == fsdp.keys() and all(torch.allclose(ddp[k], fsdp[k], atol=1e-6) for k in ddp)
     ddp, fsdp = (load_file(tmp_path / run / "reward_head.safetensors") for run in ("ddp", "fsdp"))
     assert torch.allclose(ddp["weight"], fsdp["weight"], atol=1e-6)
-    # the bias's gradient is zero in a pairwise loss (r_w - r_l): Adam turns float noise into steps of up to lr
-    assert ddp["bias"].item() == pytest.approx(fsdp["bias"].item(), abs=1e-4)
+    # the bias's gradient is zero in a pairwise loss (r_w - r_l): it is not trained, only shifted afterwards
+    assert ddp["bias"].item() == fsdp["bias"].item()
     report = [json.loads((tmp_path / run / "eval_report.json").read_text()) for run in ("ddp", "fsdp")]
     assert report[0]["pairs"] == report[1]["pairs"] > 0 and report[0]["loss"] == pytest.approx(report[1]["loss"])
 

@@ -61,6 +61,7 @@ def test_rm_learns_planted_preference_and_normalises(tmp_path, tiny_llama):
     demo_scores = score(rm, tok, [d.prompt for d in demo_records], [d.response for d in demo_records], 64)
     assert abs(demo_scores.mean().item()) < 1e-4
     assert rm.meta["shift"] == pytest.approx(result.shift) and rm.meta["base_model"] == str(tiny_llama)
+    assert rm.head.bias.item() == pytest.approx(result.shift, abs=1e-6)  # untrained (gradient 0), only shifted
     liked = score(rm, tok, ["a question"], ["the apple and banana tree"])
     plain = score(rm, tok, ["a question"], ["the apple and the tree"])
     assert liked.item() > plain.item()

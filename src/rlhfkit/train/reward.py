@@ -116,6 +116,9 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
         rm, tokenizer = load_reward_model(cfg.init_from)
     else:
         rm, tokenizer = reward_model_from_causal_lm(cfg.model)
+    # A pairwise loss sees only r_w − r_l, so the head's bias has gradient 0 but for float noise, which Adam
+    # would turn into steps of up to lr: it stays as it is, moved only by the normalisation shift after training.
+    rm.head.bias.requires_grad_(False)
     if cfg.lora_r:
         rm.backbone = apply_lora(rm.backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
                                  task_type=None)
