@@ -43,7 +43,8 @@ def interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def pmp_data(args, work: Path) -> Path:
-    records = read_rankings(args.hh).records[: args.hh_limit] if args.hh else []
+    # a few HH-RLHF pairs differ before their last turn: not a comparison of two answers, left out
+    records = read_rankings(args.hh, skip_invalid=True).records[: args.hh_limit] if args.hh else []
     if args.oasst:
         records += read_rankings(args.oasst).records
     if not records:
