@@ -36,6 +36,7 @@ from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.evaluate import GoldProxy
 from rlhfkit.demo.headroom import gold
 from rlhfkit.demo.labelers import make_panel
+from rlhfkit.models import default_device, mixed_precision
 from rlhfkit.train.ppo import train_ppo
 
 METHODS = ("trl-grpo", "rlhfkit-grpo", "rlhfkit-rloo", "rlhfkit-gae", "trl-rloo")
@@ -133,7 +134,10 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
         clock.start = time.perf_counter()
         tok = AutoTokenizer.from_pretrained(policy)
         trl_cfg = Config(
-            output_dir=tmp, use_cpu=not torch.cuda.is_available(), bf16=True, seed=cfg.seed,
+            # the precision rlhfkit picks on this machine (bf16 where the hardware has it, else fp32): bf16 on a
+            # CPU without it is emulated, several times slower
+            output_dir=tmp, use_cpu=not torch.cuda.is_available(), seed=cfg.seed,
+            bf16=mixed_precision(cfg.ppo.dtype, default_device()) == "bf16",
             per_device_train_batch_size=PROMPTS_PER_ROUND * SAMPLES // 4, gradient_accumulation_steps=4,
             num_generations=SAMPLES, num_iterations=PASSES, max_completion_length=cfg.ppo.max_new_tokens,
             temperature=1.0, top_p=1.0, learning_rate=args.lr, lr_scheduler_type="constant", beta=args.kl_coef,

@@ -37,23 +37,25 @@ def _batches_written(path: Path, keys: list[str], per_batch: int) -> int:
     batch_of: dict[str, int] = {}
     for i, key in enumerate(keys):
         batch_of.setdefault(key, i // per_batch)  # a repeated id: its records count towards its first batch
-    rows = []
+    rows, torn = [], False
     for n, line in enumerate(path.read_text().splitlines(), 1):
         try:
             key = json.loads(line)["meta"]["prompt_key"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a torn last line
+            torn = True  # a torn last line: dropped, or the next append would be glued to it
+            continue
         if key not in batch_of:
             raise ValueError(f"{path}:{n}: meta.prompt_key {key!r} is not a prompt of --prompts; resume with the "
                              "prompts this file was sampled from, or choose another --output")
         rows.append((batch_of[key], line))
     last = max((b for b, _ in rows), default=-1)
-    if sum(b == last for b, _ in rows) >= sum(i // per_batch == last for i in range(len(keys))):
+    whole = sum(b == last for b, _ in rows) >= sum(i // per_batch == last for i in range(len(keys)))
+    if whole and not torn:
         return last + 1
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for b, line in rows if b != last))
+    tmp.write_text("".join(line + "\n" for b, line in rows if whole or b != last))
     tmp.replace(path)
-    return last
+    return last + 1 if whole else last
 
 
 def sample_rankings(cfg: SampleConfig) -> dict:
