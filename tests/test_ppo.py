@@ -181,7 +181,6 @@ def test_critic_free_advantages_allocate_no_value_model(tmp_path, tiny_llama, pr
         train_ppo(ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage))
 
 
-
 def test_grpo_advantages_are_the_group_normalised_scores_not_whitened_again():
     """GRPO's advantage is each response's score against its group (mean, std): a prompt whose responses all scored
     alike teaches nothing and keeps advantage 0; rloo and gae are whitened over the batch's tokens."""
@@ -203,6 +202,7 @@ def test_grpo_advantages_are_the_group_normalised_scores_not_whitened_again():
         on = adv[mask.bool()]
         assert on.mean().abs() < 1e-5 and (on.var(unbiased=False) - 1).abs() < 1e-3
         assert (adv[:3][mask[:3].bool()] != 0).all()  # shifted by the batch mean: what GRPO avoids
+
 
 def run_alone(model, head, prompts, responses, width):
     """Log-probs, entropies and values of each response's tokens with its prompt run alone (no packing)."""

@@ -208,8 +208,9 @@ def test_sample_cut_short_resumes_to_the_straight_runs_file(tmp_path, tiny_llama
     assert len(lines) == 7
     cut = tmp_path / "cut.jsonl"
     # cut mid-batch, at a batch's end, mid-batch with a torn line, a torn line after a batch's end
+    # and a file holding nothing but a torn line
     for kept, whole in ((lines[:3], 2), (lines[:4], 4), (lines[:5] + [lines[5][:40]], 4),
-                        (lines[:4] + [lines[4][:40]], 4)):
+                        (lines[:4] + [lines[4][:40]], 4), ([lines[0][:40]], 0)):
         cut.write_text("".join(kept))
         again = sample_rankings(cfg.model_copy(update={"output": str(cut), "resume": True}))
         assert cut.read_text() == straight

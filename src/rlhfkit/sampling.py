@@ -49,7 +49,7 @@ def _batches_written(path: Path, keys: list[str], per_batch: int) -> int:
                              "prompts this file was sampled from, or choose another --output")
         rows.append((batch_of[key], line))
     last = max((b for b, _ in rows), default=-1)
-    whole = sum(b == last for b, _ in rows) >= sum(i // per_batch == last for i in range(len(keys)))
+    whole = not rows or sum(b == last for b, _ in rows) >= min(per_batch, len(keys) - last * per_batch)
     if whole and not torn:
         return last + 1
     tmp = path.with_name(f".{path.name}.tmp")
