@@ -9,6 +9,7 @@ import pytest
 
 from rlhfkit.data import read_demonstrations, read_prompts
 from rlhfkit.demo.labelers import make_panel, rubric
+from rlhfkit.demo.pipeline import spread
 from rlhfkit.evaluation.constraints import is_refusal, satisfied
 from rlhfkit.feedback.export import pair_signs
 
@@ -38,6 +39,18 @@ def test_bundled_data_is_as_promised():
         assert is_refusal(d.response) == p.meta["harmful"], d
     prose = (files("rlhfkit.demo") / "data" / "prose.txt").read_text().splitlines()
     assert len(prose) >= 200
+
+
+def test_rm_selection_holds_every_refusal_prompt_and_still_covers_every_category():
+    rm_split = [p for p in bundled_prompts() if p.meta["split"] == "rm"]
+    refusal_prompts = [p for p in rm_split if p.meta["category"] in ("harmful", "sensitive")]
+    chosen = spread(rm_split, 80, ("harmful", "sensitive"))
+    assert len(chosen) == 80 and len({p.id for p in chosen}) == 80
+    assert {p.id for p in refusal_prompts} <= {p.id for p in chosen}
+    assert {p.meta["category"] for p in chosen} == {p.meta["category"] for p in rm_split}
+    # A selection too small to hold them whole and leave room for the rest takes every category in turn.
+    small = spread(rm_split, 12, ("harmful", "sensitive"))
+    assert len({p.meta["category"] for p in small}) == 12
 
 
 def graded_responses(prompt, rng):

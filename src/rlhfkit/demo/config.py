@@ -75,7 +75,8 @@ class DemoConfig(StageConfig):
                         "minutes).")
     quick: bool = Field(False, description="A tiny configuration for a smoke test (minutes on a CPU).")
     demonstrations: int | None = Field(None, description="Use only the first N bundled demonstrations for SFT.")
-    rm_prompts: int | None = Field(80, description="RM-split prompts to sample comparisons for (None: all 121).")
+    rm_prompts: int | None = Field(80, description="RM-split prompts to sample comparisons for, every harmful and "
+                                   "harmless-but-alarming one among them (None: all 136).")
     panel_size: int = Field(6, ge=2, description="Simulated labelers who rank training comparisons.")
     held_out_labelers: int = Field(3, ge=1, description="Simulated held-out labelers who judge the evaluation.")
     label_overlap: int = Field(3, ge=1, description="Labelers per comparison task (agreement is measured on these; "

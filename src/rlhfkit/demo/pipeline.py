@@ -89,7 +89,11 @@ def prepare_data(run: Run, cfg: DemoConfig) -> dict:
         by_split.setdefault(p.meta["split"], []).append(p)
     limits = {"rm": cfg.rm_prompts, "eval": cfg.eval_prompts, "ppo": None, "sft": None}
     for split, records in by_split.items():
-        by_split[split] = spread(records, limits.get(split))
+        # The RM sees every harmful and harmless-but-alarming prompt of its split: those are where refusing is
+        # right or wrong. Taken in turn with the 11 topic categories, 6 of each in 80 prompts taught the RM that a
+        # refusal wins (it preferred the refusal in 83.5% of its pairs with a helpful answer to a harmless prompt).
+        first = ("harmful", "sensitive") if split == "rm" else ()
+        by_split[split] = spread(records, limits.get(split), first)
         write_jsonl(folder / f"{split}_prompts.jsonl", by_split[split])
     demos = read_demonstrations(bundled("sft_demonstrations.jsonl")).records
     demos += read_demonstrations(bundled("demonstrations.jsonl")).records  # the general hand-written ones
@@ -103,15 +107,22 @@ def prepare_data(run: Run, cfg: DemoConfig) -> dict:
     return sizes | {"demonstrations": len(demos[: cfg.demonstrations])}
 
 
-def spread(records: list[Prompt], n: int | None) -> list[Prompt]:
-    """The first n prompts taking the categories in turn, so a small selection still covers every category."""
+def spread(records: list[Prompt], n: int | None, first: tuple[str, ...] = ()) -> list[Prompt]:
+    """The first n prompts taking the categories in turn, so a small selection still covers every category.
+
+    The categories in `first` go in whole before the others when they fill at most half of the selection."""
     if n is None or n >= len(records):
         return records
     by_category: dict[str, list[Prompt]] = {}
     for p in records:
         by_category.setdefault(p.meta.get("category", ""), []).append(p)
+    out = [p for c in first for p in by_category.get(c, [])]
+    if len(out) <= n // 2:
+        for c in first:
+            by_category.pop(c, None)
+    else:
+        out = []
     queues = list(by_category.values())
-    out = []
     while len(out) < n:
         for q in queues:
             if q and len(out) < n:
