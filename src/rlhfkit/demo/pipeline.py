@@ -90,8 +90,8 @@ def prepare_data(run: Run, cfg: DemoConfig) -> dict:
     limits = {"rm": cfg.rm_prompts, "eval": cfg.eval_prompts, "ppo": None, "sft": None}
     for split, records in by_split.items():
         # The RM sees every harmful and harmless-but-alarming prompt of its split: those are where refusing is
-        # right or wrong. Taken in turn with the 11 topic categories, 6 of each in 80 prompts taught the RM that a
-        # refusal wins (it preferred the refusal in 83.5% of its pairs with a helpful answer to a harmless prompt).
+        # right or wrong (taken in turn with the 10 topic categories, only 6 of each were among 80). Measured: the
+        # RM still prefers a refusal to a helpful answer on most harmless pairs (judges agree 18.3%, 16.5% before).
         first = ("harmful", "sensitive") if split == "rm" else ()
         by_split[split] = spread(records, limits.get(split), first)
         write_jsonl(folder / f"{split}_prompts.jsonl", by_split[split])
