@@ -230,13 +230,14 @@ class GoldProxy:
                 "eval_all_met": sum(met) / max(1, len(met))}
 
 
-def best_of_n_curve(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler]) -> dict:
-    """Best-of-n by round r's reward model from the headroom stage's SFT samples, n = 1, 2, 4, ...: gold, proxy,
-    KL and win rate against a random SFT sample (`best_of_n`); and where that RM agrees with the judges on those
-    samples (`rm_vs_gold`)."""
+def best_of_n_curve(run_dir: Path, cfg: DemoConfig, r: int, judges: list[SimulatedLabeler],
+                    rm_dir: Path | None = None) -> dict:
+    """Best-of-n by round r's reward model (or the one in `rm_dir`) from the headroom stage's SFT samples, n = 1,
+    2, 4, ...: gold, proxy, KL and win rate against a random SFT sample (`best_of_n`); and where that RM agrees
+    with the judges on those samples (`rm_vs_gold`)."""
     prompts = read_prompts(run_dir / "data" / "headroom_prompts.jsonl").records
     samples = json.loads((run_dir / "evals" / "sft_samples.json").read_text())
-    rm, rm_tok = load_reward_model(run_dir / f"round{r}/rm")
+    rm, rm_tok = load_reward_model(rm_dir or run_dir / f"round{r}/rm")
     rm.to(default_device()).eval()
     flat = [(p, s) for p, ss in zip(prompts, samples, strict=True) for s in ss]
     scores = score(rm, rm_tok, [p.prompt for p, _ in flat], [s["text"] for _, s in flat],
