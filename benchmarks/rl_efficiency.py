@@ -150,9 +150,9 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
     return clock
 
 
-def reached(curve: list[dict], target: float) -> float | None:
-    """Training seconds at which a curve first reaches `target` gold."""
-    return next((p["seconds"] for p in curve if p["gold"] >= target), None)
+def reached(curve: list[dict], target: float) -> dict | None:
+    """The first evaluation of a curve at or above `target` gold (its seconds, episodes, KL, ...)."""
+    return next((p for p in curve if p["gold"] >= target), None)
 
 
 def main() -> None:
@@ -198,12 +198,15 @@ def main() -> None:
               f"{last['episodes'] / last['seconds']:.2f} |")
     if "trl-grpo" in results:
         trl = results["trl-grpo"]["curve"]
-        target, trl_seconds = trl[-1]["gold"], reached(trl, trl[-1]["gold"])
-        print(f"\nTRL GRPO's final gold {target:.3f}, first reached at {trl_seconds:.0f} s "
-              f"(start: {trl[0]['gold']:.3f})")
+        target = trl[-1]["gold"]
+        first = reached(trl, target)
+        print(f"\nTRL GRPO's final gold {target:.3f} (start: {trl[0]['gold']:.3f}), first reached at "
+              f"{first['seconds']:.0f} s, KL {first['kl']:.2f} (final KL {trl[-1]['kl']:.2f})")
         for method in (m for m in results if m.startswith("rlhfkit")):
-            t = reached(results[method]["curve"], target)
-            print(f"  {method}: " + (f"reached it at {t:.0f} s = {t / trl_seconds:.2f}x TRL's time" if t is not None
+            at = reached(results[method]["curve"], target)
+            # the same gold at a much larger KL is not the same result: print both
+            print(f"  {method}: " + (f"reached it at {at['seconds']:.0f} s = {at['seconds'] / first['seconds']:.2f}x "
+                                     f"TRL's time, {at['episodes']} episodes, KL {at['kl']:.2f}" if at is not None
                                      else "did not reach it in the budget"))
 
     import matplotlib
