@@ -53,12 +53,17 @@ def read_crows_pairs(path: str | Path) -> list[StereotypePair]:
     return out
 
 
+def crows_items(pairs: list[StereotypePair], style: str) -> list[Choices]:
+    """Each pair as an item of two choices, the more stereotyping sentence first, after a context of CONTEXTS."""
+    return [Choices(CONTEXTS[style], [p.more, p.less]) for p in pairs]
+
+
 def evaluate_crows_pairs(model, tok, pairs: list[StereotypePair], contexts: tuple[str, ...] = ("plain", "respectful"),
                          batch_tokens: int = 8192, show_progress: bool = True) -> dict:
     """pct_stereotype and likelihood_diff, overall and by bias type, for each context."""
     out = {}
     for style in contexts:
-        items = [Choices(CONTEXTS[style], [p.more, p.less]) for p in pairs]
+        items = crows_items(pairs, style)
         # both figures use only the gap between the two sentences: their shared start is computed once
         ll = choice_logliks(model, tok, items, batch_tokens, show_progress=show_progress,
                             description=f"crows-pairs ({style})", share_prefix=True)

@@ -119,14 +119,19 @@ def score_questions(logliks_mc1: list[list[float]], logliks_mc2: list[list[float
     return out
 
 
+def truthfulqa_items(questions: list[Question], style: str) -> list[Choices]:
+    """Every question's MC1 item, then every question's MC2 item, under a prompt style of PROMPTS."""
+    contexts = [PROMPTS[style] + "\n\nQ: " + q.question + "\nA:" for q in questions]
+    items = [Choices(c, [" " + a for a, _ in q.mc1]) for c, q in zip(contexts, questions, strict=True)]
+    return items + [Choices(c, [" " + a for a, _ in q.mc2]) for c, q in zip(contexts, questions, strict=True)]
+
+
 def evaluate_truthfulqa(model, tok, questions: list[Question], prompts: tuple[str, ...] = ("qa", "instruction+qa"),
                         batch_tokens: int = 8192, show_progress: bool = True) -> dict:
     """MC1 and MC2 (means over questions, and per category) under each prompt style."""
     out = {}
     for style in prompts:
-        contexts = [PROMPTS[style] + "\n\nQ: " + q.question + "\nA:" for q in questions]
-        items = [Choices(c, [" " + a for a, _ in q.mc1]) for c, q in zip(contexts, questions, strict=True)]
-        items += [Choices(c, [" " + a for a, _ in q.mc2]) for c, q in zip(contexts, questions, strict=True)]
+        items = truthfulqa_items(questions, style)
         ll = choice_logliks(model, tok, items, batch_tokens, show_progress=show_progress,
                             description=f"truthfulqa ({style})")
         scores = score_questions(ll[: len(questions)], ll[len(questions) :], questions)
