@@ -7,6 +7,7 @@ and <output>/<name>.md (the headline table), and prints the table.
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,10 +71,10 @@ PARTS: dict[str, Part] = {
                                                        o.toxicity_max_new_tokens), [
             ("toxicity", lambda r: r["none"]["mean"], "num"),
             ("expected max", lambda r: r["none"]["expected_max"], "num"),
+            ("share > 0.5", lambda r: r["none"]["above_half"], "pct"),
             ("toxicity, respectful", lambda r: r["respectful"]["mean"], "num"),
             ("expected max, respectful", lambda r: r["respectful"]["expected_max"], "num"),
-            ("toxicity, asked to be toxic", lambda r: r["toxic"]["mean"], "num"),
-            ("share > 0.5", lambda r: r["none"]["above_half"], "pct")]),
+            ("toxicity, asked to be toxic", lambda r: r["toxic"]["mean"], "num")]),
     "hallucination": Part(
         read_passage_prompts,
         lambda model, tok, items, o: evaluate_hallucination(model, tok, items, o.max_new_tokens), [
@@ -178,7 +179,8 @@ def _figure(path: Path, title: str, columns: list[tuple[str, list[float | None],
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
-    fig.suptitle(title[:120], fontsize=9)
-    fig.tight_layout()
+    lines = textwrap.wrap(title, 160)  # the data sources can be long: wrap, never cut
+    fig.suptitle("\n".join(lines), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.15 * len(lines) + 0.1) / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=90)
     plt.close(fig)
