@@ -35,7 +35,7 @@ elif stage == "dpo":
     model = train_dpo(cfg, on_step=on_step).model
 else:
     cfg = PPOConfig.model_validate_json(cfg_file.read_text())
-    model = train_ppo(cfg).policy
+    model = train_ppo(cfg, on_iteration=on_step).policy
 if os.environ.get("RLHFKIT_FSDP") != "true":
     rank = PartialState().process_index
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

@@ -176,3 +176,40 @@ def test_dpo_on_two_processes_ddp_and_fsdp2_matches_one(tmp_path, tiny_llama):
         assert logged(run)[-1]["eval_accuracy"] == pytest.approx(logged("one")[-1]["eval_accuracy"])
     one, fsdp = (load_file(tmp_path / run / "model.safetensors") for run in ("one", "fsdp"))
     assert one.keys() == fsdp.keys() and all(torch.allclose(one[k], fsdp[k], atol=1e-5) for k in one)
+
+
+def test_fsdp2_ppo_matches_ddp_and_resumes_after_a_kill(tmp_path, tiny_llama):
+    """PPO-ptx with a value model of its own under FSDP2 on 2 processes: the policy and the value model sharded,
+    gathered whole once an iteration for sampling and scoring (the processes' responses end at different steps);
+    the same metrics and published weights as DDP, and a kill + --resume equal to a straight run."""
+    from rlhfkit.models.reward import reward_model_from_causal_lm
+
+    rm, tok = reward_model_from_causal_lm(tiny_llama)
+    rm.save(tmp_path / "rm", tok)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in "abcdefgh"))
+    (tmp_path / "ptx.txt").write_text("the cat sat on the mat\nthe dog ran to the river\n")
+    base = dict(policy=str(tiny_llama), reward_model=str(tmp_path / "rm"), prompts=str(tmp_path / "p.jsonl"),
+                ptx_data=str(tmp_path / "ptx.txt"), ptx_batch_size=1, iterations=3, rollout_batch=4,
+                samples_per_prompt=2, minibatch_size=2, ppo_epochs=2, max_new_tokens=8, lr=1e-3, advantage="gae",
+                shared_value_head=False, warmup_ratio=0.0, progress=False, dtype="fp32", save_every=1)
+    run_worker(PPOConfig(**base, output_dir=str(tmp_path / "ddp")), tmp_path, 2, "ppo")
+    run_worker(PPOConfig(**base, output_dir=str(tmp_path / "fsdp")), tmp_path, 2, "ppo", fsdp=True)
+    killed = PPOConfig(**base, output_dir=str(tmp_path / "resumed"))
+    run_worker(killed, tmp_path, 2, "ppo", fsdp=True, kill_after=2)
+    run_worker(killed.model_copy(update={"resume": True}), tmp_path, 2, "ppo", fsdp=True)
+
+    def metrics(run):
+        rows = [json.loads(x) for x in (tmp_path / run / "logs" / "metrics.jsonl").read_text().splitlines()]
+        return [m[k] for m in rows for k in ("score", "kl", "pg_loss", "vf_loss", "ptx_loss")]
+
+    assert len(metrics("fsdp")) == 3 * 5
+    shards = {p.name for p in (tmp_path / "fsdp" / "checkpoints").glob("step-3/optimizer-*")}
+    assert shards == {"optimizer-policy", "optimizer-value"}  # sharded: each process wrote its part
+    assert metrics("fsdp") == pytest.approx(metrics("ddp"), rel=1e-4, abs=1e-6)
+    assert metrics("resumed")[-5:] == pytest.approx(metrics("fsdp")[-5:], rel=1e-4, abs=1e-6)
+    for folder in ("model.safetensors", "value/model.safetensors", "value/reward_head.safetensors"):
+        ddp, fsdp, resumed = (load_file(tmp_path / run / folder) for run in ("ddp", "fsdp", "resumed"))
+        assert ddp.keys() == fsdp.keys() == resumed.keys(), folder  # normal folders, gathered from the shards
+        for k in ddp:
+            assert torch.allclose(fsdp[k], ddp[k], atol=1e-5), (folder, k)
+            assert torch.allclose(resumed[k], fsdp[k], atol=1e-5), (folder, k)

@@ -65,7 +65,8 @@ class TrainConfig(StageConfig):
     fsdp: bool = Field(False, description="Shard parameters, gradients and optimiser states across the processes "
                        "with FSDP2 (torch's fully_shard, one unit per decoder layer); checkpoints are sharded, the "
                        "published model a normal HF folder. On under `accelerate launch --config_file "
-                       "configs/accelerate/fsdp2.yaml`. sft and rm (PPO: not yet).")
+                       "configs/accelerate/fsdp2.yaml`. sft, rm, dpo and ppo (PPO gathers the policy whole for "
+                       "sampling).")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="Trackers for the metrics "
                                  "(logs/metrics.jsonl is always written): tensorboard, wandb, mlflow, or none; "
                                  "repeat for several. wandb and mlflow need their package and its usual "

@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Hashable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -438,6 +438,28 @@ class TrainLoop:
             module, optimizer = self.acc.prepare(module, optimizer)
         self.parts[name] = Optimised(module, optimizer, scheduler)
         return self.parts[name]
+
+    @contextmanager
+    def gathered(self, *modules: nn.Module | None):
+        """Under FSDP, the whole of each (sharded) module on every process for the block, gathered once. Sampling
+        and scoring run a different number of forwards on each process (responses end at different steps),
+        which FSDP's per-layer gathers cannot: every process must join each one. Costs a full copy of the
+        weights while the block runs; without FSDP, nothing."""
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [(m, m is root) for root in modules if self.fsdp and root is not None
+                 for m in root.modules() if isinstance(m, FSDPModule)]
+        for unit, is_root in units:
+            if is_root:  # as its first forward would: else the first layer called directly makes itself a root
+                unit._get_fsdp_state()._lazy_init()
+            unit.unshard()
+            unit.set_reshard_after_forward(False, recurse=False)
+        try:
+            yield
+        finally:
+            for unit, is_root in units:  # FSDP's own defaults: the root keeps its (small) part between passes
+                unit.set_reshard_after_forward(not is_root, recurse=False)
+                unit.reshard()
 
     def weights(self, name: str, prefix: str = "") -> dict | None:
         """For the writers of model folders: part `name`'s full weights (the keys under `prefix`, without it)

@@ -298,20 +298,23 @@ def make_critic(cfg: PPOConfig, hidden_size: int, resume: Path | None, use_rm: b
     return None, ValueModel(reward_model_from_causal_lm(cfg.policy)[0])
 
 
-def model_writers(models: PPOModels, merge_lora: bool) -> tuple[Callable[[Path], None], Callable[[Path], None]]:
+def model_writers(models: PPOModels, loop: TrainLoop, merge_lora: bool
+                  ) -> tuple[Callable[[Path], None], Callable[[Path], None]]:
     """(write a checkpoint to resume from, write the models to publish): the policy in model/, a separate
-    value model in value/ (RM format); a shared value head beside them, for resuming."""
+    value model in value/ (RM format); a shared value head beside them, for resuming. Under FSDP the weights
+    are those `loop` gathered from the shards."""
 
     def write(checkpoint: Path, export: bool) -> None:
         policy, value = models.plain_policy, models.plain_value
-        save_model(policy.model, models.tokenizer, checkpoint / "model", merge_lora=merge_lora and export)
+        save_model(policy.model, models.tokenizer, checkpoint / "model", merge_lora=merge_lora and export,
+                   state_dict=loop.weights("policy", "model."))
         if value is not None:
-            value.rm.save(checkpoint / "value", models.tokenizer)
+            value.rm.save(checkpoint / "value", models.tokenizer, loop.weights("value", "rm."))
         if policy.value_head is not None and not export:
             from safetensors.torch import save_file
 
-            save_file({k: v.detach().contiguous() for k, v in policy.value_head.state_dict().items()},
-                      checkpoint / "value_head.safetensors")
+            head = loop.weights("policy", "value_head.") or policy.value_head.state_dict()
+            save_file({k: v.detach().contiguous() for k, v in head.items()}, checkpoint / "value_head.safetensors")
 
     return (lambda ckpt: write(ckpt, False)), (lambda ckpt: write(ckpt, True))
 
@@ -338,16 +341,42 @@ class Experience:
 def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list, beta: float,
                     reward_fn: RewardFn | None) -> Experience:
     """Steps 1-4 of the module docstring on this process's `prompts`."""
-    t0 = time.perf_counter()
-    policy, pad = models.plain_policy, models.tokenizer.pad_token_id
-    roll = sample(policy.model, models.tokenizer, [p.prompt for p in prompts], cfg.samples_per_prompt,
+    with loop.gathered(models.plain_policy, models.plain_value):  # under FSDP: whole, once, for steps 1 and 2
+        t0 = time.perf_counter()
+        batch = rollout(cfg, loop, models, prompts)
+        t_generate = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fwd, ref, values, scores = score(cfg, loop, models, batch, reward_fn)
+    penalized = scores
+    if cfg.missing_eos_penalty is not None:  # subtracted, not a fixed score: the RM's scale varies, and a fixed
+        # score above what the RM gives cut-off responses would reward running out of tokens
+        penalized = scores - cfg.missing_eos_penalty * (~batch.ended).float()
+    baselined = penalized
+    if cfg.advantage == "grpo":
+        baselined = group_normalized(penalized, batch.prompt_of)
+    elif cfg.samples_per_prompt > 1:  # what the policy can change is how a response compares with its siblings
+        baselined = leave_one_out(penalized, batch.prompt_of)
+    old_logprobs, ref_logprobs, values = fwd["logprobs"].float(), ref["logprobs"].float(), values.float()
+
+    in_reward = beta if cfg.kl_in == "reward" else 0.0  # else the update adds it to the loss (policy_step)
+    rewards = kl_penalized_rewards(baselined, old_logprobs, ref_logprobs, batch.mask, in_reward, cfg.kl_estimator)
+    advantages, returns = advantages_and_returns(cfg, rewards, values, batch.mask, loop.all_sum)
+    return Experience(batch, old_logprobs, ref_logprobs, values, advantages, returns, scores, penalized,
+                      t_generate, time.perf_counter() - t0, beta)
+
+
+def rollout(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list) -> Rollouts:
+    """Step 1: `samples_per_prompt` responses to each prompt from the policy."""
+    roll = sample(models.plain_policy.model, models.tokenizer, [p.prompt for p in prompts], cfg.samples_per_prompt,
                   cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.rollout_batch,
                   loop.acc.mixed_precision == "bf16", cfg.max_prompt_length)
-    batch = build_batch(roll, [prompt_text(p.prompt) for p in prompts], loop.device)
-    t_generate = time.perf_counter() - t0
+    return build_batch(roll, [prompt_text(p.prompt) for p in prompts], loop.device)
 
-    t0 = time.perf_counter()
-    chunk = max(8, cfg.minibatch_size)
+
+def score(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, batch: Rollouts, reward_fn: RewardFn | None
+          ) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """Step 2: the policy's (old) and the reference's log-probs, the values, and the scores of the rollouts."""
+    policy, pad, chunk = models.plain_policy, models.tokenizer.pad_token_id, max(8, cfg.minibatch_size)
     with torch.no_grad(), loop.acc.autocast():
         fwd = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
         if models.reference is not None:
@@ -365,22 +394,7 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
         else:
             with on_device(models.reward, loop.device, cfg.offload_frozen) as rm:
                 scores = rm_scores(rm, batch, pad)
-    penalized = scores
-    if cfg.missing_eos_penalty is not None:  # subtracted, not a fixed score: the RM's scale varies, and a fixed
-        # score above what the RM gives cut-off responses would reward running out of tokens
-        penalized = scores - cfg.missing_eos_penalty * (~batch.ended).float()
-    baselined = penalized
-    if cfg.advantage == "grpo":
-        baselined = group_normalized(penalized, batch.prompt_of)
-    elif cfg.samples_per_prompt > 1:  # what the policy can change is how a response compares with its siblings
-        baselined = leave_one_out(penalized, batch.prompt_of)
-    old_logprobs, ref_logprobs, values = fwd["logprobs"].float(), ref["logprobs"].float(), values.float()
-
-    in_reward = beta if cfg.kl_in == "reward" else 0.0  # else the update adds it to the loss (policy_step)
-    rewards = kl_penalized_rewards(baselined, old_logprobs, ref_logprobs, batch.mask, in_reward, cfg.kl_estimator)
-    advantages, returns = advantages_and_returns(cfg, rewards, values, batch.mask, loop.all_sum)
-    return Experience(batch, old_logprobs, ref_logprobs, values, advantages, returns, scores, penalized,
-                      t_generate, time.perf_counter() - t0, beta)
+    return fwd, ref, values, scores
 
 
 def advantages_and_returns(cfg: PPOConfig, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
@@ -532,14 +546,11 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     if cfg.ptx_data and cfg.ptx_coef > 0 and not cfg.ptx_data.endswith(".txt"):
         read_demonstrations(cfg.ptx_data)  # a bad line stops the run here, before its folder is made
     loop = TrainLoop(cfg, "ppo")
-    if loop.fsdp:
-        raise ValueError("--fsdp: PPO does not shard yet (sft and rm do); run PPO with DDP, --lora-r, "
-                         "--frozen-dtype and --offload-frozen to fit a larger policy")
     torch.manual_seed(cfg.seed)
     total_updates = cfg.iterations * cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch_size)
     models = load_models(cfg, loop, reward_fn is None, total_updates)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-    loop.write_resume, loop.write_export = model_writers(models, cfg.merge_lora)
+    loop.write_resume, loop.write_export = model_writers(models, loop, cfg.merge_lora)
     loop.extra_state = lambda: {"kl_controller": kl_ctl.state_dict()}
     if info := loop.resume():
         kl_ctl.load_state_dict(info["kl_controller"])
@@ -561,7 +572,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
         policy = models.plain_policy.model
         policy.eval()
         # the hook may sample and seed as it likes: training's random stream goes on as if it had not run
-        with torch.no_grad(), torch.random.fork_rng(devices=[loop.device] if loop.device.type == "cuda" else []):
+        with torch.no_grad(), torch.random.fork_rng(devices=[loop.device] if loop.device.type == "cuda" else []), \
+                loop.gathered(models.plain_policy):
             metrics = evaluate(policy, models.tokenizer)
         policy.train()
         return metrics
