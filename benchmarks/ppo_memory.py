@@ -12,7 +12,9 @@
    the rollout's KV cache and allocator slack come on top; the table says which shapes fit 80 GB with 20% left.
 2. Measured, each in a fresh process (peak resident memory, or peak CUDA memory on a GPU), for a random-init
    Llama shape: one PPO iteration with the frozen models in fp32 vs bf16, and one SFT step under DDP vs FSDP2
-   on 2 processes (CPU: gloo). PPO under FSDP2 is not supported yet (rlhfkit refuses it).
+   on 2 processes (CPU: gloo). PPO under FSDP2 shards the trained models as in the table and, for the rollout
+   and scoring, gathers the policy and a separate value model whole once an iteration (their fp32 weights, 4 bytes
+   a parameter, on top of the shards while sampling; gradients are freed by then).
 """
 
 from __future__ import annotations
