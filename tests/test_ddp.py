@@ -196,7 +196,10 @@ def test_fsdp2_ppo_matches_ddp_and_resumes_after_a_kill(tmp_path, tiny_llama):
     run_worker(PPOConfig(**base, output_dir=str(tmp_path / "fsdp")), tmp_path, 2, "ppo", fsdp=True)
     killed = PPOConfig(**base, output_dir=str(tmp_path / "resumed"))
     run_worker(killed, tmp_path, 2, "ppo", fsdp=True, kill_after=2)
+    before_kill = (tmp_path / "resumed" / "logs" / "metrics.jsonl").read_text().splitlines()
     run_worker(killed.model_copy(update={"resume": True}), tmp_path, 2, "ppo", fsdp=True)
+    after = (tmp_path / "resumed" / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert len(before_kill) == 2 and after[:2] == before_kill  # continued from step 2 (its timings kept), not redone
 
     def metrics(run):
         rows = [json.loads(x) for x in (tmp_path / run / "logs" / "metrics.jsonl").read_text().splitlines()]
