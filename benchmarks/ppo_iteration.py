@@ -5,10 +5,10 @@
 SmolLM2-135M as policy, reference, value model and reward model (a scalar head on its backbone), bf16,
 32 prompts, 64 new tokens, temperature 1. Three measurements in one run:
   1. rollout: `rlhfkit.rollout.sample` (what `rlhfkit ppo` calls, with the fp32 policy and bf16 decoding) vs
-     `model.generate` of transformers on a bf16 copy, same prompts, batch, and sampling settings; tokens/s
-     counts the real response tokens (up to and including EOS).
-  2. rlhfkit PPO: seconds per iteration split into generate / score / train, samples/s; 32 samples per
-     iteration, `--samples-per-prompt` (default 2) to each of 32 / n prompts.
+     `model.generate` of transformers on a bf16 copy, same prompts, batch, and sampling settings (and, with
+     `--rollout-engine vllm` on a GPU, vLLM); tokens/s counts the real response tokens (up to and including EOS).
+  2. rlhfkit PPO: seconds per iteration split into generate / score / train, samples/s (sampled by
+     `--rollout-engine`); 32 samples per iteration, `--samples-per-prompt` (default 2) to each of 32 / n prompts.
   3. TRL RLOOTrainer: the same policy and reward model weights (as a sequence-classification model),
      the same prompts, 32 samples per generation round (32 / n prompts x n, RLOO needs n >= 2) and
      4 optimiser steps of 8 per round, like PPO's 4 minibatches of 8 with one epoch; samples/s.
@@ -88,6 +88,23 @@ def time_rollouts(prompts: list[str], args) -> dict:
             times.append(time.perf_counter() - t0)
             tokens.append(sum(map(len, roll.response_ids)))
     results["rlhfkit"] = sum(tokens) / sum(times)
+    if args.rollout_engine == "vllm":  # vLLM, as `--rollout-engine vllm` samples (its weights from the folder)
+        from rlhfkit.rollout import VLLMEngine
+
+        del model
+        engine = VLLMEngine(str(resolve_model_path(args.model)), gpu_memory_utilization=0.3)
+        times, tokens = [], []
+        for r in range(args.warmup + args.rounds):
+            torch.manual_seed(r)
+            sync()
+            t0 = time.perf_counter()
+            roll = engine.sample(tok, prompts, 1, args.new_tokens, 1.0, 1.0)
+            sync()
+            if r >= args.warmup:
+                times.append(time.perf_counter() - t0)
+                tokens.append(sum(map(len, roll.response_ids)))
+        results["vllm"] = sum(tokens) / sum(times)
+        del engine
     return results
 
 
@@ -99,7 +116,7 @@ def run_rlhfkit_ppo(prompts: list[str], rm_dir: Path, work: Path, args) -> dict:
                     iterations=args.warmup + args.rounds, rollout_batch=len(prompts),
                     samples_per_prompt=args.samples_per_prompt, minibatch_size=8, ppo_epochs=1,
                     max_new_tokens=args.new_tokens, ptx_coef=0.0, dtype="bf16", save_every=0, progress=False,
-                    samples_every=1000)
+                    samples_every=1000, rollout_engine=args.rollout_engine)
     history = train_ppo(cfg).history[args.warmup:]
     phases = {k: sum(h[f"seconds_{k}"] for h in history) / len(history) for k in ("generate", "score", "train")}
     total = sum(phases.values())
@@ -160,6 +177,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--samples-per-prompt", type=int, default=2, help="responses per prompt, both tools")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--rollout-engine", choices=["hf", "vllm"], default="hf",
+                   help="vllm (CUDA): also time vLLM's rollouts, and sample PPO's with it")
     args = p.parse_args()
     prompts = read_seed_prompts(args.prompts, args.num_prompts)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
@@ -169,6 +188,9 @@ def main() -> None:
     roll = time_rollouts(prompts, args)
     print(f"rollout tokens/s: transformers generate {roll['generate']:.1f}, rlhfkit {roll['rlhfkit']:.1f} "
           f"-> {roll['rlhfkit'] / roll['generate']:.2f}x", flush=True)
+    if "vllm" in roll:
+        print(f"rollout tokens/s: vLLM {roll['vllm']:.1f} -> {roll['vllm'] / roll['generate']:.2f}x generate, "
+              f"{roll['vllm'] / roll['rlhfkit']:.2f}x rlhfkit's decoder", flush=True)
     results = {"rollout_tokens_per_s": roll}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

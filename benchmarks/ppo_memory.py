@@ -7,14 +7,17 @@
    weights, fp32 gradients and AdamW's two fp32 moments (16 bytes a parameter each); the frozen reference and
    reward model hold weights only (4 bytes a parameter in fp32, 2 in bf16: `--frozen-dtype`). DDP keeps all of
    it on every process; FSDP2 divides the trained models' 32 bytes a parameter by the number of processes; the
-   frozen ones stay whole on each (as rlhfkit loads them today), are sharded too (forward-only FSDP units: the
-   column that shows an 8B shape fitting 8 x 80 GB), or wait in CPU memory (`--offload-frozen`). Activations,
-   the rollout's KV cache and allocator slack come on top; the table says which shapes fit 80 GB with 20% left.
+   frozen ones either stay whole on each (the column for comparison), are sharded too (what rlhfkit does under
+   FSDP2: forward-only units, each layer gathered for its forward; the column that shows an 8B shape fitting
+   8 x 80 GB), or wait in CPU memory (`--offload-frozen`, without FSDP). Activations, the rollout's KV cache and
+   allocator slack come on top; the table says which shapes fit 80 GB with 20% left.
 2. Measured, each in a fresh process (peak resident memory, or peak CUDA memory on a GPU), for a random-init
-   Llama shape: one PPO iteration with the frozen models in fp32 vs bf16, and one SFT step under DDP vs FSDP2
-   on 2 processes (CPU: gloo). PPO under FSDP2 shards the trained models as in the table and, for the rollout
-   and scoring, gathers the policy and a separate value model whole once an iteration (their fp32 weights, 4 bytes
-   a parameter, on top of the shards while sampling; gradients are freed by then).
+   Llama shape: one PPO iteration with the frozen models in fp32 vs bf16; one SFT step and one PPO iteration
+   (all four models: policy, value model, reference, RM) under DDP vs FSDP2 on 2 processes (CPU: gloo). PPO
+   under FSDP2 shards all four and, for the rollout and scoring, gathers the policy and the value model whole once
+   an iteration (their fp32 weights, 4 bytes a parameter, on top of the shards while sampling; gradients are
+   freed by then). Each process loads a model whole before sharding it, so a peak also holds the largest model
+   once.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ def worker(args: argparse.Namespace) -> None:
         train_ppo(PPOConfig(policy=str(work / "model"), reward_model=str(work / "rm"), prompts=str(work / "p.jsonl"),
                             output_dir=str(work / f"run-{args.mode}"), iterations=1, rollout_batch=8, minibatch_size=8,
                             ppo_epochs=1, max_new_tokens=32, save_every=0, progress=False, dtype="bf16",
-                            frozen_dtype="fp32" if args.mode == "ppo-frozen-fp32" else "bf16", report_to=["none"]))
+                            frozen_dtype="fp32" if args.mode == "ppo-frozen-fp32" else "bf16",
+                            fsdp=args.mode == "ppo-fsdp2", report_to=["none"]))
     else:
         from rlhfkit.train.sft import train_sft
 
@@ -152,7 +156,8 @@ def main() -> None:
         print(f"\n## Measured on {args.device}: a random-init {args.shape} shape "
               f"({parameters(args.shape) / 1e6:.0f}M parameters), peak memory per process\n")
         print("| run | processes | peak per process | above the process's start |\n|---|---|---|---|")
-        for mode, procs in (("ppo-frozen-fp32", 1), ("ppo-frozen-bf16", 1), ("sft-ddp", 2), ("sft-fsdp2", 2)):
+        for mode, procs in (("ppo-frozen-fp32", 1), ("ppo-frozen-bf16", 1), ("sft-ddp", 2), ("sft-fsdp2", 2),
+                            ("ppo-ddp", 2), ("ppo-fsdp2", 2)):
             for r in measure(args, work, mode, procs):
                 print(f"| {mode} (rank {r['rank']}) | {procs} | {r['peak'] / GB:.2f} GB | "
                       f"{(r['peak'] - r['baseline']) / GB:.2f} GB |", flush=True)

@@ -34,6 +34,25 @@ elif stage == "dpo":
     cfg = DPOConfig.model_validate_json(cfg_file.read_text())
     model = train_dpo(cfg, on_step=on_step).model
 else:
+    import json
+
+    from torch.distributed.tensor import DTensor
+
+    from rlhfkit.train import ppo
+
+    load_models = ppo.load_models
+
+    def load_and_record(*args, **kwargs):  # what each process holds of the frozen models: shards or whole
+        models = load_models(*args, **kwargs)
+        held = {name: {"sharded": all(isinstance(p, DTensor) for p in m.parameters()),
+                       "local": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in m.parameters()),
+                       "whole": sum(p.numel() for p in m.parameters())}
+                for name, m in (("reference", models.reference), ("reward", models.reward))}
+        rank = PartialState().process_index
+        (Path(cfg.output_dir) / f"frozen-rank{rank}.json").write_text(json.dumps(held))
+        return models
+
+    ppo.load_models = load_and_record
     cfg = PPOConfig.model_validate_json(cfg_file.read_text())
     model = train_ppo(cfg, on_iteration=on_step).policy
 if os.environ.get("RLHFKIT_FSDP") != "true":

@@ -180,8 +180,9 @@ def test_dpo_on_two_processes_ddp_and_fsdp2_matches_one(tmp_path, tiny_llama):
 
 def test_fsdp2_ppo_matches_ddp_and_resumes_after_a_kill(tmp_path, tiny_llama):
     """PPO-ptx with a value model of its own under FSDP2 on 2 processes: the policy and the value model sharded,
-    gathered whole once an iteration for sampling and scoring (the processes' responses end at different steps);
-    the same metrics and published weights as DDP, and a kill + --resume equal to a straight run."""
+    gathered whole once an iteration for sampling and scoring (the processes' responses end at different steps),
+    the frozen reference and RM sharded and gathered a layer at a time for their forwards; the same metrics and
+    published weights as DDP, and a kill + --resume equal to a straight run."""
     from rlhfkit.models.reward import reward_model_from_causal_lm
 
     rm, tok = reward_model_from_causal_lm(tiny_llama)
@@ -208,6 +209,13 @@ def test_fsdp2_ppo_matches_ddp_and_resumes_after_a_kill(tmp_path, tiny_llama):
     assert len(metrics("fsdp")) == 3 * 5
     shards = {p.name for p in (tmp_path / "fsdp" / "checkpoints").glob("step-3/optimizer-*")}
     assert shards == {"optimizer-policy", "optimizer-value"}  # sharded: each process wrote its part
+    for rank in (0, 1):  # the frozen reference and RM: sharded under FSDP, whole under DDP
+        fsdp_held, ddp_held = (json.loads((tmp_path / run / f"frozen-rank{rank}.json").read_text())
+                               for run in ("fsdp", "ddp"))
+        for name in ("reference", "reward"):
+            assert fsdp_held[name]["sharded"] and not ddp_held[name]["sharded"], name
+            assert fsdp_held[name]["local"] < 0.6 * fsdp_held[name]["whole"], name  # about half each
+            assert ddp_held[name]["local"] == ddp_held[name]["whole"], name
     assert metrics("fsdp") == pytest.approx(metrics("ddp"), rel=1e-4, abs=1e-6)
     assert metrics("resumed")[-5:] == pytest.approx(metrics("fsdp")[-5:], rel=1e-4, abs=1e-6)
     for folder in ("model.safetensors", "value/model.safetensors", "value/reward_head.safetensors"):
@@ -216,3 +224,12 @@ def test_fsdp2_ppo_matches_ddp_and_resumes_after_a_kill(tmp_path, tiny_llama):
         for k in ddp:
             assert torch.allclose(fsdp[k], ddp[k], atol=1e-5), (folder, k)
             assert torch.allclose(resumed[k], fsdp[k], atol=1e-5), (folder, k)
+
+
+def test_a_deepspeed_launch_stops_with_a_clear_message(tmp_path, tiny_llama, demos_file, monkeypatch):
+    from rlhfkit.train.sft import train_sft
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with a DeepSpeed config sets
+    with pytest.raises(ValueError, match="DeepSpeed is not supported.*fsdp2.yaml"):
+        train_sft(SFTConfig(model=str(tiny_llama), data=str(demos_file), output_dir=str(tmp_path / "sft")))
+    assert not (tmp_path / "sft").exists()

@@ -33,6 +33,16 @@ class StageConfig(BaseModel):
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 
 
+class RolloutEngineConfig(BaseModel):
+    """Who samples responses (`sample`, `generate`, `ppo`)."""
+
+    rollout_engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf = rlhfkit's own decoder (KV cache; any device); vllm = vLLM in this process on its "
+        "GPU (CUDA only; pip install 'rlhfkit[vllm]'), PPO copying the policy's weights in every iteration.")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description="With --rollout-engine vllm: the share "
+                                               "of the GPU's memory vLLM takes (its weights and KV cache).")
+
+
 class TrainConfig(StageConfig):
     """What every trainer shares: optimiser, schedule, precision, checkpoints, logs. (Each stage names its own
     output_dir.)"""
@@ -184,7 +194,7 @@ class DPOConfig(SupervisedConfig):
                                                  "log-ratio margin h.")
 
 
-class SampleConfig(StageConfig):
+class SampleConfig(RolloutEngineConfig, StageConfig):
     model: str = Field("runs/sft", description="Policy to sample from: a HF folder or smollm2-135m.")
     prompts: str | None = Field(None, description="Prompts: JSONL or Parquet with prompt, messages or instruction.")
     output: str = Field("runs/samples.jsonl", description="Ranking-ready JSONL: prompt, K responses, sources.")
@@ -202,7 +212,7 @@ class SampleConfig(StageConfig):
     progress: bool = Field(True, description="Show a progress bar.")
 
 
-class PPOConfig(TrainConfig):
+class PPOConfig(RolloutEngineConfig, TrainConfig):
     policy: str = Field("runs/sft", description="Policy to optimise, and the frozen reference π_SFT (a HF folder).")
     reference: str | None = Field(None, description="A different frozen reference policy (default: --policy), "
                                   "e.g. the SFT model when --policy continues an earlier PPO run.")
@@ -270,7 +280,7 @@ class PPOConfig(TrainConfig):
                                "every N iterations.")
 
 
-class GenerateConfig(StageConfig):
+class GenerateConfig(RolloutEngineConfig, StageConfig):
     model: str = Field("runs/sft", description="A HF folder (any stage's output) or smollm2-135m.")
     prompt: list[str] = Field(default_factory=list, description="A prompt to answer (repeat the flag for several).")
     prompts: str | None = Field(None, description="A file of prompts (JSONL/Parquet: prompt, messages or instruction).")

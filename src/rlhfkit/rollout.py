@@ -1,4 +1,4 @@
-"""Batched sampling with a KV cache.
+"""Batched sampling with a KV cache; on GPUs, vLLM behind the same `Rollout` (`VLLMEngine`).
 
 `sample` renders prompts with the chat template, left-pads them into batches of similar length and
 decodes with its own short loop over a KV cache until every row has hit EOS or `max_new_tokens`.
@@ -28,6 +28,17 @@ class Rollout:
     ended: list[bool]  # False: cut off at max_new_tokens
     texts: list[str]
 
+    def add(self, prompt_index: int, prompt_ids: list[int], tokens: list[int], tokenizer) -> None:
+        """One response: `tokens` as decoded, cut after the first EOS (the end-of-turn token) if any."""
+        eos = tokenizer.eos_token_id
+        ended = eos in tokens
+        tokens = tokens[: tokens.index(eos) + 1] if ended else tokens
+        self.prompt_index.append(prompt_index)
+        self.prompt_ids.append(prompt_ids)
+        self.response_ids.append(tokens)
+        self.ended.append(ended)
+        self.texts.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+
 
 @torch.no_grad()
 def sample(
@@ -46,9 +57,7 @@ def sample(
     `max_prompt_length` tokens keep their last tokens (the end of the chat template stays intact)."""
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    if max_prompt_length:
-        encoded = [ids[-max_prompt_length:] for ids in encoded]
+    encoded = encode_prompts(tokenizer, prompts, max_prompt_length)
     jobs = [i for i in range(len(prompts)) for _ in range(num_samples)]
     jobs.sort(key=lambda i: len(encoded[i]))  # similar lengths per batch: little left padding
     out = Rollout([], [], [], [], [])
@@ -67,16 +76,15 @@ def sample(
         generated = decode(decoder, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, eos,
                            pad, batch).cpu()
         for row, i in enumerate(batch):
-            tokens = generated[row].tolist()
-            ended = eos in tokens
-            tokens = tokens[: tokens.index(eos) + 1] if ended else tokens
-            out.prompt_index.append(i)
-            out.prompt_ids.append(encoded[i])
-            out.response_ids.append(tokens)
-            out.ended.append(ended)
-            out.texts.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+            out.add(i, encoded[i], generated[row].tolist(), tokenizer)
     model.train(was_training)
     return out
+
+
+def encode_prompts(tokenizer, prompts: list[PromptText], max_prompt_length: int | None) -> list[list[int]]:
+    """Each prompt's token ids through the chat template, cut to its last `max_prompt_length` tokens."""
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    return [ids[-max_prompt_length:] for ids in encoded] if max_prompt_length else encoded
 
 
 def _bf16_copy(model):
@@ -302,3 +310,86 @@ class StaticDecoder:
             self.slot.fill_(width + t)
             logits = self.forward()
         return torch.stack(tokens, dim=1)
+
+
+# ---- vLLM ----------------------------------------------------------------------------------------------
+
+def require_vllm() -> None:
+    """Stop with what is missing where `--rollout-engine vllm` cannot run."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("--rollout-engine vllm needs a CUDA GPU; use --rollout-engine hf (the default) here")
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise ImportError("--rollout-engine vllm needs vLLM: pip install 'rlhfkit[vllm]'") from e
+
+
+class VLLMEngine:
+    """vLLM as the rollout engine (`--rollout-engine vllm`; CUDA only; `pip install 'rlhfkit[vllm]'`).
+
+    The engine runs inside this process on this process's GPU, beside the trainer (colocated: vLLM's
+    "external_launcher" backend, one engine per training process, as TRL's colocate mode), holding its own bf16
+    copy of the weights in `gpu_memory_utilization` of the GPU. `load_weights` copies the trainer's current
+    weights in (PPO: every iteration, before sampling). Sampling matches `sample`: the same chat-template prompt
+    ids, temperature, top_p, max_new_tokens, and only the end-of-turn token stops a response (the model folder's
+    own generation defaults and other EOS ids are ignored). The engine's log-probs are never used: PPO
+    recomputes them with the trainer's model."""
+
+    def __init__(self, model_dir: str, seed: int = 0, gpu_memory_utilization: float = 0.3,
+                 max_model_len: int | None = None):
+        import os
+
+        import torch.distributed as dist
+
+        require_vllm()
+        from vllm import LLM
+
+        # the external launcher takes the process group from the environment the trainer was launched with
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(local), "WORLD_SIZE": str(world)})
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29531")
+        self.llm = LLM(model=str(model_dir), dtype="bfloat16", seed=seed + rank, tensor_parallel_size=1,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       distributed_executor_backend="external_launcher", generation_config="vllm")
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """The weights of `model` (a HF causal LM; LoRA adapters merged for the copy, then unmerged) into the
+        engine. Under FSDP call it where the model is gathered whole (`TrainLoop.gathered`)."""
+        peft = hasattr(model, "merge_adapter")
+        if peft:
+            model.merge_adapter()
+        try:
+            weights = []
+            for name, tensor in model.named_parameters():  # (not state_dict(): under FSDP it gives the shards)
+                if peft:  # PEFT's names back to the base model's; the adapters themselves are merged in
+                    if "lora_" in name or "modules_to_save" in name:
+                        continue
+                    name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+                weights.append((name, tensor.detach()))
+            self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(weights)
+        finally:
+            if peft:
+                model.unmerge_adapter()
+        self.llm.reset_prefix_cache()  # cached prompt states were computed with the old weights
+
+    def sample(self, tokenizer, prompts: list[PromptText], num_samples: int = 1, max_new_tokens: int = 128,
+               temperature: float = 1.0, top_p: float = 1.0, max_prompt_length: int | None = None) -> Rollout:
+        """`sample`'s responses through vLLM. Seeded from torch's generator, so `torch.manual_seed` before a
+        call makes it repeatable as it does for `sample`."""
+        from vllm import SamplingParams
+
+        encoded = encode_prompts(tokenizer, prompts, max_prompt_length)
+        params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                ignore_eos=True, stop_token_ids=[tokenizer.eos_token_id],
+                                seed=int(torch.randint(2**31 - 1, ())), detokenize=False)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
+        out = Rollout([], [], [], [], [])
+        for i, request in enumerate(outputs):
+            for completion in request.outputs:
+                tokens = list(completion.token_ids)
+                if completion.finish_reason == "stop" and tokenizer.eos_token_id not in tokens:
+                    tokens.append(tokenizer.eos_token_id)  # the stop token, where the engine leaves it out
+                out.add(i, encoded[i], tokens, tokenizer)
+        return out

@@ -10,6 +10,7 @@ are appended batch by batch (and fsynced), so a killed run loses at most the bat
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,9 +18,27 @@ import torch
 from rlhfkit.config import GenerateConfig, SampleConfig
 from rlhfkit.console import console, make_progress
 from rlhfkit.data import Prompt, Ranking, append_jsonl, prompt_text, read_prompts
-from rlhfkit.models import default_device, load_causal_lm, mixed_precision
+from rlhfkit.models import default_device, load_causal_lm, load_tokenizer, mixed_precision, resolve_model_path
 from rlhfkit.models.reward import load_reward_model, score
-from rlhfkit.rollout import sample
+from rlhfkit.rollout import Rollout, VLLMEngine, sample
+
+
+def sampler(cfg: SampleConfig | GenerateConfig) -> tuple[Callable[[list, int], Rollout], object]:
+    """(draw(prompts, n) -> a Rollout of n responses to each prompt, the tokenizer) for --rollout-engine: the
+    model loaded for rlhfkit's own decoder (cast to bf16 once where that is the precision: this stage only
+    decodes), or a vLLM engine on the GPU."""
+    if cfg.rollout_engine == "vllm":
+        tokenizer = load_tokenizer(cfg.model)
+        engine = VLLMEngine(str(resolve_model_path(cfg.model)), cfg.seed, cfg.vllm_gpu_memory_utilization)
+        return (lambda prompts, n: engine.sample(tokenizer, prompts, n, cfg.max_new_tokens, cfg.temperature,
+                                                 cfg.top_p)), tokenizer
+    device = default_device()
+    model, tokenizer = load_causal_lm(cfg.model)
+    model.to(device)
+    if mixed_precision(cfg.dtype, device) == "bf16":
+        model.to(torch.bfloat16)
+    return (lambda prompts, n: sample(model, tokenizer, prompts, n, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                      cfg.batch_size)), tokenizer
 
 
 def prompt_key(index: int, prompt_id: str | None) -> str:
@@ -69,11 +88,7 @@ def sample_rankings(cfg: SampleConfig) -> dict:
     keys = [prompt_key(i, p.id) for i, p in enumerate(read.records)]
     done = min(_batches_written(out, keys, prompts_per_batch) * prompts_per_batch, len(keys))
     todo = list(enumerate(read.records))[done:]
-    device = default_device()
-    model, tokenizer = load_causal_lm(cfg.model)
-    model.to(device)
-    if mixed_precision(cfg.dtype, device) == "bf16":
-        model.to(torch.bfloat16)  # this stage only decodes: cast once here, not a bf16 copy per batch in sample()
+    draw, tokenizer = sampler(cfg)
     source = {"policy": str(cfg.model), "temperature": cfg.temperature, "top_p": cfg.top_p,
               "max_new_tokens": cfg.max_new_tokens}
     written = skipped = duplicates = 0
@@ -88,8 +103,7 @@ def sample_rankings(cfg: SampleConfig) -> dict:
                 need = [j for j, f in enumerate(found) if len(f) < cfg.k]
                 if not need:
                     break
-                roll = sample(model, tokenizer, [chunk[j][1].prompt for j in need], cfg.k, cfg.max_new_tokens,
-                              cfg.temperature, cfg.top_p, cfg.batch_size)
+                roll = draw([chunk[j][1].prompt for j in need], cfg.k)
                 for idx, text, ended in zip(roll.prompt_index, roll.texts, roll.ended, strict=True):
                     f = found[need[idx]]
                     if text in f:
@@ -154,15 +168,11 @@ def generate(cfg: GenerateConfig) -> list[dict]:
                               "another --output")
     done = _complete_prompts(out, cfg.num_samples) if out is not None else set()
     todo = [i for i in range(len(prompts)) if i not in done]
-    device = default_device()
-    model, tokenizer = load_causal_lm(cfg.model)
-    model.to(device)
-    if mixed_precision(cfg.dtype, device) == "bf16":
-        model.to(torch.bfloat16)  # decoding only: cast once
+    draw, tokenizer = sampler(cfg)
     rm = rm_tokenizer = None
     if cfg.best_of > 1:
         rm, rm_tokenizer = load_reward_model(cfg.reward_model)  # its own tokenizer: it may not be the policy's
-        rm.to(device)
+        rm.to(default_device())
     drawn = cfg.num_samples * cfg.best_of  # responses sampled per prompt
     per_batch = max(1, cfg.batch_size // drawn)
     records: list[dict] = []
@@ -171,8 +181,7 @@ def generate(cfg: GenerateConfig) -> list[dict]:
         for start in range(0, len(todo), per_batch):
             chunk = todo[start : start + per_batch]
             torch.manual_seed(cfg.seed + chunk[0])
-            roll = sample(model, tokenizer, [prompts[i].prompt for i in chunk], drawn,
-                          cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.batch_size)
+            roll = draw([prompts[i].prompt for i in chunk], drawn)
             answers = sorted(zip(roll.prompt_index, roll.texts, roll.ended, strict=True), key=lambda x: x[0])
             if rm is not None:
                 answers = best_of_n(rm, rm_tokenizer, [prompts[chunk[j]].prompt for j, _, _ in answers], answers,

@@ -53,16 +53,18 @@ def wants_fsdp(cfg: TrainConfig) -> bool:
     return cfg.fsdp or os.environ.get("RLHFKIT_FSDP", "false") == "true"
 
 
-def shard(module: nn.Module) -> nn.Module:
+def shard(module: nn.Module, frozen: bool = False) -> nn.Module:
     """FSDP2 in place: each decoder layer (the classes a HF model names in `_no_split_modules`) one unit, the rest
-    (embeddings, final norm, heads) the root's; parameters become DTensor shards over the processes."""
+    (embeddings, final norm, heads) the root's; parameters become DTensor shards over the processes. A trained
+    model's root keeps its part gathered between forward and backward (FSDP's default); a `frozen` one, which
+    has no backward, lets every part go after its forward."""
     from torch.distributed.fsdp import fully_shard
 
     layers = {n for m in module.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
     for m in module.modules():
         if type(m).__name__ in layers:
             fully_shard(m)
-    fully_shard(module)
+    fully_shard(module, reshard_after_forward=True if frozen else None)
     return module
 
 
@@ -396,6 +398,9 @@ class TrainLoop:
 
     def __init__(self, cfg: TrainConfig, name: str):
         self.cfg, self.name = cfg, name
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            raise ValueError("DeepSpeed is not supported: rlhfkit shards with FSDP2 (ZeRO-3's sharding of weights, "
+                             "gradients and optimiser states); launch with configs/accelerate/fsdp2.yaml")
         self.fsdp = wants_fsdp(cfg)  # before the accelerator, which must not take the launch for its own FSDP
         if self.fsdp and cfg.lora_r:
             raise ValueError("--fsdp with --lora-r: not supported yet (shard the full model, or train LoRA with DDP)")
@@ -438,6 +443,19 @@ class TrainLoop:
             module, optimizer = self.acc.prepare(module, optimizer)
         self.parts[name] = Optimised(module, optimizer, scheduler)
         return self.parts[name]
+
+    def frozen(self, module: nn.Module, offload: bool = False) -> nn.Module:
+        """A frozen model (no gradients, no optimiser: PPO's reference and reward model) placed for the processes:
+        under FSDP sharded like the trained ones, each layer gathered for its own forward and let go after, so a
+        process holds 1/world of it between forwards (every process must then run the same number of its
+        forwards); else whole on the device, or with `offload` in CPU memory (moved in for each use)."""
+        module.eval().requires_grad_(False)
+        if self.fsdp:
+            if offload:
+                raise ValueError("--offload-frozen with --fsdp: under FSDP the frozen models are sharded over the "
+                                 "processes instead; drop --offload-frozen")
+            return shard(module.to(self.device), frozen=True)
+        return module.to("cpu" if offload else self.device)
 
     @contextmanager
     def gathered(self, *modules: nn.Module | None):

@@ -5,7 +5,7 @@
 One iteration is one step of the trainer core (`TrainLoop`):
   make_experience
     1. rollout   sample `samples_per_prompt` responses to each prompt from π_RL (KV cache, stop at EOS or
-                 max_new_tokens)
+                 max_new_tokens; or vLLM on the GPU, its weights copied from π_RL each iteration)
     2. score     log-probs under π_RL (old) and π_SFT (reference), values, and the RM score r_θ(x,y) on the
                  last real response token, less `missing_eos_penalty` for a response cut off without EOS;
                  with several responses per prompt, less the mean score of the others  -> losses.leave_one_out
@@ -65,10 +65,10 @@ from rlhfkit.losses import (
     ptx_loss,
     whiten,
 )
-from rlhfkit.models import is_peft, load_causal_lm, save_model
+from rlhfkit.models import is_peft, load_causal_lm, resolve_model_path, save_model
 from rlhfkit.models.lm import response_logprobs, scored_logits
 from rlhfkit.models.reward import RewardModel, load_reward_model, reward_model_from_causal_lm, score_groups
-from rlhfkit.rollout import Rollout, sample
+from rlhfkit.rollout import Rollout, VLLMEngine, require_vllm, sample
 from rlhfkit.train.common import Optimised, TrainLoop, load_trainable_lm, step_items
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores
@@ -223,12 +223,14 @@ def read_ptx(path: str, tokenizer, row_length: int) -> list[list[Example]]:
 class PPOModels:
     policy: Optimised  # PolicyModule: the policy, and the value head where it shares the backbone
     value: Optimised | None  # a separate ValueModel, else None
-    reference: nn.Module | None  # frozen π_SFT; None: the policy with its LoRA adapters switched off
+    reference: PolicyModule | None  # frozen π_SFT; None: the policy with its LoRA adapters switched off
     reward: RewardModel | None  # frozen RM; None where a reward function scores
+    # (under FSDP both frozen models are sharded: `TrainLoop.frozen`)
     tokenizer: object
     ptx_rows: list[list[Example]] | None  # pretraining rows for the γ term
     plain_policy: PolicyModule  # the trained modules without their data-parallel wrappers
     plain_value: ValueModel | None
+    engine: VLLMEngine | None = None  # --rollout-engine vllm; else rlhfkit's own decoder samples
 
 
 def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: int) -> PPOModels:
@@ -240,21 +242,20 @@ def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: in
     if is_peft(policy) and cfg.reference:
         raise ValueError("--reference with LoRA: the reference is the policy with its adapters disabled")
     frozen = frozen_dtype(cfg.frozen_dtype, loop.acc.mixed_precision)
-    reference = None if is_peft(policy) else load_causal_lm(cfg.reference or cfg.policy, frozen)[0]
-    rm = load_reward_model(cfg.reward_model, frozen)[0] if use_rm else None
+    reference = None if is_peft(policy) else loop.frozen(
+        PolicyModule(load_causal_lm(cfg.reference or cfg.policy, frozen)[0]), cfg.offload_frozen)
+    rm = loop.frozen(load_reward_model(cfg.reward_model, frozen)[0], cfg.offload_frozen) if use_rm else None
 
     value_head, value_model = make_critic(cfg, policy.config.hidden_size, resume, use_rm)
     module = PolicyModule(policy, value_head, entropy_grad=cfg.entropy_coef > 0)
     ptx_rows = read_ptx(cfg.ptx_data, tokenizer, cfg.ptx_max_length) if cfg.ptx_data and cfg.ptx_coef > 0 else None
     policy_part = loop.prepare("policy", module, total_steps=total_updates)
     value_part = loop.prepare("value", value_model, lr=cfg.value_lr) if value_model is not None else None
-    for m in (reference, rm):
-        if m is not None:
-            m.eval().requires_grad_(False)
-            m.to("cpu" if cfg.offload_frozen else loop.device)
+    engine = (VLLMEngine(str(resolve_model_path(cfg.policy)), cfg.seed, cfg.vllm_gpu_memory_utilization,
+                         cfg.max_prompt_length + cfg.max_new_tokens) if cfg.rollout_engine == "vllm" else None)
     unwrap = loop.acc.unwrap_model
     return PPOModels(policy_part, value_part, reference, rm, tokenizer, ptx_rows, unwrap(policy_part.module),
-                     unwrap(value_part.module) if value_part is not None else None)
+                     unwrap(value_part.module) if value_part is not None else None, engine)
 
 
 def frozen_dtype(choice: str, mixed_precision: str) -> torch.dtype:
@@ -366,22 +367,30 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
 
 
 def rollout(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list) -> Rollouts:
-    """Step 1: `samples_per_prompt` responses to each prompt from the policy."""
-    roll = sample(models.plain_policy.model, models.tokenizer, [p.prompt for p in prompts], cfg.samples_per_prompt,
-                  cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.rollout_batch,
-                  loop.acc.mixed_precision == "bf16", cfg.max_prompt_length)
+    """Step 1: `samples_per_prompt` responses to each prompt from the policy (with vLLM: its current weights
+    copied into the engine first; the log-probs PPO uses are the trainer's own, step 2)."""
+    policy, texts = models.plain_policy.model, [p.prompt for p in prompts]
+    if models.engine is not None:
+        models.engine.load_weights(policy)
+        roll = models.engine.sample(models.tokenizer, texts, cfg.samples_per_prompt, cfg.max_new_tokens,
+                                    cfg.temperature, cfg.top_p, cfg.max_prompt_length)
+    else:
+        roll = sample(policy, models.tokenizer, texts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+                      cfg.top_p, cfg.rollout_batch, loop.acc.mixed_precision == "bf16", cfg.max_prompt_length)
     return build_batch(roll, [prompt_text(p.prompt) for p in prompts], loop.device)
 
 
 def score(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, batch: Rollouts, reward_fn: RewardFn | None
           ) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
-    """Step 2: the policy's (old) and the reference's log-probs, the values, and the scores of the rollouts."""
+    """Step 2: the policy's (old) and the reference's log-probs, the values, and the scores of the rollouts.
+    Sharded frozen models (FSDP) need each process to run as many forwards: every process holds as many prompts
+    with as many responses each, so `Rollouts.chunks` cuts each batch into as many chunks, and the RM takes one."""
     policy, pad, chunk = models.plain_policy, models.tokenizer.pad_token_id, max(8, cfg.minibatch_size)
     with torch.no_grad(), loop.acc.autocast():
         fwd = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
         if models.reference is not None:
             with on_device(models.reference, loop.device, cfg.offload_frozen) as reference:
-                ref = score_rollouts(PolicyModule(reference), batch, chunk, pad, cfg.temperature)
+                ref = score_rollouts(reference, batch, chunk, pad, cfg.temperature)
         else:
             with policy.model.disable_adapter():
                 ref = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
@@ -542,6 +551,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     if cfg.advantage != "gae" and cfg.samples_per_prompt < 2:
         raise ValueError(f"--advantage {cfg.advantage} takes its baseline from other responses to the same prompt: "
                          "pass --samples-per-prompt 2 or more")
+    if cfg.rollout_engine == "vllm":
+        require_vllm()
     prompts = read_prompts(cfg.prompts).records
     if cfg.ptx_data and cfg.ptx_coef > 0 and not cfg.ptx_data.endswith(".txt"):
         read_demonstrations(cfg.ptx_data)  # a bad line stops the run here, before its folder is made
