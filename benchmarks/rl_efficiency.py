@@ -13,6 +13,7 @@ counted from the call that builds it (model loading included) to its last update
   trl-rloo       TRL's RLOOTrainer (beta: KL in the reward)
 The same batch shape for all: 8 prompts x 8 samples = 64 episodes an update round, 2 passes over each (PPO epochs
 = TRL's num_iterations), one optimiser step per pass, lr, KL coefficient, temperature 1, 48 new tokens; no ptx.
+AdamW's beta2 is each tool's own default (rlhfkit 0.95, TRL 0.999) unless --adam-beta2 sets it for all.
 Every --eval-every seconds of training, one evaluator (the demo's gold-vs-proxy check) samples the current
 policy on the run's held-out headroom prompts and gives gold, proxy (the run's RM) and KL to SFT (nats per
 sequence), identical for every method. Prints the curves, when each rlhfkit method first reaches TRL GRPO's final
@@ -100,7 +101,8 @@ def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) ->
             "save_every": 0, "samples_every": 10**6, "iterations": 10**6, "missing_eos_penalty": None,
             "rollout_batch": PROMPTS_PER_ROUND * SAMPLES, "samples_per_prompt": SAMPLES,
             "minibatch_size": PROMPTS_PER_ROUND * SAMPLES, "ppo_epochs": PASSES, "lr": args.lr,
-            "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "kl_coef": args.kl_coef, **options})
+            "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "kl_coef": args.kl_coef, **options,
+            **({"adam_beta2": args.adam_beta2} if args.adam_beta2 is not None else {})})
         clock.start = time.perf_counter()
         try:
             train_ppo(ppo, reward_fn=counted, evaluate=evaluate, eval_every=1)
@@ -142,7 +144,8 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
             num_generations=SAMPLES, num_iterations=PASSES, max_completion_length=cfg.ppo.max_new_tokens,
             temperature=1.0, top_p=1.0, learning_rate=args.lr, lr_scheduler_type="constant", beta=args.kl_coef,
             max_steps=10**6, logging_steps=10**6, save_strategy="no", report_to="none", disable_tqdm=True,
-            gradient_checkpointing=False)  # TRL turns it on by default: off is faster for a 135M model
+            gradient_checkpointing=False,  # TRL turns it on by default: off is faster for a 135M model
+            **({"adam_beta2": args.adam_beta2} if args.adam_beta2 is not None else {}))
         dataset = Dataset.from_list([{"prompt": as_messages(x.prompt), "key": key} for key, x in by_key.items()])
         trainer = Trainer(model=policy, reward_funcs=trl_reward, args=trl_cfg, train_dataset=dataset,
                           processing_class=tok, callbacks=[Budget()])
@@ -162,6 +165,8 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=1200, help="training seconds per method")
     p.add_argument("--eval-every", type=float, default=150, help="training seconds between evaluations")
     p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--adam-beta2", type=float, default=None, help="AdamW's beta2 for every method (default: each "
+                   "tool's own, rlhfkit 0.95, TRL 0.999)")
     p.add_argument("--kl-coef", type=float, default=0.05)
     p.add_argument("--reward-scale", type=float, default=5.0, help="the gold score (0-1) times this is the reward")
     p.add_argument("--gold-samples", type=int, default=None,

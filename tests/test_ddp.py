@@ -226,6 +226,26 @@ def test_fsdp2_ppo_matches_ddp_and_resumes_after_a_kill(tmp_path, tiny_llama):
             assert torch.allclose(resumed[k], fsdp[k], atol=1e-5), (folder, k)
 
 
+def test_fsdp2_ppo_in_bf16(tmp_path, tiny_llama):
+    """Under bf16 the rollout cannot decode a bf16 copy of a gathered FSDP model (FSDP forbids deepcopy): it decodes
+    the gathered weights under autocast, and the frozen models are sharded in bf16."""
+    from rlhfkit.models.reward import reward_model_from_causal_lm
+
+    rm, tok = reward_model_from_causal_lm(tiny_llama)
+    rm.save(tmp_path / "rm", tok)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n" for w in "abcd"))
+    cfg = PPOConfig(policy=str(tiny_llama), reward_model=str(tmp_path / "rm"), prompts=str(tmp_path / "p.jsonl"),
+                    iterations=2, rollout_batch=4, samples_per_prompt=2, minibatch_size=4, ppo_epochs=1,
+                    max_new_tokens=8, advantage="rloo", progress=False, dtype="bf16", save_every=0,
+                    output_dir=str(tmp_path / "fsdp"))
+    run_worker(cfg, tmp_path, 2, "ppo", fsdp=True)
+    rows = [json.loads(x) for x in (tmp_path / "fsdp" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r[k])) for r in rows for k in ("score", "kl", "pg_loss"))
+    held = json.loads((tmp_path / "fsdp" / "frozen-rank0.json").read_text())
+    assert held["reference"]["sharded"] and held["reward"]["sharded"]
+    assert (tmp_path / "fsdp" / "model.safetensors").exists()
+
+
 def test_a_deepspeed_launch_stops_with_a_clear_message(tmp_path, tiny_llama, demos_file, monkeypatch):
     from rlhfkit.train.sft import train_sft
 

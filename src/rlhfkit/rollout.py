@@ -3,10 +3,11 @@
 `sample` renders prompts with the chat template, left-pads them into batches of similar length and
 decodes with its own short loop over a KV cache until every row has hit EOS or `max_new_tokens`.
 With bf16 it decodes a bf16 copy of the weights (made once per call) rather than autocasting the fp32
-weights again at every token. Llama-family models (SmolLM2) decode through `StaticDecoder`: the prompts
-prefilled packed (no padding computed), a preallocated cache and one fixed-shape step, replayed as a CUDA
-graph on a GPU; other models through transformers' own forward and its growing cache. Each response keeps
-its token ids (EOS included when it ended), so later stages score exactly the tokens that were sampled.
+weights again at every token (except a model FSDP has gathered, which cannot be copied). Llama-family models
+(SmolLM2) decode through `StaticDecoder`: the prompts prefilled packed (no padding computed), a preallocated
+cache and one fixed-shape step, replayed as a CUDA graph on a GPU; other models through transformers' own
+forward and its growing cache. Each response keeps its token ids (EOS included when it ended), so later
+stages score exactly the tokens that were sampled.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ def sample(
     out = Rollout([], [], [], [], [])
     was_training = model.training
     model.eval()
-    decoder = _bf16_copy(model) if autocast else model
+    # A model FSDP has gathered cannot be copied (and a copy would be one more whole model in memory): its fp32
+    # weights are decoded under autocast instead.
+    from torch.distributed.fsdp import FSDPModule
+
+    gathered = any(isinstance(m, FSDPModule) for m in model.modules())
+    decoder = _bf16_copy(model) if autocast and not gathered else model
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
         width = max(len(encoded[i]) for i in batch)
@@ -73,8 +79,9 @@ def sample(
             n = len(encoded[i])
             ids[row, width - n :] = torch.tensor(encoded[i])
             mask[row, width - n :] = 1
-        generated = decode(decoder, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, eos,
-                           pad, batch).cpu()
+        with torch.autocast(device.type, torch.bfloat16, enabled=autocast and gathered, cache_enabled=False):
+            generated = decode(decoder, ids.to(device), mask.to(device), max_new_tokens, temperature, top_p, eos,
+                               pad, batch).cpu()
         for row, i in enumerate(batch):
             out.add(i, encoded[i], generated[row].tolist(), tokenizer)
     model.train(was_training)
@@ -215,8 +222,9 @@ class StaticDecoder:
             k = attn.k_proj(x).view(b, 1, -1, self.head_dim).transpose(1, 2)
             v = attn.v_proj(x).view(b, 1, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            self.keys[i].index_copy_(2, self.slot, k)
-            self.values[i].index_copy_(2, self.slot, v)
+            # (under autocast, which decodes a model FSDP has gathered, k and v come out in mixed precisions)
+            self.keys[i].index_copy_(2, self.slot, k.to(self.dtype))
+            self.values[i].index_copy_(2, self.slot, v.to(self.dtype))
             # One query per row: two batched products, the query heads of a KV head side by side (GQA)
             # instead of copying K and V per query head; softmax in fp32. (On CPUs this is several times
             # faster than scaled_dot_product_attention, whose flash kernel is built for long queries.)
@@ -285,8 +293,8 @@ class StaticDecoder:
         self.keys.zero_()
         self.values.zero_()
         for i, layer in enumerate(cache.layers):  # (rows, kv heads, width, head dim) -> (batch, kv heads, slots, ...)
-            self.keys[i][dst[0], :, dst[1]] = layer.keys[src[0], :, src[1]]
-            self.values[i][dst[0], :, dst[1]] = layer.values[src[0], :, src[1]]
+            self.keys[i][dst[0], :, dst[1]] = layer.keys[src[0], :, src[1]].to(self.dtype)
+            self.values[i][dst[0], :, dst[1]] = layer.values[src[0], :, src[1]].to(self.dtype)
         return logits
 
     def run(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
