@@ -2,6 +2,7 @@
 
     python benchmarks/ppo_memory.py                       # the table, then measurements on a 135M shape (CPU)
     python benchmarks/ppo_memory.py --shape 1b --device cuda   # measure a 1B shape on a GPU
+    python benchmarks/ppo_memory.py --runs ppo-ddp ppo-fsdp2   # only these measurements
 
 1. Arithmetic, per process, for Llama shapes (0.5B, 1B, 7B/8B): the trained policy and value model hold fp32
    weights, fp32 gradients and AdamW's two fp32 moments (16 bytes a parameter each); the frozen reference and
@@ -39,6 +40,8 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab (Llama / Qwen
     "8b": (4096, 14336, 32, 32, 8, 128256),
 }
 GB = 1e9
+RUNS = {"ppo-frozen-fp32": 1, "ppo-frozen-bf16": 1, "sft-ddp": 2, "sft-fsdp2": 2, "ppo-ddp": 2,
+        "ppo-fsdp2": 2}  # each run and its processes
 
 
 def parameters(shape: str) -> int:
@@ -132,6 +135,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="135m", choices=list(SHAPES), help="shape measured (random init)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--runs", nargs="+", choices=list(RUNS), help="measure only these (default: all)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -156,8 +160,9 @@ def main() -> None:
         print(f"\n## Measured on {args.device}: a random-init {args.shape} shape "
               f"({parameters(args.shape) / 1e6:.0f}M parameters), peak memory per process\n")
         print("| run | processes | peak per process | above the process's start |\n|---|---|---|---|")
-        for mode, procs in (("ppo-frozen-fp32", 1), ("ppo-frozen-bf16", 1), ("sft-ddp", 2), ("sft-fsdp2", 2),
-                            ("ppo-ddp", 2), ("ppo-fsdp2", 2)):
+        for mode, procs in RUNS.items():
+            if args.runs and mode not in args.runs:
+                continue
             for r in measure(args, work, mode, procs):
                 print(f"| {mode} (rank {r['rank']}) | {procs} | {r['peak'] / GB:.2f} GB | "
                       f"{(r['peak'] - r['baseline']) / GB:.2f} GB |", flush=True)
