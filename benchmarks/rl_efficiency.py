@@ -51,17 +51,29 @@ class BudgetSpent(Exception):
 class Clock:
     """Training time since the method was built, evaluations excluded; evaluates every `every` seconds of it."""
 
-    def __init__(self, budget: float, every: float, check: GoldProxy):
+    def __init__(self, budget: float, every: float, check: GoldProxy | None):
         self.budget, self.every, self.check = budget, every, check
         self.start, self.eval_seconds, self.next_eval = time.perf_counter(), 0.0, 0.0
-        self.episodes, self.curve = 0, []
+        self.episodes, self.curve, self.rounds = 0, [], []
+
+    def record_round(self, reward: float, kl: float) -> None:
+        """An update round's own rollouts (in-sample, free): their mean reward and KL to SFT, the per-sequence sum
+        of log π − log π_SFT over the sampled tokens (k1), both tools' policy and reference log-probs."""
+        self.rounds.append({"seconds": self.training_seconds(), "episodes": self.episodes, "reward": reward,
+                            "kl": kl})
+        print(f"  {self.rounds[-1]['seconds']:7.0f} s {self.episodes:6d} episodes: round's reward {reward:.3f} KL "
+              f"{kl:.2f}", flush=True)
 
     def training_seconds(self) -> float:
         return time.perf_counter() - self.start - self.eval_seconds
 
+    def spent(self, args) -> bool:
+        """Past the budget: --budget training seconds, or --episodes."""
+        return self.training_seconds() >= self.budget or bool(args.episodes and self.episodes >= args.episodes)
+
     def maybe_evaluate(self, policy, tokenizer, force: bool = False) -> dict:
         spent = self.training_seconds()
-        if not force and spent < self.next_eval and spent < self.budget:
+        if not self.every or (not force and spent < self.next_eval and spent < self.budget):
             return {}
         t0 = time.perf_counter()
         was_training = policy.training
@@ -87,25 +99,27 @@ def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) ->
         clock.episodes += len(responses)
         return reward(prompts, responses)
 
-    def evaluate(policy, tokenizer) -> dict:
-        m = clock.maybe_evaluate(policy, tokenizer)
-        if clock.training_seconds() >= args.budget:
-            raise BudgetSpent
-        return m
+    def evaluate(policy, tokenizer) -> dict:  # after each iteration's update; then `record`
+        return clock.maybe_evaluate(policy, tokenizer, force=clock.spent(args))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ppo = cfg.ppo.model_copy(update={
+    def record(_, metrics: dict) -> None:
+        clock.record_round(metrics["score"], metrics["kl"])
+        if clock.spent(args):
+            raise BudgetSpent
+
+    with tempfile.TemporaryDirectory() as tmp:  # validated, not model_copy'd: --rlhfkit-set gives strings
+        ppo = cfg.ppo.model_validate(cfg.ppo.model_dump() | {
             "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
             "reward_model": str(args.run / "round1" / "rm"), "prompts": str(args.run / "data" / "ppo_prompts.jsonl"),
-            "ptx_coef": 0.0, "ptx_data": None, "output_dir": tmp, "seed": cfg.seed, "progress": False,
+            "ptx_coef": 0.0, "ptx_data": None, "output_dir": tmp, "seed": args.seed, "progress": False,
             "save_every": 0, "samples_every": 10**6, "iterations": 10**6, "missing_eos_penalty": None,
             "rollout_batch": PROMPTS_PER_ROUND * SAMPLES, "samples_per_prompt": SAMPLES,
             "minibatch_size": PROMPTS_PER_ROUND * SAMPLES, "ppo_epochs": PASSES, "lr": args.lr,
             "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "kl_coef": args.kl_coef, **options,
-            **({"adam_beta2": args.adam_beta2} if args.adam_beta2 is not None else {})})
+            **({"adam_beta2": args.adam_beta2} if args.adam_beta2 is not None else {}), **args.rlhfkit_set})
         clock.start = time.perf_counter()
         try:
-            train_ppo(ppo, reward_fn=counted, evaluate=evaluate, eval_every=1)
+            train_ppo(ppo, reward_fn=counted, evaluate=evaluate, eval_every=1, on_iteration=record)
         except BudgetSpent:
             pass
     return clock
@@ -126,7 +140,7 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
 
     class Budget(TrainerCallback):
         def on_step_end(self, a, state, control, model=None, processing_class=None, **kw):
-            over = clock.training_seconds() >= args.budget
+            over = clock.spent(args)
             clock.maybe_evaluate(model, processing_class, force=over)
             if over:
                 control.should_training_stop = True
@@ -138,7 +152,7 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
         trl_cfg = Config(
             # the precision rlhfkit picks on this machine (bf16 where the hardware has it, else fp32): bf16 on a
             # CPU without it is emulated, several times slower
-            output_dir=tmp, use_cpu=not torch.cuda.is_available(), seed=cfg.seed,
+            output_dir=tmp, use_cpu=not torch.cuda.is_available(), seed=args.seed,
             bf16=mixed_precision(cfg.ppo.dtype, default_device()) == "bf16",
             per_device_train_batch_size=PROMPTS_PER_ROUND * SAMPLES // 4, gradient_accumulation_steps=4,
             num_generations=SAMPLES, num_iterations=PASSES, max_completion_length=cfg.ppo.max_new_tokens,
@@ -149,6 +163,17 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
         dataset = Dataset.from_list([{"prompt": as_messages(x.prompt), "key": key} for key, x in by_key.items()])
         trainer = Trainer(model=policy, reward_funcs=trl_reward, args=trl_cfg, train_dataset=dataset,
                           processing_class=tok, callbacks=[Budget()])
+        generate_and_score = trainer._generate_and_score_completions
+
+        def recorded(inputs):  # the same in-sample curve as rlhfkit's iteration metrics
+            out = generate_and_score(inputs)
+            if trainer.model.training:
+                m = out["completion_mask"]
+                kl = ((out["old_per_token_logps"] - out["ref_per_token_logps"]) * m).sum(1).mean().item()
+                clock.record_round(trainer._metrics["train"]["reward"][-1], kl)
+            return out
+
+        trainer._generate_and_score_completions = recorded
         trainer.train()
     return clock
 
@@ -163,10 +188,15 @@ def main() -> None:
     p.add_argument("run", type=Path, help="a finished demo run (runs/<name>): sft/, round1/rm, data/")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--budget", type=float, default=1200, help="training seconds per method")
-    p.add_argument("--eval-every", type=float, default=150, help="training seconds between evaluations")
+    p.add_argument("--eval-every", type=float, default=150, help="training seconds between evaluations (0: none, "
+                   "only the update rounds' own reward and KL)")
+    p.add_argument("--seed", type=int, default=None, help="both tools' seed (default: the demo's)")
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--adam-beta2", type=float, default=None, help="AdamW's beta2 for every method (default: each "
                    "tool's own, rlhfkit 0.95, TRL 0.999)")
+    p.add_argument("--episodes", type=int, default=None, help="also stop a method after this many episodes")
+    p.add_argument("--rlhfkit-set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="PPO options for the rlhfkit methods only, e.g. dtype=fp32 frozen_dtype=fp32 (a diagnosis)")
     p.add_argument("--kl-coef", type=float, default=0.05)
     p.add_argument("--reward-scale", type=float, default=5.0, help="the gold score (0-1) times this is the reward")
     p.add_argument("--gold-samples", type=int, default=None,
@@ -174,13 +204,15 @@ def main() -> None:
                         "mean's standard error on the default demo's 50 prompts is 0.011 at 2 and 0.004 at 8")
     p.add_argument("--out", type=Path, default=Path("runs/rl-efficiency"))
     args = p.parse_args()
+    args.rlhfkit_set = dict(kv.split("=", 1) for kv in args.rlhfkit_set)  # pydantic converts the strings
     args.out.mkdir(parents=True, exist_ok=True)
 
     cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
+    args.seed = cfg.seed if args.seed is None else args.seed
     if args.gold_samples:
         cfg = cfg.model_copy(update={"gold_samples": args.gold_samples})
     judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
-    check = GoldProxy(args.run, cfg, args.run / "round1" / "rm", judges)
+    check = GoldProxy(args.run, cfg, args.run / "round1" / "rm", judges) if args.eval_every else None
     by_key = {prompt_key(x.prompt): x for x in read_prompts(args.run / "data" / "ppo_prompts.jsonl").records}
 
     def reward(prompts: list, responses: list[str]) -> torch.Tensor:
@@ -197,22 +229,27 @@ def main() -> None:
         print(f"\n{method}: {args.budget:.0f} s of training", flush=True)
         run = run_rlhfkit if method.startswith("rlhfkit") else run_trl
         clock = run(method, args, cfg, reward, check)
-        results[method] = {"curve": clock.curve, "episodes": clock.episodes}
+        results[method] = {"curve": clock.curve, "rounds": clock.rounds, "episodes": clock.episodes}
         results_path.write_text(json.dumps(results, indent=1))
 
+    for method, r in results.items():  # in-sample: each update round's own rollouts
+        rounds = r.get("rounds", [])
+        print(f"{method} update rounds (episodes: reward / KL): "
+              + "; ".join(f"{x['episodes']}: {x['reward']:.3f} / {x['kl']:.2f}" for x in rounds))
+    evaluated = {m: r for m, r in results.items() if r["curve"]}
     print("\n| method | final gold | KL to SFT | all met | episodes | episodes/s |")
     print("|---|---|---|---|---|---|")
-    for method, r in results.items():
+    for method, r in evaluated.items():
         last = r["curve"][-1]
         print(f"| {method} | {last['gold']:.3f} | {last['kl']:.2f} | {last['all_met']:.1%} | {last['episodes']} | "
               f"{last['episodes'] / last['seconds']:.2f} |")
-    if "trl-grpo" in results:
+    if "trl-grpo" in evaluated:
         trl = results["trl-grpo"]["curve"]
         target = trl[-1]["gold"]
         first = reached(trl, target)
         print(f"\nTRL GRPO's final gold {target:.3f} (start: {trl[0]['gold']:.3f}), first reached at "
               f"{first['seconds']:.0f} s, KL {first['kl']:.2f} (final KL {trl[-1]['kl']:.2f})")
-        for method in (m for m in results if m.startswith("rlhfkit")):
+        for method in (m for m in evaluated if m.startswith("rlhfkit")):
             at = reached(results[method]["curve"], target)
             # the same gold at a much larger KL is not the same result: print both
             print(f"  {method}: " + (f"reached it at {at['seconds']:.0f} s = {at['seconds'] / first['seconds']:.2f}x "
@@ -224,14 +261,16 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     for method, r in results.items():
-        c = r["curve"]
+        c, rounds = r["curve"], r.get("rounds", [])
         axes[0].plot([x["seconds"] for x in c], [x["gold"] for x in c], marker=".", label=method)
         axes[1].plot([x["episodes"] for x in c], [x["gold"] for x in c], marker=".", label=method)
         axes[2].plot([x["seconds"] for x in c], [x["kl"] for x in c], marker=".", label=method)
+        axes[3].plot([x["episodes"] for x in rounds], [x["kl"] for x in rounds], marker=".", label=method)
     for ax, (x, y) in zip(axes, [("training seconds", "held-out gold"), ("episodes", "held-out gold"),
-                                 ("training seconds", "KL to SFT (nats/sequence)")], strict=True):
+                                 ("training seconds", "KL to SFT (nats/sequence)"),
+                                 ("episodes", "KL to SFT on the round's own rollouts")], strict=True):
         ax.set_xlabel(x)
         ax.set_ylabel(y)
     axes[0].legend(fontsize=8)

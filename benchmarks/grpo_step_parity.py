@@ -1,0 +1,169 @@
+"""One GRPO update from the same batch, in rlhfkit and in TRL: do the two compute the same gradient?
+
+    python benchmarks/grpo_step_parity.py runs/demo
+
+A diagnosis for rl_efficiency.py, where rlhfkit's GRPO moved the policy further from SFT per optimiser step than
+TRL's GRPOTrainer with the same settings. From a finished demo run: rlhfkit's PPO (`--advantage grpo --kl-in loss
+--kl-estimator k3`, the benchmark's settings) samples 8 prompts x 8 responses from the SFT policy, scores them with
+the held-out judges' rubric (x5, as the benchmark) and takes one optimiser step; the gradient it steps with is kept.
+TRL's `GRPOTrainer._compute_loss` then gets the same prompts and response tokens (its advantages computed as
+TRL does: group mean, the group's sample std + 1e-4; its reference log-probs from its own fp32 reference under the
+same bf16 autocast) on a fresh copy of the SFT weights, and its gradient is taken. Prints the parts each tool
+computes (advantages, reference log-probs, KL term) side by side, and the two gradients' cosine and norm ratio.
+Needs `pip install -e '.[bench]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from rlhfkit.data import prompt_key, read_prompts
+from rlhfkit.demo.config import DemoConfig
+from rlhfkit.demo.headroom import gold
+from rlhfkit.demo.labelers import make_panel
+from rlhfkit.losses import group_normalized
+from rlhfkit.train import ppo as ppo_module
+from rlhfkit.train.common import TrainLoop
+from rlhfkit.train.ppo import train_ppo
+
+PROMPTS, SAMPLES = 8, 8
+
+
+def flat_grad(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.detach().float().flatten() for p in module.parameters() if p.grad is not None])
+
+
+def rlhfkit_step(args, cfg: DemoConfig, reward, overrides: dict) -> tuple:
+    """One optimiser step of rlhfkit's GRPO; returns (its Experience, its raw gradient, its trained module)."""
+    kept: dict = {}
+    make_experience, optimizer_step = ppo_module.make_experience, TrainLoop.optimizer_step
+
+    def keep_experience(*a, **kw):
+        kept["exp"] = make_experience(*a, **kw)
+        return kept["exp"]
+
+    def keep_gradient(self, part, loss, what="the loss"):
+        kept["grad"], kept["names"] = flat_grad(part.module), [n for n, p in part.module.named_parameters()
+                                                                if p.grad is not None]
+        return optimizer_step(self, part, loss, what)
+
+    ppo_module.make_experience, TrainLoop.optimizer_step = keep_experience, keep_gradient
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ppo = cfg.ppo.model_validate(cfg.ppo.model_dump() | {
+                "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
+                "prompts": str(args.run / "data" / "ppo_prompts.jsonl"), "ptx_coef": 0.0, "ptx_data": None,
+                "output_dir": tmp, "seed": cfg.seed, "progress": False, "save_every": 0, "samples_every": 10**6,
+                "iterations": 1, "missing_eos_penalty": None, "rollout_batch": PROMPTS * SAMPLES,
+                "samples_per_prompt": SAMPLES, "minibatch_size": PROMPTS * SAMPLES, "ppo_epochs": 1,
+                "lr": args.lr, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "kl_coef": args.kl_coef,
+                "advantage": "grpo", "kl_in": "loss", "kl_estimator": "k3"} | overrides)
+            train_ppo(ppo, reward_fn=reward)
+    finally:
+        ppo_module.make_experience, TrainLoop.optimizer_step = make_experience, optimizer_step
+    return kept["exp"], kept["grad"]
+
+
+def trl_gradient(args, cfg: DemoConfig, exp) -> tuple[torch.Tensor, dict]:
+    """TRL's GRPO loss on rlhfkit's rollouts, and its gradient."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    policy = str(args.run / "sft")
+    tok = AutoTokenizer.from_pretrained(policy)
+    batch = exp.rollouts
+    with tempfile.TemporaryDirectory() as tmp:
+        trl_cfg = GRPOConfig(
+            output_dir=tmp, use_cpu=True, seed=cfg.seed, bf16=True, per_device_train_batch_size=PROMPTS * SAMPLES,
+            gradient_accumulation_steps=1, num_generations=SAMPLES, num_iterations=1,
+            max_completion_length=cfg.ppo.max_new_tokens, temperature=1.0, learning_rate=args.lr,
+            beta=args.kl_coef, report_to="none", gradient_checkpointing=False)
+        trainer = GRPOTrainer(model=policy, reward_funcs=lambda completions, **_: [0.0] * len(completions),
+                              args=trl_cfg, train_dataset=Dataset.from_list([{"prompt": "x"}] * 8),
+                              processing_class=tok)
+    # rlhfkit's rollouts in TRL's layout: prompts left-padded, completions right-padded
+    pad = tok.pad_token_id
+    width = max(map(len, batch.prompt_ids))
+    prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch.prompt_ids])
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch.prompt_ids])
+    length = batch.mask.shape[1]
+    completion_ids = torch.tensor([r + [pad] * (length - len(r)) for r in batch.response_ids])
+    completion_mask = batch.mask.long().cpu()
+    # TRL's advantages (GRPOTrainer._generate_and_score_completions, scale_rewards="group"): rewards minus the
+    # group mean over the group's sample std (torch's unbiased std) + 1e-4
+    scores, groups = exp.scores.cpu(), batch.prompt_of.cpu()
+    n = int(groups.max()) + 1
+    mean = torch.stack([scores[groups == g].mean() for g in range(n)])[groups]
+    std = torch.stack([scores[groups == g].std() for g in range(n)])[groups]
+    advantages = (scores - mean) / (std + 1e-4)
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    ids = torch.cat([prompt_ids, completion_ids], 1)
+    attention = torch.cat([prompt_mask, completion_mask], 1)
+    with torch.autocast("cpu", torch.bfloat16):
+        with torch.no_grad():
+            ref, _, _ = trainer._get_per_token_logps_and_entropies(trainer.ref_model, ids, attention, length)
+        inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+                  "completion_mask": completion_mask, "advantages": advantages, "ref_per_token_logps": ref,
+                  "num_items_in_batch": completion_mask.sum()}
+        loss = trainer._compute_loss(model, inputs)
+    loss.backward()
+    return flat_grad(model), {"advantages": advantages, "ref_logprobs": ref.float(), "loss": loss.item()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a finished demo run (runs/<name>): sft/, data/")
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--kl-coef", type=float, default=0.05)
+    p.add_argument("--reward-scale", type=float, default=5.0)
+    p.add_argument("--rlhfkit-set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="PPO options for rlhfkit, e.g. frozen_dtype=fp32")
+    args = p.parse_args()
+    overrides = dict(kv.split("=", 1) for kv in args.rlhfkit_set)
+
+    cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
+    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
+    by_key = {prompt_key(x.prompt): x for x in read_prompts(args.run / "data" / "ppo_prompts.jsonl").records}
+
+    def reward(prompts: list, responses: list[str]) -> torch.Tensor:
+        return torch.tensor([args.reward_scale * gold(judges, by_key[prompt_key(q)], r, True)
+                             for q, r in zip(prompts, responses, strict=True)])
+
+    exp, g_rlhfkit = rlhfkit_step(args, cfg, reward, overrides)
+    g_trl, trl = trl_gradient(args, cfg, exp)
+    mask = exp.rollouts.mask.cpu()
+    ours_adv = group_normalized(exp.scores.cpu(), exp.rollouts.prompt_of.cpu())
+    print(f"rollouts: {len(exp.scores)}, response tokens {int(mask.sum())}, "
+          f"ended {exp.rollouts.ended.float().mean():.0%}")
+    print(f"advantages: rlhfkit |A| mean {ours_adv.abs().mean():.4f}, TRL {trl['advantages'].abs().mean():.4f}, "
+          f"ratio {(ours_adv.abs().mean() / trl['advantages'].abs().mean()):.4f}")
+    d = (exp.ref_logprobs.cpu() - trl["ref_logprobs"]) * mask
+    print(f"reference log-probs, rlhfkit - TRL per token: mean {d.sum() / mask.sum():+.5f}, "
+          f"rms {((d**2).sum() / mask.sum()).sqrt():.5f}")
+    d = (exp.old_logprobs.cpu() - exp.ref_logprobs.cpu()) * mask
+    print(f"rlhfkit's policy - its reference at step 0 (both SFT): mean {d.sum() / mask.sum():+.5f}, "
+          f"rms {((d**2).sum() / mask.sum()).sqrt():.5f} per token")
+    if g_rlhfkit.shape != g_trl.shape:
+        print(f"gradients differ in size: rlhfkit {g_rlhfkit.numel()}, TRL {g_trl.numel()}")
+        return
+    g_rlhfkit, g_trl = g_rlhfkit.double(), g_trl.double()  # fp32 sums over 135M entries drift
+    cos = (g_rlhfkit @ g_trl / (g_rlhfkit.norm() * g_trl.norm())).item()
+    print(f"gradient: cosine {cos:.4f}, norm rlhfkit {g_rlhfkit.norm():.4f}, TRL {g_trl.norm():.4f}, "
+          f"ratio {(g_rlhfkit.norm() / g_trl.norm()):.4f}")
+    # Adam's first step is about lr·sign(g) per weight: the share of weights whose sign agrees says how alike
+    # the first steps are
+    big = g_trl.abs() > g_trl.abs().median()
+    agree = (torch.sign(g_rlhfkit[big]) == torch.sign(g_trl[big])).float().mean().item()
+    print(f"sign agreement on the larger half of TRL's gradient entries: {agree:.1%}")
+
+
+if __name__ == "__main__":
+    main()
