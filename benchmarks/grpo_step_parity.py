@@ -10,6 +10,8 @@ TRL's `GRPOTrainer._compute_loss` then gets the same prompts and response tokens
 TRL does: group mean, the group's sample std + 1e-4; its reference log-probs from its own fp32 reference under the
 same bf16 autocast) on a fresh copy of the SFT weights, and its gradient is taken. Prints the parts each tool
 computes (advantages, reference log-probs, KL term) side by side, and the two gradients' cosine and norm ratio.
+With --noise N, N more rlhfkit gradients from independent batches (other prompts and samples, the same SFT
+weights) measure how much of one update is signal: the mean pairwise dot product over the mean squared norm.
 Needs `pip install -e '.[bench]'`.
 """
 
@@ -38,8 +40,9 @@ def flat_grad(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.detach().float().flatten() for p in module.parameters() if p.grad is not None])
 
 
-def rlhfkit_step(args, cfg: DemoConfig, reward, overrides: dict) -> tuple:
-    """One optimiser step of rlhfkit's GRPO; returns (its Experience, its raw gradient, its trained module)."""
+def rlhfkit_step(args, cfg: DemoConfig, reward, overrides: dict, seed: int) -> tuple:
+    """One optimiser step of rlhfkit's GRPO from the SFT weights (`seed` picks the prompts and the samples);
+    returns (its Experience, its gradient before clipping)."""
     kept: dict = {}
     make_experience, optimizer_step = ppo_module.make_experience, TrainLoop.optimizer_step
 
@@ -48,8 +51,7 @@ def rlhfkit_step(args, cfg: DemoConfig, reward, overrides: dict) -> tuple:
         return kept["exp"]
 
     def keep_gradient(self, part, loss, what="the loss"):
-        kept["grad"], kept["names"] = flat_grad(part.module), [n for n, p in part.module.named_parameters()
-                                                                if p.grad is not None]
+        kept["grad"] = flat_grad(part.module)
         return optimizer_step(self, part, loss, what)
 
     ppo_module.make_experience, TrainLoop.optimizer_step = keep_experience, keep_gradient
@@ -58,7 +60,7 @@ def rlhfkit_step(args, cfg: DemoConfig, reward, overrides: dict) -> tuple:
             ppo = cfg.ppo.model_validate(cfg.ppo.model_dump() | {
                 "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
                 "prompts": str(args.run / "data" / "ppo_prompts.jsonl"), "ptx_coef": 0.0, "ptx_data": None,
-                "output_dir": tmp, "seed": cfg.seed, "progress": False, "save_every": 0, "samples_every": 10**6,
+                "output_dir": tmp, "seed": seed, "progress": False, "save_every": 0, "samples_every": 10**6,
                 "iterations": 1, "missing_eos_penalty": None, "rollout_batch": PROMPTS * SAMPLES,
                 "samples_per_prompt": SAMPLES, "minibatch_size": PROMPTS * SAMPLES, "ppo_epochs": 1,
                 "lr": args.lr, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "kl_coef": args.kl_coef,
@@ -107,15 +109,19 @@ def trl_gradient(args, cfg: DemoConfig, exp) -> tuple[torch.Tensor, dict]:
     trainer.current_gradient_accumulation_steps = 1
     ids = torch.cat([prompt_ids, completion_ids], 1)
     attention = torch.cat([prompt_mask, completion_mask], 1)
-    with torch.autocast("cpu", torch.bfloat16):
-        with torch.no_grad():
-            ref, _, _ = trainer._get_per_token_logps_and_entropies(trainer.ref_model, ids, attention, length)
-        inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-                  "completion_mask": completion_mask, "advantages": advantages, "ref_per_token_logps": ref,
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+        ref, _, _ = trainer._get_per_token_logps_and_entropies(trainer.ref_model, ids, attention, length, 16)
+    # micro-batches of 16, as the benchmark runs TRL: each one's loss is its tokens' sum over all 64 rollouts'
+    # token count (TRL's "dapo" normaliser), so the accumulated gradient is the token mean over the 64
+    for rows in torch.arange(len(ids)).split(16):
+        inputs = {"prompt_ids": prompt_ids[rows], "prompt_mask": prompt_mask[rows],
+                  "completion_ids": completion_ids[rows], "completion_mask": completion_mask[rows],
+                  "advantages": advantages[rows], "ref_per_token_logps": ref[rows],
                   "num_items_in_batch": completion_mask.sum()}
-        loss = trainer._compute_loss(model, inputs)
-    loss.backward()
-    return flat_grad(model), {"advantages": advantages, "ref_logprobs": ref.float(), "loss": loss.item()}
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = trainer._compute_loss(model, inputs)
+        loss.backward()
+    return flat_grad(model), {"advantages": advantages, "ref_logprobs": ref.float()}
 
 
 def main() -> None:
@@ -124,6 +130,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--kl-coef", type=float, default=0.05)
     p.add_argument("--reward-scale", type=float, default=5.0)
+    p.add_argument("--noise", type=int, default=0, metavar="N",
+                   help="also take N more rlhfkit gradients from independent batches and measure the gradient's "
+                        "signal share")
     p.add_argument("--rlhfkit-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="PPO options for rlhfkit, e.g. frozen_dtype=fp32")
     args = p.parse_args()
@@ -137,7 +146,7 @@ def main() -> None:
         return torch.tensor([args.reward_scale * gold(judges, by_key[prompt_key(q)], r, True)
                              for q, r in zip(prompts, responses, strict=True)])
 
-    exp, g_rlhfkit = rlhfkit_step(args, cfg, reward, overrides)
+    exp, g_rlhfkit = rlhfkit_step(args, cfg, reward, overrides, cfg.seed)
     g_trl, trl = trl_gradient(args, cfg, exp)
     mask = exp.rollouts.mask.cpu()
     ours_adv = group_normalized(exp.scores.cpu(), exp.rollouts.prompt_of.cpu())
@@ -163,6 +172,30 @@ def main() -> None:
     big = g_trl.abs() > g_trl.abs().median()
     agree = (torch.sign(g_rlhfkit[big]) == torch.sign(g_trl[big])).float().mean().item()
     print(f"sign agreement on the larger half of TRL's gradient entries: {agree:.1%}")
+    if args.noise:
+        gradient_noise(args, cfg, reward, overrides, g_rlhfkit.float())
+
+
+def gradient_noise(args, cfg: DemoConfig, reward, overrides: dict, first: torch.Tensor) -> None:
+    """How much of one update's gradient is signal: gradients g_i from independent batches (other prompts, other
+    samples) at the same SFT weights are g_i = s + n_i, so mean_{i≠j} g_i·g_j estimates |s|² and mean |g_i|²
+    estimates |s|² + |n|²/1 batch; their ratio is the signal's share of a batch's squared gradient norm."""
+    grads = [first] + [rlhfkit_step(args, cfg, reward, overrides, cfg.seed + 1 + i)[1] for i in range(args.noise)]
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> float:  # in float64, a chunk at a time
+        return sum(float(x.double() @ y.double()) for x, y in zip(a.split(1 << 24), b.split(1 << 24), strict=True))
+
+    n = len(grads)
+    cross = [dot(grads[i], grads[j]) for i in range(n) for j in range(i + 1, n)]
+    norms2 = [dot(g, g) for g in grads]
+    cosines = [c / (norms2[i] * norms2[j]) ** 0.5
+               for c, (i, j) in zip(cross, [(i, j) for i in range(n) for j in range(i + 1, n)], strict=True)]
+    share = (sum(cross) / len(cross)) / (sum(norms2) / n)
+    batch = PROMPTS * SAMPLES
+    print(f"\ngradient noise, {n} independent batches of {batch} episodes at the SFT weights: pairwise cosines "
+          + ", ".join(f"{c:+.3f}" for c in cosines))
+    print(f"signal share of one batch's squared gradient norm: {share:.3f}; a batch of about "
+          f"{batch * (1 - share) / max(share, 1e-9):.0f} episodes would hold as much signal as noise")
 
 
 if __name__ == "__main__":

@@ -120,11 +120,15 @@ def test_leave_one_out_takes_the_mean_of_the_other_responses_to_the_same_prompt(
 
 
 def test_group_normalized_by_hand():
-    # prompt 0: scores 1, 3 (mean 2, population std 1); prompt 1: 4, 4, 7 (mean 5, std sqrt(2))
+    # prompt 0: scores 1, 3 (mean 2, sample std sqrt(2)); prompt 1: 4, 4, 7 (mean 5, sample std sqrt(3))
     scores = torch.tensor([1.0, 4.0, 3.0, 4.0, 7.0])
     groups = torch.tensor([0, 1, 0, 1, 1])
     out = group_normalized(scores, groups, eps=0.0)
-    torch.testing.assert_close(out, torch.tensor([-1.0, -1 / 2**0.5, 1.0, -1 / 2**0.5, 2 / 2**0.5]))
+    torch.testing.assert_close(out, torch.tensor([-1 / 2**0.5, -1 / 3**0.5, 1 / 2**0.5, -1 / 3**0.5, 2 / 3**0.5]))
+    # as TRL's GRPOTrainer computes it: torch.std (unbiased) per group
+    for g in (0, 1):
+        torch.testing.assert_close(out[groups == g], (scores[groups == g] - scores[groups == g].mean())
+                                   / scores[groups == g].std())
     assert group_normalized(torch.tensor([2.0, 2.0]), torch.tensor([0, 0])).tolist() == [0.0, 0.0]  # no spread
     with pytest.raises(ValueError, match="at least two"):
         group_normalized(torch.tensor([1.0, 2.0]), torch.tensor([0, 1]))

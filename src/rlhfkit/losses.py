@@ -156,9 +156,10 @@ def leave_one_out(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 
 
 def group_normalized(scores: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO's baseline (Shao et al. 2024): each score minus its prompt's mean score, divided by the prompt's
-    standard deviation (all responses to the prompt, itself included; population std). scores (B,) float,
-    groups (B,) long; every group needs at least two responses. A prompt whose responses all score alike gives 0."""
+    """GRPO's baseline (Shao et al. 2024): each score minus its prompt's mean score, divided by the standard
+    deviation of the prompt's scores (all its responses, itself included; the sample std, n − 1, as TRL, verl and
+    OpenRLHF compute it). scores (B,) float, groups (B,) long; every group needs at least two responses. A prompt
+    whose responses all score alike gives 0."""
     n_groups = int(groups.max()) + 1
     counts = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add(
         0, groups, torch.ones_like(scores))
@@ -166,7 +167,8 @@ def group_normalized(scores: torch.Tensor, groups: torch.Tensor, eps: float = 1e
         raise ValueError("group_normalized: every prompt needs at least two responses")
     mean = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add(0, groups, scores) / counts
     centred = scores - mean[groups]
-    var = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add(0, groups, centred**2) / counts
+    var = torch.zeros(n_groups, dtype=scores.dtype, device=scores.device).index_add(0, groups, centred**2) / (
+        counts - 1)
     return centred / (var[groups].sqrt() + eps)
 
 
