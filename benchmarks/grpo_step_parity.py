@@ -190,12 +190,17 @@ def gradient_noise(args, cfg: DemoConfig, reward, overrides: dict, first: torch.
     norms2 = [dot(g, g) for g in grads]
     cosines = [c / (norms2[i] * norms2[j]) ** 0.5
                for c, (i, j) in zip(cross, [(i, j) for i in range(n) for j in range(i + 1, n)], strict=True)]
-    share = (sum(cross) / len(cross)) / (sum(norms2) / n)
+    shares = torch.tensor(cross) / (sum(norms2) / n)  # each pair's estimate of |s|² / (|s|² + |n|²)
+    share, se = shares.mean().item(), (shares.std() / len(shares) ** 0.5).item()
     batch = PROMPTS * SAMPLES
     print(f"\ngradient noise, {n} independent batches of {batch} episodes at the SFT weights: pairwise cosines "
           + ", ".join(f"{c:+.3f}" for c in cosines))
-    print(f"signal share of one batch's squared gradient norm: {share:.3f}; a batch of about "
-          f"{batch * (1 - share) / max(share, 1e-9):.0f} episodes would hold as much signal as noise")
+    # signal and noise equal at B·(1 − share)/share episodes; the upper bound of the share (2 standard errors)
+    # gives the smallest such batch the measurement allows
+    high = share + 2 * se
+    print(f"signal share of one batch's squared gradient norm: {share:+.3f} ± {se:.3f} (standard error); "
+          + (f"signal equals noise at a batch of at least {batch * (1 - high) / high:.0f} episodes" if high > 0
+             else "no signal measurable"))
 
 
 if __name__ == "__main__":
