@@ -16,7 +16,9 @@ The same batch shape for all: 8 prompts x 8 samples = 64 episodes an update roun
 AdamW's beta2 is each tool's own default (rlhfkit 0.95, TRL 0.999) unless --adam-beta2 sets it for all.
 Every --eval-every seconds of training, one evaluator (the demo's gold-vs-proxy check) samples the current
 policy on the run's held-out headroom prompts and gives gold, proxy (the run's RM) and KL to SFT (nats per
-sequence), identical for every method. Prints the curves, when each rlhfkit method first reaches TRL GRPO's final
+sequence), identical for every method; and each update round's own rollouts give a free in-sample curve for every
+method: their mean reward and KL to SFT (the per-sequence sum of log π − log π_SFT; `--eval-every 0` keeps only
+this one, for runs over several `--seed`s). Prints the curves, when each rlhfkit method first reaches TRL GRPO's final
 gold, and writes rl_efficiency.png. Needs `pip install -e '.[bench]'`.
 """
 
