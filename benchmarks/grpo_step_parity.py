@@ -9,7 +9,8 @@ the held-out judges' rubric (x5, as the benchmark) and takes one optimiser step;
 TRL's `GRPOTrainer._compute_loss` then gets the same prompts and response tokens (its advantages computed as
 TRL does: group mean, the group's sample std + 1e-4; its reference log-probs from its own fp32 reference under the
 same bf16 autocast) on a fresh copy of the SFT weights, and its gradient is taken. Prints the parts each tool
-computes (advantages, reference log-probs, KL term) side by side, and the two gradients' cosine and norm ratio.
+computes (advantages, reference log-probs, policy − reference at step 0) side by side, and the two gradients'
+cosine and norm ratio.
 With --noise N, N more rlhfkit gradients from independent batches (other prompts and samples, the same SFT
 weights) measure how much of one update is signal: the mean pairwise dot product over the mean squared norm.
 Needs `pip install -e '.[bench]'`.
