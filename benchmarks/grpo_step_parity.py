@@ -5,7 +5,8 @@
 A diagnosis for rl_efficiency.py, where rlhfkit's GRPO moved the policy further from SFT per optimiser step than
 TRL's GRPOTrainer with the same settings. From a finished demo run: rlhfkit's PPO (`--advantage grpo --kl-in loss
 --kl-estimator k3`, the benchmark's settings) samples 8 prompts x 8 responses from the SFT policy, scores them with
-the held-out judges' rubric (x5, as the benchmark) and takes one optimiser step; the gradient it steps with is kept.
+the held-out judges' rubric (x5, as the benchmark; --reward rm: the run's RM) and takes one optimiser step; the
+gradient it steps with is kept.
 TRL's `GRPOTrainer._compute_loss` then gets the same prompts and response tokens (its advantages computed as
 TRL does: group mean, the group's sample std + 1e-4; its reference log-probs from its own fp32 reference under the
 same bf16 autocast) on a fresh copy of the SFT weights, and its gradient is taken. Prints the parts each tool
@@ -24,10 +25,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from rl_efficiency import task_reward  # the benchmark's reward, from the script beside this one
 
-from rlhfkit.data import prompt_key, read_prompts
 from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.headroom import gold
 from rlhfkit.demo.labelers import make_panel
 from rlhfkit.losses import group_normalized
 from rlhfkit.train import ppo as ppo_module
@@ -130,7 +130,9 @@ def main() -> None:
     p.add_argument("run", type=Path, help="a finished demo run (runs/<name>): sft/, data/")
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--kl-coef", type=float, default=0.05)
-    p.add_argument("--reward-scale", type=float, default=5.0)
+    p.add_argument("--reward", choices=("gold", "rm"), default="gold",
+                   help="the judges' rubric (gold) or the run's round-1 RM (rm), as rl_efficiency.py --reward")
+    p.add_argument("--reward-scale", type=float, default=5.0, help="--reward gold: the gold score times this")
     p.add_argument("--noise", type=int, default=0, metavar="N",
                    help="also take N more rlhfkit gradients from independent batches and measure the gradient's "
                         "signal share")
@@ -141,11 +143,7 @@ def main() -> None:
 
     cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
     judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
-    by_key = {prompt_key(x.prompt): x for x in read_prompts(args.run / "data" / "ppo_prompts.jsonl").records}
-
-    def reward(prompts: list, responses: list[str]) -> torch.Tensor:
-        return torch.tensor([args.reward_scale * gold(judges, by_key[prompt_key(q)], r, True)
-                             for q, r in zip(prompts, responses, strict=True)])
+    reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
 
     exp, g_rlhfkit = rlhfkit_step(args, cfg, reward, overrides, cfg.seed)
     g_trl, trl = trl_gradient(args, cfg, exp)

@@ -2,10 +2,12 @@
 
     python benchmarks/rl_efficiency.py runs/demo --budget 1200
 
-From a finished demo run: its SFT SmolLM2 as the policy and the frozen reference, its PPO prompts, and a
-programmatic reward, the held-out judges' own noise-free rubric (the demo's gold score x --reward-scale), so the
-reward every method climbs is exact and the same. Each method gets the same wall-clock budget on this machine,
-counted from the call that builds it (model loading included) to its last update, evaluations excluded:
+From a finished demo run: its SFT SmolLM2 as the policy and the frozen reference, its PPO prompts, and one reward
+for every method: by default a programmatic one, the held-out judges' own noise-free rubric (the demo's gold score
+x --reward-scale), so the reward is exact; with --reward rm the run's round-1 RM, the proxy the demo's PPO climbs
+(the rubric's gradient is noise at this batch size: grpo_step_parity.py --noise; use another --out per reward).
+Each method gets the same wall-clock budget on this machine, counted from the call that builds it (model loading
+included) to its last update, evaluations excluded:
   rlhfkit-gae    `rlhfkit ppo --advantage gae`: a value model, GAE, KL in the reward (k1), the paper's PPO
   rlhfkit-rloo   `--advantage rloo`: no critic, the leave-one-out mean of a prompt's other samples as baseline
   rlhfkit-grpo   `--advantage grpo --kl-in loss --kl-estimator k3`: GRPO's form
@@ -19,7 +21,7 @@ policy on the run's held-out headroom prompts and gives gold, proxy (the run's R
 sequence), identical for every method; and each update round's own rollouts give a free in-sample curve for every
 method: their mean reward and KL to SFT (the per-sequence sum of log π − log π_SFT; `--eval-every 0` keeps only
 this one, for runs over several `--seed`s). Prints the curves, when each rlhfkit method first reaches TRL GRPO's final
-gold, and writes rl_efficiency.png. Needs `pip install -e '.[bench]'`.
+held-out gold (--reward rm: its held-out RM score), and writes rl_efficiency.png. Needs `pip install -e '.[bench]'`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from rlhfkit.demo.evaluate import GoldProxy
 from rlhfkit.demo.headroom import gold
 from rlhfkit.demo.labelers import make_panel
 from rlhfkit.models import default_device, mixed_precision
+from rlhfkit.models.reward import load_reward_model, score
 from rlhfkit.train.ppo import train_ppo
 
 METHODS = ("trl-grpo", "rlhfkit-grpo", "rlhfkit-rloo", "rlhfkit-gae", "trl-rloo")
@@ -180,9 +183,28 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
     return clock
 
 
-def reached(curve: list[dict], target: float) -> dict | None:
-    """The first evaluation of a curve at or above `target` gold (its seconds, episodes, KL, ...)."""
-    return next((p for p in curve if p["gold"] >= target), None)
+def task_reward(run: Path, cfg: DemoConfig, judges: list, kind: str, scale: float):
+    """The reward every method climbs, one callable for both tools: `gold`, the held-out judges' noise-free rubric
+    (the demo's gold score) x `scale`; or `rm`, the run's round-1 reward model (the proxy the demo's PPO climbs),
+    each response read as a finished answer (both tools pass text, so neither says where a response was cut)."""
+    by_key = {prompt_key(x.prompt): x for x in read_prompts(run / "data" / "ppo_prompts.jsonl").records}
+    if kind == "gold":
+        return lambda prompts, responses: torch.tensor(
+            [scale * gold(judges, by_key[prompt_key(q)], r, True) for q, r in zip(prompts, responses, strict=True)])
+    rm, rm_tok = load_reward_model(run / "round1" / "rm")
+    rm.to(default_device()).eval()
+    bf16 = mixed_precision(cfg.ppo.dtype, default_device()) == "bf16"
+
+    def rm_reward(prompts: list, responses: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return score(rm, rm_tok, prompts, responses, autocast=bf16).float().cpu()
+
+    return rm_reward
+
+
+def reached(curve: list[dict], target: float, key: str) -> dict | None:
+    """The first evaluation of a curve at or above `target` in `key` (gold or proxy)."""
+    return next((p for p in curve if p[key] >= target), None)
 
 
 def main() -> None:
@@ -200,7 +222,11 @@ def main() -> None:
     p.add_argument("--rlhfkit-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="PPO options for the rlhfkit methods only, e.g. dtype=fp32 frozen_dtype=fp32 (a diagnosis)")
     p.add_argument("--kl-coef", type=float, default=0.05)
-    p.add_argument("--reward-scale", type=float, default=5.0, help="the gold score (0-1) times this is the reward")
+    p.add_argument("--reward", choices=("gold", "rm"), default="gold",
+                   help="what every method climbs: the judges' rubric (gold; the target is TRL's final held-out "
+                        "gold) or the run's RM (rm; the target is TRL's final held-out RM score, the proxy)")
+    p.add_argument("--reward-scale", type=float, default=5.0, help="--reward gold: the gold score (0-1) times this "
+                   "is the reward")
     p.add_argument("--gold-samples", type=int, default=None,
                    help="policy samples per headroom prompt at each evaluation (default: the demo's, 2); the gold "
                         "mean's standard error on the default demo's 50 prompts is 0.011 at 2 and 0.004 at 8")
@@ -215,11 +241,7 @@ def main() -> None:
         cfg = cfg.model_copy(update={"gold_samples": args.gold_samples})
     judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
     check = GoldProxy(args.run, cfg, args.run / "round1" / "rm", judges) if args.eval_every else None
-    by_key = {prompt_key(x.prompt): x for x in read_prompts(args.run / "data" / "ppo_prompts.jsonl").records}
-
-    def reward(prompts: list, responses: list[str]) -> torch.Tensor:
-        return torch.tensor([args.reward_scale * gold(judges, by_key[prompt_key(q)], r, True)
-                             for q, r in zip(prompts, responses, strict=True)])
+    reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
 
     sft_gold = json.loads((args.run / "stages.json").read_text()).get("headroom", {}).get("result", {}).get("sft_gold")
     print(f"SFT's gold on the headroom prompts (the demo's headroom stage): {sft_gold}")
@@ -239,20 +261,22 @@ def main() -> None:
         print(f"{method} update rounds (episodes: reward / KL): "
               + "; ".join(f"{x['episodes']}: {x['reward']:.3f} / {x['kl']:.2f}" for x in rounds))
     evaluated = {m: r for m, r in results.items() if r["curve"]}
-    print("\n| method | final gold | KL to SFT | all met | episodes | episodes/s |")
-    print("|---|---|---|---|---|---|")
+    print("\n| method | final gold | final proxy (RM) | KL to SFT | all met | episodes | episodes/s |")
+    print("|---|---|---|---|---|---|---|")
     for method, r in evaluated.items():
         last = r["curve"][-1]
-        print(f"| {method} | {last['gold']:.3f} | {last['kl']:.2f} | {last['all_met']:.1%} | {last['episodes']} | "
+        print(f"| {method} | {last['gold']:.3f} | {last['proxy']:+.3f} | {last['kl']:.2f} | {last['all_met']:.1%} | "
+              f"{last['episodes']} | "
               f"{last['episodes'] / last['seconds']:.2f} |")
+    key = "gold" if args.reward == "gold" else "proxy"  # the held-out score of what the methods climb
     if "trl-grpo" in evaluated:
         trl = results["trl-grpo"]["curve"]
-        target = trl[-1]["gold"]
-        first = reached(trl, target)
-        print(f"\nTRL GRPO's final gold {target:.3f} (start: {trl[0]['gold']:.3f}), first reached at "
+        target = trl[-1][key]
+        first = reached(trl, target, key)
+        print(f"\nTRL GRPO's final held-out {key} {target:.3f} (start: {trl[0][key]:.3f}), first reached at "
               f"{first['seconds']:.0f} s, KL {first['kl']:.2f} (final KL {trl[-1]['kl']:.2f})")
         for method in (m for m in evaluated if m.startswith("rlhfkit")):
-            at = reached(results[method]["curve"], target)
+            at = reached(results[method]["curve"], target, key)
             # the same gold at a much larger KL is not the same result: print both
             print(f"  {method}: " + (f"reached it at {at['seconds']:.0f} s = {at['seconds'] / first['seconds']:.2f}x "
                                      f"TRL's time, {at['episodes']} episodes, KL {at['kl']:.2f}" if at is not None
@@ -266,11 +290,11 @@ def main() -> None:
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     for method, r in results.items():
         c, rounds = r["curve"], r.get("rounds", [])
-        axes[0].plot([x["seconds"] for x in c], [x["gold"] for x in c], marker=".", label=method)
-        axes[1].plot([x["episodes"] for x in c], [x["gold"] for x in c], marker=".", label=method)
+        axes[0].plot([x["seconds"] for x in c], [x[key] for x in c], marker=".", label=method)
+        axes[1].plot([x["episodes"] for x in c], [x[key] for x in c], marker=".", label=method)
         axes[2].plot([x["seconds"] for x in c], [x["kl"] for x in c], marker=".", label=method)
         axes[3].plot([x["episodes"] for x in rounds], [x["kl"] for x in rounds], marker=".", label=method)
-    for ax, (x, y) in zip(axes, [("training seconds", "held-out gold"), ("episodes", "held-out gold"),
+    for ax, (x, y) in zip(axes, [("training seconds", f"held-out {key}"), ("episodes", f"held-out {key}"),
                                  ("training seconds", "KL to SFT (nats/sequence)"),
                                  ("episodes", "KL to SFT on the round's own rollouts")], strict=True):
         ax.set_xlabel(x)
