@@ -136,6 +136,7 @@ def main() -> None:
     p.add_argument("--noise", type=int, default=0, metavar="N",
                    help="also take N more rlhfkit gradients from independent batches and measure the gradient's "
                         "signal share")
+    p.add_argument("--skip-trl", action="store_true", help="only rlhfkit's gradients (with --noise: the signal share)")
     p.add_argument("--rlhfkit-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="PPO options for rlhfkit, e.g. frozen_dtype=fp32")
     args = p.parse_args()
@@ -146,11 +147,16 @@ def main() -> None:
     reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
 
     exp, g_rlhfkit = rlhfkit_step(args, cfg, reward, overrides, cfg.seed)
+    mask, scores, groups = exp.rollouts.mask.cpu(), exp.scores.cpu(), exp.rollouts.prompt_of.cpu()
+    within = torch.stack([scores[groups == g].std() for g in groups.unique()]).mean()
+    print(f"rollouts: {len(scores)}, response tokens {int(mask.sum())}, ended {exp.rollouts.ended.float().mean():.0%}, "
+          f"reward mean {scores.mean():.3f}, std {scores.std():.3f}, within a prompt {within:.3f}")
+    if args.skip_trl:
+        if args.noise:
+            gradient_noise(args, cfg, reward, overrides, g_rlhfkit.float())
+        return
     g_trl, trl = trl_gradient(args, cfg, exp)
-    mask = exp.rollouts.mask.cpu()
-    ours_adv = group_normalized(exp.scores.cpu(), exp.rollouts.prompt_of.cpu())
-    print(f"rollouts: {len(exp.scores)}, response tokens {int(mask.sum())}, "
-          f"ended {exp.rollouts.ended.float().mean():.0%}")
+    ours_adv = group_normalized(scores, groups)
     print(f"advantages: rlhfkit |A| mean {ours_adv.abs().mean():.4f}, TRL {trl['advantages'].abs().mean():.4f}, "
           f"ratio {(ours_adv.abs().mean() / trl['advantages'].abs().mean()):.4f}")
     d = (exp.ref_logprobs.cpu() - trl["ref_logprobs"]) * mask
