@@ -13,7 +13,8 @@ same bf16 autocast) on a fresh copy of the SFT weights, and its gradient is take
 computes (advantages, reference log-probs, policy − reference at step 0) side by side, and the two gradients'
 cosine and norm ratio.
 With --noise N, N more rlhfkit gradients from independent batches (other prompts and samples, the same SFT
-weights) measure how much of one update is signal: the mean pairwise dot product over the mean squared norm.
+weights) measure how much of one update is signal: the mean pairwise dot product over the mean squared norm
+(--skip-trl: only that; --reward length, the response's word count, is a positive control for it).
 Needs `pip install -e '.[bench]'`.
 """
 
@@ -130,8 +131,10 @@ def main() -> None:
     p.add_argument("run", type=Path, help="a finished demo run (runs/<name>): sft/, data/")
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--kl-coef", type=float, default=0.05)
-    p.add_argument("--reward", choices=("gold", "rm"), default="gold",
-                   help="the judges' rubric (gold) or the run's round-1 RM (rm), as rl_efficiency.py --reward")
+    p.add_argument("--reward", choices=("gold", "rm", "length"), default="gold",
+                   help="the judges' rubric (gold) or the run's round-1 RM (rm), as rl_efficiency.py --reward; or "
+                        "a positive control for --noise, the response's word count (length), which any policy "
+                        "gradient climbs")
     p.add_argument("--reward-scale", type=float, default=5.0, help="--reward gold: the gold score times this")
     p.add_argument("--noise", type=int, default=0, metavar="N",
                    help="also take N more rlhfkit gradients from independent batches and measure the gradient's "
@@ -144,7 +147,11 @@ def main() -> None:
 
     cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
     judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
-    reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
+    if args.reward == "length":
+        def reward(prompts: list, responses: list[str]) -> torch.Tensor:
+            return torch.tensor([float(len(r.split())) for r in responses])
+    else:
+        reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
 
     exp, g_rlhfkit = rlhfkit_step(args, cfg, reward, overrides, cfg.seed)
     mask, scores, groups = exp.rollouts.mask.cpu(), exp.scores.cpu(), exp.rollouts.prompt_of.cpu()
