@@ -147,11 +147,7 @@ def main() -> None:
 
     cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
     judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
-    if args.reward == "length":
-        def reward(prompts: list, responses: list[str]) -> torch.Tensor:
-            return torch.tensor([float(len(r.split())) for r in responses])
-    else:
-        reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
+    reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
 
     exp, g_rlhfkit = rlhfkit_step(args, cfg, reward, overrides, cfg.seed)
     mask, scores, groups = exp.rollouts.mask.cpu(), exp.scores.cpu(), exp.rollouts.prompt_of.cpu()

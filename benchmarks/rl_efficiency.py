@@ -5,7 +5,7 @@
 From a finished demo run: its SFT SmolLM2 as the policy and the frozen reference, its PPO prompts, and one reward
 for every method: by default a programmatic one, the held-out judges' own noise-free rubric (the demo's gold score
 x --reward-scale), so the reward is exact; with --reward rm the run's round-1 RM, the proxy the demo's PPO climbs
-(the rubric's gradient is noise at this batch size: grpo_step_parity.py --noise; use another --out per reward).
+(use another --out per reward; grpo_step_parity.py --noise measured both as noise in a 64-episode update).
 Each method gets the same wall-clock budget on this machine, counted from the call that builds it (model loading
 included) to its last update, evaluations excluded:
   rlhfkit-gae    `rlhfkit ppo --advantage gae`: a value model, GAE, KL in the reward (k1), the paper's PPO
@@ -186,7 +186,10 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
 def task_reward(run: Path, cfg: DemoConfig, judges: list, kind: str, scale: float):
     """The reward every method climbs, one callable for both tools: `gold`, the held-out judges' noise-free rubric
     (the demo's gold score) x `scale`; or `rm`, the run's round-1 reward model (the proxy the demo's PPO climbs),
-    each response read as a finished answer (both tools pass text, so neither says where a response was cut)."""
+    each response read as a finished answer (both tools pass text, so neither says where a response was cut); or
+    `length`, the response's word count, a control any policy gradient climbs (grpo_step_parity.py --noise)."""
+    if kind == "length":
+        return lambda prompts, responses: torch.tensor([float(len(r.split())) for r in responses])
     by_key = {prompt_key(x.prompt): x for x in read_prompts(run / "data" / "ppo_prompts.jsonl").records}
     if kind == "gold":
         return lambda prompts, responses: torch.tensor(
@@ -195,9 +198,8 @@ def task_reward(run: Path, cfg: DemoConfig, judges: list, kind: str, scale: floa
     rm.to(default_device()).eval()
     bf16 = mixed_precision(cfg.ppo.dtype, default_device()) == "bf16"
 
-    def rm_reward(prompts: list, responses: list[str]) -> torch.Tensor:
-        with torch.no_grad():
-            return score(rm, rm_tok, prompts, responses, autocast=bf16).float().cpu()
+    def rm_reward(prompts: list, responses: list[str]) -> torch.Tensor:  # `score` runs without gradients
+        return score(rm, rm_tok, prompts, responses, autocast=bf16).float().cpu()
 
     return rm_reward
 
