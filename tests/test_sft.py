@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from rlhfkit.cli import app
 from rlhfkit.config import SFTConfig, load_config
 from rlhfkit.data import encode_prompt
 from rlhfkit.models import load_causal_lm
-from rlhfkit.train.common import NonFiniteLoss, RunExists
+from rlhfkit.train.common import NonFiniteLoss, RunExists, seconds_before_resume
 from rlhfkit.train.sft import train_sft
 
 
@@ -51,7 +52,10 @@ def test_resume_gives_the_same_losses(tmp_path, tiny_llama, demos_file):
         train_sft(resumed_cfg, on_step=kill_after_3)
     with pytest.raises(RunExists):  # a second run into the same folder never overwrites it
         train_sft(resumed_cfg)
+    before = seconds_before_resume(Path(resumed_cfg.output_dir))  # the time up to the checkpoint counts on resume
+    assert before > 0
     resumed = train_sft(resumed_cfg.model_copy(update={"resume": True}))
+    assert seconds_before_resume(resumed.output_dir) > before
     a, b = metrics(straight.output_dir), metrics(resumed.output_dir)
     assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "lr", "grad_norm"):

@@ -236,7 +236,7 @@ def best_of_n_curve(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulat
     2, 4, ...: gold, proxy, KL and win rate against a random SFT sample (`best_of_n`); and where that RM agrees
     with the judges on those samples (`rm_vs_gold`)."""
     prompts = read_prompts(run_dir / "data" / "headroom_prompts.jsonl").records
-    samples = json.loads((run_dir / "evals" / "sft_samples.json").read_text())
+    samples = json.loads((run_dir / "evals" / "sft_samples.json").read_text())["samples"]
     rm, rm_tok = load_reward_model(rm_dir or run_dir / f"round{r}/rm")
     rm.to(default_device()).eval()
     flat = [(p, s) for p, ss in zip(prompts, samples, strict=True) for s in ss]

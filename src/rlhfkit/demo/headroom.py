@@ -49,10 +49,15 @@ def gold(judges: list[SimulatedLabeler], prompt: Prompt, text: str, ended: bool)
 
 def sft_samples(run_dir: Path, prompts: list[Prompt], n: int, max_new_tokens: int, temperature: float, top_p: float,
                 seed: int) -> list[list[dict]]:
-    """n responses of the SFT policy to each prompt (kept in evals/sft_samples.json)."""
+    """n responses of the SFT policy to each prompt, kept in evals/sft_samples.json with the settings that drew
+    them: a run resumed with other headroom settings samples again rather than reusing the wrong ones."""
     cache = run_dir / "evals" / "sft_samples.json"
+    settings = {"prompts": [p.prompt for p in prompts], "n": n, "max_new_tokens": max_new_tokens,
+                "temperature": temperature, "top_p": top_p, "seed": seed}
     if cache.exists():
-        return json.loads(cache.read_text())
+        kept = json.loads(cache.read_text())
+        if isinstance(kept, dict) and kept.get("settings") == settings:
+            return kept["samples"]
     model, tok = load(str(run_dir / "sft"))
     torch.manual_seed(seed)
     bf16 = mixed_precision("auto", default_device()) == "bf16"
@@ -61,7 +66,9 @@ def sft_samples(run_dir: Path, prompts: list[Prompt], n: int, max_new_tokens: in
     for i, text, ended in zip(roll.prompt_index, roll.texts, roll.ended, strict=True):
         out[i].append({"text": text, "ended": ended})
     cache.parent.mkdir(exist_ok=True)
-    cache.write_text(json.dumps(out))
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "samples": out}))
+    tmp.replace(cache)
     return out
 
 

@@ -35,6 +35,7 @@ from rlhfkit.demo.report import write_report
 from rlhfkit.feedback.export import agreement, export_rankings
 from rlhfkit.feedback.store import NotFound, Store
 from rlhfkit.sampling import sample_rankings
+from rlhfkit.train.common import seconds_before_resume
 from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.reward import train_reward
@@ -60,11 +61,15 @@ class Run:
             console.print(f"[dim]{name}: done earlier, skipped[/dim]")
             return self.state[name]["result"]
         console.rule(f"[bold]{name}[/bold]  ({self._elapsed()} elapsed)")
+        # an interrupted trainer continues from its checkpoint: the seconds it had trained up to it count too
+        carried = seconds_before_resume(trainer_dir) if trainer_dir is not None else 0.0
         start = time.perf_counter()
         result = fn()
         if trainer_dir is not None:
             shutil.rmtree(trainer_dir / "checkpoints", ignore_errors=True)
-        self.state[name] = {"result": result, "seconds": round(time.perf_counter() - start, 1)}
+        self.state[name] = {"result": result, "seconds": round(carried + time.perf_counter() - start, 1)}
+        if carried:
+            self.state[name]["resumed_after_seconds"] = carried
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.state, indent=1))
         os.replace(tmp, self.state_path)

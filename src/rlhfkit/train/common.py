@@ -215,6 +215,12 @@ class Checkpoints:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def seconds_before_resume(run_dir: Path) -> float:
+    """Wall seconds a trainer had run up to the checkpoint that --resume continues from (0 without one)."""
+    latest = Checkpoints(run_dir, None, 0).latest()
+    return json.loads((latest / "trainer_state.json").read_text()).get("seconds", 0.0) if latest else 0.0
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -417,6 +423,8 @@ class TrainLoop:
         self.extra_state: Callable[[], dict] = dict  # e.g. PPO's KL controller, kept in trainer_state.json
         self.step, self.best = 0, None
         self.history: list[dict] = []
+        # wall seconds of this training so far, kept in each checkpoint so a resumed run reports its whole time
+        self.started, self.seconds_before = time.perf_counter(), 0.0
 
     @property
     def device(self) -> torch.device:
@@ -532,6 +540,7 @@ class TrainLoop:
             if part.scheduler is not None:
                 part.scheduler.load_state_dict(state[f"{name}.scheduler"])
         self.step, self.best = info["step"], info.get("best_metric")
+        self.seconds_before = info.get("seconds", 0.0)
         console.print(f"resumed from {self.resume_from} at step {self.step}")
         return info
 
@@ -542,7 +551,8 @@ class TrainLoop:
                 state[f"{name}.optimizer"] = part.optimizer.state_dict()
             if part.scheduler is not None:
                 state[f"{name}.scheduler"] = part.scheduler.state_dict()
-        info = {"step": self.step, "best_metric": self.best, **self.extra_state()}
+        info = {"step": self.step, "best_metric": self.best,
+                "seconds": round(self.seconds_before + time.perf_counter() - self.started, 1), **self.extra_state()}
         self.save(f"step-{self.step}", self.write_resume, state, info, optimizers=True)
 
     # ---- one optimiser step ----
