@@ -13,7 +13,6 @@ sampling (prorated) + training, and accuracy points above chance per minute.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
@@ -25,7 +24,7 @@ import yaml
 from rlhfkit.data import Ranking, read_prompts, write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.headroom import gold
+from rlhfkit.demo.headroom import gold, read_sft_samples
 from rlhfkit.demo.labelers import make_panel
 from rlhfkit.demo.pipeline import spread
 from rlhfkit.models.reward import load_reward_model, score
@@ -35,7 +34,7 @@ from rlhfkit.train.reward import train_reward
 
 def gold_accuracy(run: Path, rm_dir: Path, judges) -> tuple[float, int]:
     prompts = read_prompts(run / "data/headroom_prompts.jsonl").records
-    samples = json.loads((run / "evals/sft_samples.json").read_text())
+    samples = read_sft_samples(run)
     quality = [[gold(judges, p, s["text"], s["ended"]) for s in ss] for p, ss in zip(prompts, samples, strict=True)]
     rm, tok = load_reward_model(rm_dir)
     flat = [(p, s) for p, ss in zip(prompts, samples, strict=True) for s in ss]

@@ -259,7 +259,7 @@ def test_labeling_interrupted_and_resumed_gives_the_straight_runs_rankings(tmp_p
 
 def test_headroom_samples_are_reused_only_with_the_settings_that_drew_them(tmp_path, tiny_llama):
     """A run resumed with other headroom settings samples again (the cache once crashed such a run)."""
-    from rlhfkit.demo.headroom import sft_samples
+    from rlhfkit.demo.headroom import read_sft_samples, sft_samples
 
     (tmp_path / "sft").symlink_to(tiny_llama)
     prompts = bundled_prompts()[:2]
@@ -268,4 +268,4 @@ def test_headroom_samples_are_reused_only_with_the_settings_that_drew_them(tmp_p
     more = sft_samples(tmp_path, prompts, 3, 4, 1.0, 1.0, seed=0)
     assert [len(s) for s in more] == [3, 3]
     (tmp_path / "sft").unlink()  # the same settings again: read back, no model needed
-    assert sft_samples(tmp_path, prompts, 3, 4, 1.0, 1.0, seed=0) == more
+    assert sft_samples(tmp_path, prompts, 3, 4, 1.0, 1.0, seed=0) == more == read_sft_samples(tmp_path)

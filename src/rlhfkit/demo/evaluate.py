@@ -16,7 +16,7 @@ from pathlib import Path
 from rlhfkit.console import console
 from rlhfkit.data import Prompt, read_prompts, write_jsonl
 from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.headroom import BEST_OF, best_of_n_by_rm, rm_agreement
+from rlhfkit.demo.headroom import BEST_OF, best_of_n_by_rm, read_sft_samples, rm_agreement
 from rlhfkit.demo.headroom import gold as gold_quality
 from rlhfkit.demo.labelers import SimulatedLabeler
 from rlhfkit.evaluation.constraints import is_refusal, satisfaction
@@ -236,7 +236,7 @@ def best_of_n_curve(run_dir: Path, cfg: DemoConfig, r: int, judges: list[Simulat
     2, 4, ...: gold, proxy, KL and win rate against a random SFT sample (`best_of_n`); and where that RM agrees
     with the judges on those samples (`rm_vs_gold`)."""
     prompts = read_prompts(run_dir / "data" / "headroom_prompts.jsonl").records
-    samples = json.loads((run_dir / "evals" / "sft_samples.json").read_text())["samples"]
+    samples = read_sft_samples(run_dir)
     rm, rm_tok = load_reward_model(rm_dir or run_dir / f"round{r}/rm")
     rm.to(default_device()).eval()
     flat = [(p, s) for p, ss in zip(prompts, samples, strict=True) for s in ss]

@@ -72,6 +72,11 @@ def sft_samples(run_dir: Path, prompts: list[Prompt], n: int, max_new_tokens: in
     return out
 
 
+def read_sft_samples(run_dir: Path) -> list[list[dict]]:
+    """The headroom stage's SFT samples (evals/sft_samples.json), one list per headroom prompt."""
+    return json.loads((run_dir / "evals" / "sft_samples.json").read_text())["samples"]
+
+
 def headroom(prompts: list[Prompt], samples: list[list[dict]], judges: list[SimulatedLabeler], bootstrap: int = 1000,
              seed: int = 0) -> dict:
     """SFT's all-constraints-met rate over every sample, and the oracle best-of-n win rate against a random SFT
