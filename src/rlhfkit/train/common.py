@@ -552,7 +552,7 @@ class TrainLoop:
             if part.scheduler is not None:
                 state[f"{name}.scheduler"] = part.scheduler.state_dict()
         info = {"step": self.step, "best_metric": self.best,
-                "seconds": round(self.seconds_before + time.perf_counter() - self.started, 1), **self.extra_state()}
+                "seconds": round(self.seconds_before + time.perf_counter() - self.started, 3), **self.extra_state()}
         self.save(f"step-{self.step}", self.write_resume, state, info, optimizers=True)
 
     # ---- one optimiser step ----
