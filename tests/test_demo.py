@@ -188,7 +188,7 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
     for row in ("ppo-ptx r1 vs sft", "ppo-ptx r1 vs base", "sft vs base", "ppo r1 (γ=0)", "ppo-ptx r2 vs sft",
                 "dpo r1 vs sft", "ppo-ptx gae r1 vs sft", "grpo-ptx r1 vs sft", "| best-of-4 by RM |"):
         assert row in report
-    assert "training seconds" in report
+    assert "training seconds" in report and "The training steps alone: ppo-ptx r1 " in report
     run = tmp_path / "quick"
     for artefact in ("ppo_curves.png", "win_rates.png", "agreement.png", "gold_vs_proxy.png", "sft/config.json",
                      "round2/rm", "round1/ppo-no-ptx", "round1/dpo/model.safetensors", "round1/grpo/model.safetensors",
