@@ -21,7 +21,7 @@ def _num(x, digits=3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _ppo_history(folder: Path) -> list[dict]:
+def _metrics_history(folder: Path) -> list[dict]:
     path = folder / "logs" / "metrics.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
@@ -75,7 +75,7 @@ def _plots(run_dir: Path, cfg: DemoConfig, state: dict) -> list[str]:
             runs += [(ALTERNATIVE_NAMES[alt], run_dir / "round1" / ALTERNATIVE_DIRS[alt]) for alt in cfg.compare
                      if alt != "dpo"]
         for label, folder in runs:
-            h = _ppo_history(folder)
+            h = _metrics_history(folder)
             if h:
                 a.plot([x["step"] for x in h], [x["score"] for x in h], marker=".", label=label)
                 b.plot([x["step"] for x in h], [x["kl"] for x in h], marker=".", label=label)
@@ -173,7 +173,7 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
                          f"{_pct(m['refusal_harmless'])} | "
                          f"{_num(m['rm_score'])} | {_num(m.get('kl_to_sft'), 2)} | {_num(m['prose_perplexity'], 2)} | "
                          f"{_pct(m['no_eos'])} |")
-        lines += _gold_proxy_table(ev, r, _training_seconds(state, cfg, r), _iteration_seconds(run_dir, cfg, r))
+        lines += _gold_proxy_table(ev, r, _training_seconds(state, cfg, r), _step_seconds(run_dir, cfg, r))
         lines += _rm_vs_gold(ev.get("rm_vs_gold"), r)
         lines += ["", "| comparison | win rate | 95% interval |", "|---|---|---|"]
         for k, v in ev["win_rates"].items():
@@ -202,15 +202,15 @@ def _training_seconds(state: dict, cfg: DemoConfig, r: int) -> dict[str, float]:
     return {name: state[stage]["seconds"] for name, stage in _trained_policies(cfg, r).items() if stage in state}
 
 
-def _iteration_seconds(run_dir: Path, cfg: DemoConfig, r: int) -> dict[str, float]:
+def _step_seconds(run_dir: Path, cfg: DemoConfig, r: int) -> dict[str, float]:
     """Seconds in the training steps alone (for PPO: sampling, scoring, updates) of each trained policy: its stage's
     seconds also hold loading, saving and, for PPO-ptx, the gold/proxy checks every `gold_every` iterations."""
-    seconds = {name: sum(row.get("step_seconds", 0.0) for row in _ppo_history(run_dir / stage))
+    seconds = {name: sum(row.get("step_seconds", 0.0) for row in _metrics_history(run_dir / stage))
                for name, stage in _trained_policies(cfg, r).items()}
     return {name: s for name, s in seconds.items() if s > 0}
 
 
-def _gold_proxy_table(ev: dict, r: int, seconds: dict[str, float], iterations: dict[str, float]) -> list[str]:
+def _gold_proxy_table(ev: dict, r: int, seconds: dict[str, float], steps: dict[str, float]) -> list[str]:
     """Gold, proxy, KL, constraints, win rate vs SFT and training time for SFT, best-of-n by the RM, PPO-ptx and
     the alternatives trained on the same data (`compare`)."""
     if not ev.get("best_of_n"):
@@ -232,10 +232,10 @@ def _gold_proxy_table(ev: dict, r: int, seconds: dict[str, float], iterations: d
             lines.append(f"| {name} | {_num(m.get('gold'))} | {_num(m['rm_score'])} | {_num(m.get('kl_to_sft'), 2)} | "
                          f"{_pct(m['constraints_all_met'])} | {_pct(win.get('win_rate'))}{interval} | "
                          f"{f'{seconds[name]:.0f}' if name in seconds else '–'} |")
-    if iterations:
+    if steps:
         lines += ["", "Training seconds are each stage's wall time; that of PPO-ptx also holds its gold/proxy checks "
                   "along the way. The training steps alone: " +
-                  ", ".join(f"{name} {s:.0f} s" for name, s in iterations.items()) + "."]
+                  ", ".join(f"{name} {s:.0f} s" for name, s in steps.items()) + "."]
     return lines
 
 
