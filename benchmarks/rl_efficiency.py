@@ -5,7 +5,10 @@
 From a finished demo run: its SFT SmolLM2 as the policy and the frozen reference, its PPO prompts, and one reward
 for every method: by default a programmatic one, the held-out judges' own noise-free rubric (the demo's gold score
 x --reward-scale), so the reward is exact; with --reward rm the run's round-1 RM, the proxy the demo's PPO climbs
-(use another --out per reward; grpo_step_parity.py --noise measured both as noise in a 64-episode update).
+(use another --out per reward; grpo_step_parity.py --noise measured both as noise in a 64-episode update); with
+--reward length the response's word count, a control every policy gradient climbs in 64-episode updates, which
+measures learning speed where there is signal to learn (with --eval-every 0: the target is then TRL GRPO's final
+in-sample reward, a 3-round mean).
 Each method gets the same wall-clock budget on this machine, counted from the call that builds it (model loading
 included) to its last update, evaluations excluded:
   rlhfkit-gae    `rlhfkit ppo --advantage gae`: a value model, GAE, KL in the reward (k1), the paper's PPO
@@ -209,6 +212,13 @@ def reached(curve: list[dict], target: float, key: str) -> dict | None:
     return next((p for p in curve if p[key] >= target), None)
 
 
+def trailing(rounds: list[dict], window: int = 3) -> list[dict]:
+    """Update rounds with their reward as the mean of the last `window` rounds': one round's 64 episodes are a noisy
+    estimate of the policy's reward, so a target is reached when the trailing mean reaches it."""
+    return [r | {"reward": sum(x["reward"] for x in rounds[max(0, i - window + 1) : i + 1]) / min(i + 1, window)}
+            for i, r in enumerate(rounds)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a finished demo run (runs/<name>): sft/, round1/rm, data/")
@@ -224,9 +234,11 @@ def main() -> None:
     p.add_argument("--rlhfkit-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="PPO options for the rlhfkit methods only, e.g. dtype=fp32 frozen_dtype=fp32 (a diagnosis)")
     p.add_argument("--kl-coef", type=float, default=0.05)
-    p.add_argument("--reward", choices=("gold", "rm"), default="gold",
+    p.add_argument("--reward", choices=("gold", "rm", "length"), default="gold",
                    help="what every method climbs: the judges' rubric (gold; the target is TRL's final held-out "
-                        "gold) or the run's RM (rm; the target is TRL's final held-out RM score, the proxy)")
+                        "gold), the run's RM (rm; the target is TRL's final held-out RM score, the proxy) or the "
+                        "response's word count (length: a control with signal in a 64-episode update; use it with "
+                        "--eval-every 0, the target then TRL's final in-sample reward)")
     p.add_argument("--reward-scale", type=float, default=5.0, help="--reward gold: the gold score (0-1) times this "
                    "is the reward")
     p.add_argument("--gold-samples", type=int, default=None,
@@ -263,8 +275,9 @@ def main() -> None:
         print(f"{method} update rounds (episodes: reward / KL): "
               + "; ".join(f"{x['episodes']}: {x['reward']:.3f} / {x['kl']:.2f}" for x in rounds))
     evaluated = {m: r for m, r in results.items() if r["curve"]}
-    print("\n| method | final gold | final proxy (RM) | KL to SFT | all met | episodes | episodes/s |")
-    print("|---|---|---|---|---|---|---|")
+    if evaluated:
+        print("\n| method | final gold | final proxy (RM) | KL to SFT | all met | episodes | episodes/s |")
+        print("|---|---|---|---|---|---|---|")
     for method, r in evaluated.items():
         last = r["curve"][-1]
         print(f"| {method} | {last['gold']:.3f} | {last['proxy']:+.3f} | {last['kl']:.2f} | {last['all_met']:.1%} | "
@@ -284,23 +297,41 @@ def main() -> None:
                                      f"TRL's time, {at['episodes']} episodes, KL {at['kl']:.2f}" if at is not None
                                      else "did not reach it in the budget"))
 
+    if "trl-grpo" in results and results["trl-grpo"].get("rounds"):  # in-sample, free: every run has it
+        trl = trailing(results["trl-grpo"]["rounds"])
+        target, end = trl[-1]["reward"], results["trl-grpo"]["rounds"][-1]
+        first = reached(trl, target, "reward")
+        print(f"\nTRL GRPO's final in-sample reward (mean of its last 3 rounds) {target:.3f} (first round: "
+              f"{trl[0]['reward']:.3f}), first reached at {first['seconds']:.0f} s, {first['episodes']} episodes, "
+              f"KL {first['kl']:.2f} (final: {end['seconds']:.0f} s, {end['episodes']} episodes, KL {end['kl']:.2f})")
+        for method in (m for m in results if m.startswith("rlhfkit") and results[m].get("rounds")):
+            at = reached(trailing(results[method]["rounds"]), target, "reward")
+            print(f"  {method}: " + (f"reached it at {at['seconds']:.0f} s = {at['seconds'] / first['seconds']:.2f}x "
+                                     f"TRL's time, {at['episodes']} episodes, KL {at['kl']:.2f}" if at is not None
+                                     else "did not reach it in the budget"))
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    # without evaluations (--eval-every 0) the first three panels show the update rounds' own rollouts
+    in_sample = not any(r["curve"] for r in results.values())
+    y = "reward" if in_sample else key
     for method, r in results.items():
-        c, rounds = r["curve"], r.get("rounds", [])
-        axes[0].plot([x["seconds"] for x in c], [x[key] for x in c], marker=".", label=method)
-        axes[1].plot([x["episodes"] for x in c], [x[key] for x in c], marker=".", label=method)
+        rounds = r.get("rounds", [])
+        c = trailing(rounds) if in_sample else r["curve"]
+        axes[0].plot([x["seconds"] for x in c], [x[y] for x in c], marker=".", label=method)
+        axes[1].plot([x["episodes"] for x in c], [x[y] for x in c], marker=".", label=method)
         axes[2].plot([x["seconds"] for x in c], [x["kl"] for x in c], marker=".", label=method)
         axes[3].plot([x["episodes"] for x in rounds], [x["kl"] for x in rounds], marker=".", label=method)
-    for ax, (x, y) in zip(axes, [("training seconds", f"held-out {key}"), ("episodes", f"held-out {key}"),
-                                 ("training seconds", "KL to SFT (nats/sequence)"),
-                                 ("episodes", "KL to SFT on the round's own rollouts")], strict=True):
-        ax.set_xlabel(x)
-        ax.set_ylabel(y)
+    score = "round reward (mean of the last 3 rounds)" if in_sample else f"held-out {key}"
+    kl = "KL to SFT on the round's own rollouts" if in_sample else "KL to SFT (nats/sequence)"
+    for ax, (xlabel, ylabel) in zip(axes, [("training seconds", score), ("episodes", score), ("training seconds", kl),
+                                           ("episodes", "KL to SFT on the round's own rollouts")], strict=True):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out / "rl_efficiency.png", dpi=120)
