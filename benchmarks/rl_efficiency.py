@@ -246,6 +246,8 @@ def main() -> None:
                         "mean's standard error on the default demo's 50 prompts is 0.011 at 2 and 0.004 at 8")
     p.add_argument("--out", type=Path, default=Path("runs/rl-efficiency"))
     args = p.parse_args()
+    if args.reward == "length" and args.eval_every:  # the held-out check scores gold and the RM, not length
+        p.error("--reward length is measured on the update rounds' own rollouts: give it --eval-every 0")
     args.rlhfkit_set = dict(kv.split("=", 1) for kv in args.rlhfkit_set)  # pydantic converts the strings
     args.out.mkdir(parents=True, exist_ok=True)
 
