@@ -64,11 +64,13 @@ class Clock:
         self.start, self.eval_seconds, self.next_eval = time.perf_counter(), 0.0, 0.0
         self.episodes, self.curve, self.rounds = 0, [], []
 
-    def record_round(self, reward: float, kl: float) -> None:
+    def record_round(self, reward: float, kl: float, update_seconds: float = 0.0) -> None:
         """An update round's own rollouts (in-sample, free): their mean reward and KL to SFT, the per-sequence sum
-        of log π − log π_SFT over the sampled tokens (k1), both tools' policy and reference log-probs."""
-        self.rounds.append({"seconds": self.training_seconds(), "episodes": self.episodes, "reward": reward,
-                            "kl": kl})
+        of log π − log π_SFT over the sampled tokens (k1), both tools' policy and reference log-probs. The time is
+        when the rollouts were scored, before the round's update: TRL's hook runs then, rlhfkit's after the update,
+        whose `update_seconds` it takes off (the policy that earned the reward is the one before the update)."""
+        self.rounds.append({"seconds": self.training_seconds() - update_seconds, "episodes": self.episodes,
+                            "reward": reward, "kl": kl})
         print(f"  {self.rounds[-1]['seconds']:7.0f} s {self.episodes:6d} episodes: round's reward {reward:.3f} KL "
               f"{kl:.2f}", flush=True)
 
@@ -111,7 +113,7 @@ def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) ->
         return clock.maybe_evaluate(policy, tokenizer, force=clock.spent(args))
 
     def record(_, metrics: dict) -> None:
-        clock.record_round(metrics["score"], metrics["kl"])
+        clock.record_round(metrics["score"], metrics["kl"], metrics["seconds_train"])
         if clock.spent(args):
             raise BudgetSpent
 
