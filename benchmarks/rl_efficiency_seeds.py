@@ -9,7 +9,10 @@ two ways:
                   and every rlhfkit seed: rlhfkit's time to the same target as a multiple of TRL's
   seed means      each tool's round-by-round reward, KL and seconds averaged over its seeds (rounds every seed has),
                   the target TRL's mean final reward: the ratio of the two mean curves' times
-and the KL to SFT each had when it got there. Writes rl_efficiency_seeds.png (mean curves, each seed thin).
+and the KL to SFT each had when it got there. Reward bought per nat of KL: each seed's least-squares slope, through
+the origin, of its rounds' reward gain (over its first round) against their KL to SFT: the same slope is the same
+reward at the same KL, whichever tool gets there sooner. Writes rl_efficiency_seeds.png (mean curves, each seed
+thin; the rounds' reward gain against KL).
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ def mean_rounds(runs: list[list[dict]]) -> list[dict]:
     n = min(map(len, runs))
     return [{k: statistics.fmean(r[i][k] for r in runs) for k in ("seconds", "episodes", "reward", "kl")}
             for i in range(n)]
+
+
+def gain_per_nat(rounds: list[dict]) -> float:
+    """Least-squares slope through the origin of (reward − the first round's reward) against KL to SFT."""
+    gains = [(r["reward"] - rounds[0]["reward"], r["kl"]) for r in rounds]
+    return sum(g * k for g, k in gains) / sum(k * k for _, k in gains)
 
 
 def first_at(rounds: list[dict], target: float) -> dict | None:
@@ -87,12 +96,17 @@ def main() -> None:
               + "; ".join(f"{x['episodes']:.0f}: {x['reward']:.2f} / {x['kl']:.2f} / {x['seconds']:.0f}"
                           for x in rounds))
 
+    print("\nreward gained per nat of KL to SFT (each seed's slope through the origin):")
+    for method, runs in by_method.items():
+        slopes = [gain_per_nat(rounds) for rounds in runs.values()]
+        print(f"  {method}: mean {statistics.fmean(slopes):.2f} (seeds: {', '.join(f'{x:.2f}' for x in slopes)})")
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for i, (method, runs) in enumerate(by_method.items()):
         color = f"C{i}"
         for rounds in runs.values():
@@ -100,6 +114,8 @@ def main() -> None:
             axes[0].plot([x["seconds"] for x in t], [x["reward"] for x in t], color=color, alpha=0.3, lw=0.8)
             axes[1].plot([x["episodes"] for x in t], [x["reward"] for x in t], color=color, alpha=0.3, lw=0.8)
             axes[2].plot([x["episodes"] for x in rounds], [x["kl"] for x in rounds], color=color, alpha=0.3, lw=0.8)
+            axes[3].scatter([x["kl"] for x in rounds], [x["reward"] - rounds[0]["reward"] for x in rounds],
+                            color=color, s=12, label=method if rounds is next(iter(runs.values())) else None)
         m, t = means[method], trailing(means[method])
         label = f"{method} (mean of {len(runs)} seeds)"
         axes[0].plot([x["seconds"] for x in t], [x["reward"] for x in t], color=color, marker=".", label=label)
@@ -109,10 +125,13 @@ def main() -> None:
         ax.axhline(target, color="grey", ls=":", lw=0.8)
     for ax, (xlabel, ylabel) in zip(axes, [("training seconds", "round reward (mean of the last 3 rounds)"),
                                            ("episodes", "round reward (mean of the last 3 rounds)"),
-                                           ("episodes", "KL to SFT on the round's own rollouts")], strict=True):
+                                           ("episodes", "KL to SFT on the round's own rollouts"),
+                                           ("KL to SFT on the round's own rollouts",
+                                            "round reward less the seed's first round's")], strict=True):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     axes[0].legend(fontsize=8)
+    axes[3].legend(fontsize=8)
     fig.tight_layout()
     out = args.out or args.runs[0]
     out.mkdir(parents=True, exist_ok=True)
