@@ -64,15 +64,16 @@ class Clock:
         self.start, self.eval_seconds, self.next_eval = time.perf_counter(), 0.0, 0.0
         self.episodes, self.curve, self.rounds = 0, [], []
 
-    def record_round(self, reward: float, kl: float, update_seconds: float = 0.0) -> None:
+    def record_round(self, reward: float, kl: float, cut: float, update_seconds: float = 0.0) -> None:
         """An update round's own rollouts (in-sample, free): their mean reward and KL to SFT, the per-sequence sum
-        of log π − log π_SFT over the sampled tokens (k1), both tools' policy and reference log-probs. The time is
+        of log π − log π_SFT over the sampled tokens (k1), both tools' policy and reference log-probs, and the share
+        `cut` that ran out of tokens before EOS (where the word count saturates: --reward length). The time is
         when the rollouts were scored, before the round's update: TRL's hook runs then, rlhfkit's after the update,
         whose `update_seconds` it takes off (the policy that earned the reward is the one before the update)."""
         self.rounds.append({"seconds": self.training_seconds() - update_seconds, "episodes": self.episodes,
-                            "reward": reward, "kl": kl})
+                            "reward": reward, "kl": kl, "cut": cut})
         print(f"  {self.rounds[-1]['seconds']:7.0f} s {self.episodes:6d} episodes: round's reward {reward:.3f} KL "
-              f"{kl:.2f}", flush=True)
+              f"{kl:.2f}, cut off {cut:.0%}", flush=True)
 
     def training_seconds(self) -> float:
         return time.perf_counter() - self.start - self.eval_seconds
@@ -113,7 +114,7 @@ def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) ->
         return clock.maybe_evaluate(policy, tokenizer, force=clock.spent(args))
 
     def record(_, metrics: dict) -> None:
-        clock.record_round(metrics["score"], metrics["kl"], metrics["seconds_train"])
+        clock.record_round(metrics["score"], metrics["kl"], metrics["no_eos"], metrics["seconds_train"])
         if clock.spent(args):
             raise BudgetSpent
 
@@ -180,7 +181,8 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
             if trainer.model.training:
                 m = out["completion_mask"]
                 kl = ((out["old_per_token_logps"] - out["ref_per_token_logps"]) * m).sum(1).mean().item()
-                clock.record_round(trainer._metrics["train"]["reward"][-1], kl)
+                metrics = trainer._metrics["train"]
+                clock.record_round(metrics["reward"][-1], kl, metrics["completions/clipped_ratio"][-1])
             return out
 
         trainer._generate_and_score_completions = recorded
@@ -236,6 +238,8 @@ def main() -> None:
     p.add_argument("--rlhfkit-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="PPO options for the rlhfkit methods only, e.g. dtype=fp32 frozen_dtype=fp32 (a diagnosis)")
     p.add_argument("--kl-coef", type=float, default=0.05)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="every method's response budget (default: the "
+                   "demo's PPO, 48); the word count saturates near it, so --reward length races best below it")
     p.add_argument("--reward", choices=("gold", "rm", "length"), default="gold",
                    help="what every method climbs: the judges' rubric (gold; the target is TRL's final held-out "
                         "gold), the run's RM (rm; the target is TRL's final held-out RM score, the proxy) or the "
@@ -255,6 +259,8 @@ def main() -> None:
 
     cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
     args.seed = cfg.seed if args.seed is None else args.seed
+    if args.max_new_tokens:
+        cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"max_new_tokens": args.max_new_tokens})})
     if args.gold_samples:
         cfg = cfg.model_copy(update={"gold_samples": args.gold_samples})
     judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
