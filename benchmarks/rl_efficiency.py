@@ -17,7 +17,8 @@ included) to its last update, evaluations excluded:
   trl-grpo       TRL's GRPOTrainer (defaults: DAPO loss, group-std scaling; beta = KL coefficient, k3 in the loss)
   trl-rloo       TRL's RLOOTrainer (beta: KL in the reward)
 The same batch shape for all: 8 prompts x 8 samples = 64 episodes an update round, 2 passes over each (PPO epochs
-= TRL's num_iterations), one optimiser step per pass, lr, KL coefficient, temperature 1, 48 new tokens; no ptx.
+= TRL's num_iterations), one optimiser step per pass, lr, KL coefficient, temperature 1, 48 new tokens (or
+--max-new-tokens); no ptx.
 AdamW's beta2 is each tool's own default (rlhfkit 0.95, TRL 0.999) unless --adam-beta2 sets it for all.
 Every --eval-every seconds of training, one evaluator (the demo's gold-vs-proxy check) samples the current
 policy on the run's held-out headroom prompts and gives gold, proxy (the run's RM) and KL to SFT (nats per
