@@ -63,11 +63,12 @@ def run_all(root: Path) -> dict:
 
     prompts = root / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": f"tell me about the {w}"} for w in WORDS[:24]])
-    for name, kw in {"ppo-value-model": dict(shared_value_head=False, samples_per_prompt=1),
+    # (value_lr only where there is a value model: the shared head trains at the policy's lr)
+    for name, kw in {"ppo-value-model": dict(shared_value_head=False, samples_per_prompt=1, value_lr=1e-3),
                      "ppo-shared-head-rloo": dict(shared_value_head=True, samples_per_prompt=2, kl_target=2.0)}.items():
         cfg = PPOConfig(policy=str(sft.output_dir), reward_model=str(rm.output_dir), prompts=str(prompts),
                         ptx_data=str(demos), ptx_coef=0.5, output_dir=str(root / name), iterations=3, rollout_batch=8,
-                        minibatch_size=4, ppo_epochs=2, max_new_tokens=10, lr=1e-3, value_lr=1e-3, **common, **kw)
+                        minibatch_size=4, ppo_epochs=2, max_new_tokens=10, lr=1e-3, **common, **kw)
         out[name] = _log(train_ppo(cfg).output_dir, KEYS["ppo"])
     return out
 
