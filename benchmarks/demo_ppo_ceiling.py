@@ -44,7 +44,7 @@ def main() -> None:
 
     cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
     changes = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.set)}
-    ppo = type(cfg.ppo).model_validate({**cfg.ppo.model_dump(), **changes})
+    ppo = cfg.ppo.updated(**changes)
     rm_dir = args.rm or args.run / "round1" / "rm"
     judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
     check = GoldProxy(args.run, cfg.model_copy(update={"ppo": ppo}), rm_dir, judges)
@@ -62,9 +62,10 @@ def main() -> None:
     for reward in args.reward:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            result = train_ppo(ppo.model_copy(update={
+            result = train_ppo(ppo.updated(**{
                 "policy": str(args.run / "sft"), "reference": str(args.run / "sft"), "reward_model": str(rm_dir),
-                "prompts": str(args.run / "data" / "ppo_prompts.jsonl"), "ptx_data": str(args.run / "data" / "ptx.txt"),
+                "prompts": str(args.run / "data" / "ppo_prompts.jsonl"),
+                **({"ptx": {"data": str(args.run / "data" / "ptx.txt")}} if ppo.ptx else {}),
                 "output_dir": tmp, "seed": cfg.seed, "progress": False, "save_every": 0}),
                 reward_fn=oracle if reward == "oracle" else None, evaluate=check, eval_every=args.gold_every)
             seconds = time.perf_counter() - t0

@@ -59,9 +59,9 @@ def rlhfkit_step(args, cfg: DemoConfig, reward, overrides: dict, seed: int) -> t
     ppo_module.make_experience, TrainLoop.optimizer_step = keep_experience, keep_gradient
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            ppo = cfg.ppo.model_validate(cfg.ppo.model_dump() | {
+            ppo = cfg.ppo.updated(**{
                 "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
-                "prompts": str(args.run / "data" / "ppo_prompts.jsonl"), "ptx_coef": 0.0, "ptx_data": None,
+                "prompts": str(args.run / "data" / "ppo_prompts.jsonl"), "ptx": None,
                 "output_dir": tmp, "seed": seed, "progress": False, "save_every": 0, "samples_every": 10**6,
                 "iterations": 1, "missing_eos_penalty": None, "rollout_batch": PROMPTS * SAMPLES,
                 "samples_per_prompt": SAMPLES, "minibatch_size": PROMPTS * SAMPLES, "ppo_epochs": 1,

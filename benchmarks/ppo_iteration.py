@@ -115,7 +115,7 @@ def run_rlhfkit_ppo(prompts: list[str], rm_dir: Path, work: Path, args) -> dict:
     cfg = PPOConfig(policy=policy, reward_model=str(rm_dir), prompts=str(data), output_dir=str(work / "ppo"),
                     iterations=args.warmup + args.rounds, rollout_batch=len(prompts),
                     samples_per_prompt=args.samples_per_prompt, minibatch_size=8, ppo_epochs=1,
-                    max_new_tokens=args.new_tokens, ptx_coef=0.0, dtype="bf16", save_every=0, progress=False,
+                    max_new_tokens=args.new_tokens, dtype="bf16", save_every=0, progress=False,
                     samples_every=1000, rollout_engine=args.rollout_engine)
     history = train_ppo(cfg).history[args.warmup:]
     phases = {k: sum(h[f"seconds_{k}"] for h in history) / len(history) for k in ("generate", "score", "train")}

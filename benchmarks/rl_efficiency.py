@@ -119,11 +119,11 @@ def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) ->
         if clock.spent(args):
             raise BudgetSpent
 
-    with tempfile.TemporaryDirectory() as tmp:  # validated, not model_copy'd: --rlhfkit-set gives strings
-        ppo = cfg.ppo.model_validate(cfg.ppo.model_dump() | {
+    with tempfile.TemporaryDirectory() as tmp:  # validated: --rlhfkit-set gives strings
+        ppo = cfg.ppo.updated(**{
             "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
             "reward_model": str(args.run / "round1" / "rm"), "prompts": str(args.run / "data" / "ppo_prompts.jsonl"),
-            "ptx_coef": 0.0, "ptx_data": None, "output_dir": tmp, "seed": args.seed, "progress": False,
+            "ptx": None, "output_dir": tmp, "seed": args.seed, "progress": False,
             "save_every": 0, "samples_every": 10**6, "iterations": 10**6, "missing_eos_penalty": None,
             "rollout_batch": PROMPTS_PER_ROUND * SAMPLES, "samples_per_prompt": SAMPLES,
             "minibatch_size": PROMPTS_PER_ROUND * SAMPLES, "ppo_epochs": PASSES, "lr": args.lr,

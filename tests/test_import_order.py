@@ -9,7 +9,7 @@ import rlhfkit
 
 SRC = Path(rlhfkit.__file__).parent
 LAYERS = {  # the first dotted prefix that matches names a module's layer
-    "rlhfkit": 0, "rlhfkit.config": 0, "rlhfkit.console": 0,
+    "rlhfkit": 0, "rlhfkit.config": 0, "rlhfkit.console": 0, "rlhfkit.errors": -1,
     "rlhfkit.data": 1,
     "rlhfkit.feedback": 2,
     "rlhfkit.models": 2,
@@ -20,7 +20,7 @@ LAYERS = {  # the first dotted prefix that matches names a module's layer
     "rlhfkit.demo": 7,
     "rlhfkit.cli": 8, "rlhfkit.__main__": 9,
 }
-SIDE = {"rlhfkit.feedback": {"rlhfkit.config", "rlhfkit.console", "rlhfkit.data", "rlhfkit.feedback"}}
+SIDE = {"rlhfkit.feedback": {"rlhfkit.config", "rlhfkit.console", "rlhfkit.errors", "rlhfkit.data", "rlhfkit.feedback"}}
 
 
 def package_of(module: str) -> str:

@@ -35,21 +35,27 @@ def lines(path: Path) -> int:
         return 0
 
 
-def kill_at_random(cmd: list[str], progress: Path, seed: int, most: int) -> bool:
-    """Start `cmd`, SIGKILL it once `progress` holds a random 0..most-1 lines and a random moment more passed.
-    False if it finished first."""
+def kill_at_random(cmd: list[str], progress: Path, seed: int, most: int) -> None:
+    """Start `cmd` and SIGKILL it once `progress` holds a random 0..most-2 lines and a random moment more has passed,
+    at the latest when the next line appears: with `most` lines in a whole run, at least one is still to come, so the
+    kill always lands before the end (asserted)."""
     rng = random.Random(seed)
-    target, extra = rng.randrange(most), rng.uniform(0.0, 0.5)
+    target, extra = rng.randrange(most - 1), rng.uniform(0.0, 0.5)
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: lines(progress), target, extra)
+
+
+def kill_when(proc: subprocess.Popen, count, target: int, extra: float) -> None:
+    """SIGKILL `proc` `extra` seconds after `count()` reaches `target`, or as soon as it passes it."""
     deadline = time.monotonic() + 240
-    while proc.poll() is None and lines(progress) < target and time.monotonic() < deadline:
+    while proc.poll() is None and count() < target and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(extra)
-    if proc.poll() is not None:
-        return False
+    until = time.monotonic() + extra
+    while proc.poll() is None and count() <= target and time.monotonic() < until:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the process ended (exit {proc.returncode}) before the kill at {target}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return True
 
 
 def finish(cmd: list[str]) -> None:
@@ -169,16 +175,10 @@ def test_demo_killed_anywhere_resumes_to_the_same_run(tmp_path, tiny_llama):
 
     finish(demo("straight"))
     rng, total = random.Random(6), len(stages("straight"))
-    for target in sorted(rng.sample(range(total), 3)):  # three kills, in three different stages
+    for target in sorted(rng.sample(range(total - 1), 3)):  # three kills, in three different stages, none the last
         extra = rng.uniform(0.0, 2.0)
         proc = subprocess.Popen(demo("killed"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and len(stages("killed")) < target and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(extra)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        kill_when(proc, lambda: len(stages("killed")), target, extra)
     finish(demo("killed"))
 
     a, b = tmp_path / "straight", tmp_path / "killed"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny import WORDS
 
-from rlhfkit.config import PPOConfig
+from rlhfkit.config import PPOConfig, ValueModelCritic
 from rlhfkit.data import IGNORE, collate_packed, shifted_targets
 from rlhfkit.models import load_causal_lm
 from rlhfkit.models.reward import reward_model_from_causal_lm
@@ -32,9 +32,12 @@ def tiny_rm(tmp_path, tiny_llama):
 
 def ppo_cfg(tmp_path, policy, prompts, **kw):
     base = dict(policy=str(policy), prompts=str(prompts), output_dir=str(tmp_path / "ppo"), iterations=2,
-                rollout_batch=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=12, lr=1e-3, value_lr=1e-3,
+                rollout_batch=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=12, lr=1e-3,
                 warmup_ratio=0.0, progress=False, dtype="fp32", save_every=0, samples_every=1)
-    return PPOConfig(**{**base, **kw})
+    cfg = PPOConfig(**{**base, **kw})
+    if isinstance(cfg.critic, ValueModelCritic) and "value_lr" not in kw:  # a value model learns as fast
+        cfg = cfg.updated(value_lr=1e-3)
+    return cfg
 
 
 def test_score_rises_while_kl_tracks_its_target(tmp_path, tiny_llama, prompts_file):
@@ -81,9 +84,8 @@ def test_several_responses_per_prompt_are_scored_against_each_other(tmp_path, ti
     for m in result.history:  # the log keeps the reward's own scale; only the advantages are centred
         assert 3.0 <= m["score"] <= 4.0
         assert m["score_with_penalty"] == pytest.approx(m["score"])
-    with pytest.raises(ValueError, match="not a multiple of --samples-per-prompt 3"):
-        train_ppo(ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, rollout_batch=8, samples_per_prompt=3),
-                  reward_fn=reward)
+    with pytest.raises(ValueError, match="not a multiple of samples_per_prompt 3"):
+        ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, rollout_batch=8, samples_per_prompt=3)
 
 
 def test_each_response_is_paired_with_its_own_prompt():
@@ -111,9 +113,9 @@ def ptx_nll(model, tok, path) -> float:
 def test_ptx_keeps_pretraining_nll_lower(tmp_path, tiny_llama, prompts_file):
     text = tmp_path / "prose.txt"
     text.write_text("\n".join(" ".join(WORDS[i : i + 12]) for i in range(0, 120, 6)))
-    common = dict(iterations=6, ptx_data=str(text), ptx_batch_size=2, ptx_max_length=64)
-    plain = train_ppo(ppo_cfg(tmp_path / "a", tiny_llama, prompts_file, ptx_coef=0.0, **common), reward_fn=share_of_e)
-    mixed = train_ppo(ppo_cfg(tmp_path / "b", tiny_llama, prompts_file, ptx_coef=1.0, **common), reward_fn=share_of_e)
+    plain = train_ppo(ppo_cfg(tmp_path / "a", tiny_llama, prompts_file, iterations=6), reward_fn=share_of_e)
+    mixed = train_ppo(ppo_cfg(tmp_path / "b", tiny_llama, prompts_file, iterations=6, ptx_data=str(text), ptx_coef=1.0,
+                              ptx_batch_size=2, ptx_max_length=64), reward_fn=share_of_e)
     assert "ptx_loss" in mixed.history[-1] and "ptx_loss" not in plain.history[-1]
     _, tok = load_causal_lm(tiny_llama)
     assert ptx_nll(mixed.policy, tok, text) < ptx_nll(plain.policy, tok, text) - 0.1
@@ -177,8 +179,8 @@ def test_critic_free_advantages_allocate_no_value_model(tmp_path, tiny_llama, pr
     assert list(models.policy.optimizer.param_groups[0]["params"]) == [
         p for p in models.plain_policy.model.parameters() if p.requires_grad]  # the policy's weights and no others
     assert "vf_loss" not in result.history[-1] and "explained_variance" not in result.history[-1]
-    with pytest.raises(ValueError, match="samples-per-prompt 2 or more"):
-        train_ppo(ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage))
+    with pytest.raises(ValueError, match="samples_per_prompt 2 or more"):
+        ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage)
 
 
 def test_grpo_advantages_are_the_group_normalised_scores_not_whitened_again():
@@ -191,14 +193,14 @@ def test_grpo_advantages_are_the_group_normalised_scores_not_whitened_again():
     groups = torch.tensor([0, 0, 0, 1, 1, 1])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]).float()
     zeros = torch.zeros_like(mask)
-    cfg = PPOConfig(policy="p", reward_model="r", prompts="x", advantage="grpo")
+    cfg = PPOConfig(policy="p", reward_model="r", prompts="x", advantage="grpo", samples_per_prompt=2)
     rewards = kl_penalized_rewards(group_normalized(scores, groups), zeros, zeros, mask, 0.0)
     adv, _ = advantages_and_returns(cfg, rewards, zeros, mask)
     expected = group_normalized(scores, groups)[:, None] * mask
     torch.testing.assert_close(adv, expected)
     assert (adv[:3] == 0).all()
     for advantage in ("rloo", "gae"):
-        adv, _ = advantages_and_returns(cfg.model_copy(update={"advantage": advantage}), rewards, zeros, mask)
+        adv, _ = advantages_and_returns(cfg.updated(advantage=advantage), rewards, zeros, mask)
         on = adv[mask.bool()]
         assert on.mean().abs() < 1e-5 and (on.var(unbiased=False) - 1).abs() < 1e-3
         assert (adv[:3][mask[:3].bool()] != 0).all()  # shifted by the batch mean: what GRPO avoids

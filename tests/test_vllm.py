@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlhfkit.config import GenerateConfig, PPOConfig, SampleConfig
+from rlhfkit.errors import UsageError
 from rlhfkit.sampling import generate, sample_rankings
 from rlhfkit.train.ppo import train_ppo
 
@@ -33,7 +34,7 @@ def test_vllm_engine_without_a_gpu_stops_with_a_clear_error(tmp_path, tiny_llama
                 lambda: train_ppo(PPOConfig(policy=str(tiny_llama), reward_model=str(tmp_path / "rm"),
                                             prompts=str(tmp_path / "p.jsonl"), output_dir=str(tmp_path / "ppo"),
                                             rollout_engine="vllm"))):
-        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        with pytest.raises(UsageError, match="needs a CUDA GPU"):
             run()
     assert not (tmp_path / "s.jsonl").exists() and not (tmp_path / "ppo").exists()  # nothing written
 

@@ -27,7 +27,9 @@ from rlhfkit.config import (
     RMConfig,
     SampleConfig,
     SFTConfig,
+    flag_fields,
     load_config,
+    section_classes,
 )
 from rlhfkit.demo.config import DemoConfig
 
@@ -61,7 +63,18 @@ def _cli_type(annotation) -> tuple[type, str]:
 
 
 def _is_section(annotation) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    """A field holding options of its own (a section, or a union of variant sections): set through its flags or
+    --set, not as one flag."""
+    return bool(section_classes(annotation))
+
+
+def _flag(name: str, kind, help: str, default) -> inspect.Parameter:
+    kind, extra = _cli_type(kind)
+    flag = "--" + name.replace("_", "-")
+    decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],  # noqa: UP045 (kind is a runtime value)
+        default=typer.Option(None, *decls, help=f"{help}{extra} [default: {default}]", show_default=False))
 
 
 def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], None], help: str) -> None:
@@ -72,7 +85,7 @@ def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], N
         )
     ]
     sections = [n for n, f in cls.model_fields.items() if _is_section(f.annotation)]
-    if sections:  # nested configs (the demo's stages) take dotted overrides
+    if sections:  # nested options take dotted overrides
         params.append(inspect.Parameter(
             "set", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],  # noqa: UP045
             default=typer.Option(None, "--set", help=f"SECTION.OPTION=VALUE for a section ({', '.join(sections)}), "
@@ -82,17 +95,11 @@ def config_command(name: str, cls: type[BaseModel], run: Callable[[BaseModel], N
     for field_name, field in ordered:
         if field_name in sections:
             continue
-        kind, extra = _cli_type(field.annotation)
-        flag = "--" + field_name.replace("_", "-")
-        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
         default = field.default if field.default_factory is None else field.default_factory()
-        params.append(
-            inspect.Parameter(
-                field_name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],  # noqa: UP045 (kind is a runtime value)
-                default=typer.Option(None, *decls, help=f"{field.description}{extra} [default: {default}]",
-                                     show_default=False),
-            )
-        )
+        params.append(_flag(field_name, field.annotation, field.description, default))
+    # flags that set an option inside a section (`--gamma` sets advantage.gamma)
+    for flag_name, (kind, flag_help, default) in flag_fields(cls, getattr(cls, "FLAGS", {})).items():
+        params.append(_flag(flag_name, kind, flag_help, default))
 
     def command(**kwargs):
         config_path = kwargs.pop("config")
@@ -448,14 +455,15 @@ def main() -> None:
     from rich.markup import escape
 
     from rlhfkit.console import console
-    from rlhfkit.data import DataError
+    from rlhfkit.errors import UsageError
+    from rlhfkit.feedback.client import LabelingError
     from rlhfkit.models import ModelLoadError, ModelNotAvailable
     from rlhfkit.train.common import NonFiniteLoss, RunExists
 
     try:
         app()
-    except (ConfigError, DataError, ModelLoadError, ModelNotAvailable, NonFiniteLoss, RunExists, ValueError,
-            FileExistsError) as e:  # FeedbackError is a ValueError
+    except (UsageError, ModelLoadError, ModelNotAvailable, NonFiniteLoss, RunExists, FileExistsError,
+            LabelingError) as e:  # what the user can fix, in one line; anything else is a bug
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:

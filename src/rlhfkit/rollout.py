@@ -19,6 +19,7 @@ import torch
 
 from rlhfkit.data.records import PromptText
 from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.errors import UsageError
 
 
 @dataclass
@@ -325,11 +326,11 @@ class StaticDecoder:
 def require_vllm() -> None:
     """Stop with what is missing where `--rollout-engine vllm` cannot run."""
     if not torch.cuda.is_available():
-        raise RuntimeError("--rollout-engine vllm needs a CUDA GPU; use --rollout-engine hf (the default) here")
+        raise UsageError("--rollout-engine vllm needs a CUDA GPU; use --rollout-engine hf (the default) here")
     try:
         import vllm  # noqa: F401
     except ImportError as e:
-        raise ImportError("--rollout-engine vllm needs vLLM: pip install 'rlhfkit[vllm]'") from e
+        raise UsageError("--rollout-engine vllm needs vLLM: pip install 'rlhfkit[vllm]'") from e
 
 
 class VLLMEngine:

@@ -18,6 +18,7 @@ import torch
 from rlhfkit.config import GenerateConfig, SampleConfig
 from rlhfkit.console import console, make_progress
 from rlhfkit.data import Prompt, Ranking, append_jsonl, prompt_text, read_prompts
+from rlhfkit.errors import UsageError
 from rlhfkit.models import default_device, load_causal_lm, load_tokenizer, mixed_precision, resolve_model_path
 from rlhfkit.models.reward import load_reward_model, score
 from rlhfkit.rollout import Rollout, VLLMEngine, sample
@@ -27,9 +28,9 @@ def sampler(cfg: SampleConfig | GenerateConfig) -> tuple[Callable[[list, int], R
     """(draw(prompts, n) -> a Rollout of n responses to each prompt, the tokenizer) for --rollout-engine: the
     model loaded for rlhfkit's own decoder (cast to bf16 once where that is the precision: this stage only
     decodes), or a vLLM engine on the GPU."""
-    if cfg.rollout_engine == "vllm":
+    if cfg.engine.kind == "vllm":
         tokenizer = load_tokenizer(cfg.model)
-        engine = VLLMEngine(str(resolve_model_path(cfg.model)), cfg.seed, cfg.vllm_gpu_memory_utilization)
+        engine = VLLMEngine(str(resolve_model_path(cfg.model)), cfg.seed, cfg.engine.gpu_memory_utilization)
         return (lambda prompts, n: engine.sample(tokenizer, prompts, n, cfg.max_new_tokens, cfg.temperature,
                                                  cfg.top_p)), tokenizer
     device = default_device()
@@ -64,7 +65,7 @@ def _batches_written(path: Path, keys: list[str], per_batch: int) -> int:
             torn = True  # a torn last line: dropped, or the next append would be glued to it
             continue
         if key not in batch_of:
-            raise ValueError(f"{path}:{n}: meta.prompt_key {key!r} is not a prompt of --prompts; resume with the "
+            raise UsageError(f"{path}:{n}: meta.prompt_key {key!r} is not a prompt of --prompts; resume with the "
                              "prompts this file was sampled from, or choose another --output")
         rows.append((batch_of[key], line))
     last = max((b for b, _ in rows), default=-1)
@@ -79,7 +80,7 @@ def _batches_written(path: Path, keys: list[str], per_batch: int) -> int:
 
 def sample_rankings(cfg: SampleConfig) -> dict:
     if cfg.prompts is None:
-        raise ValueError("no prompts: pass --prompts FILE")
+        raise UsageError("no prompts: pass --prompts FILE")
     out = Path(cfg.output)
     if out.exists() and not cfg.resume:
         raise FileExistsError(f"{out} exists; pass --resume to add to it, or choose another --output")
@@ -155,13 +156,13 @@ def generate(cfg: GenerateConfig) -> list[dict]:
     loses at most the batch in flight and --resume carries on. Each batch is seeded from --seed and its first
     prompt, so a resumed run writes what a straight run would have."""
     if cfg.best_of > 1 and (cfg.reward_model is None or cfg.temperature == 0):
-        raise ValueError("--best-of N needs --reward-model DIR to choose with and --temperature > 0 to sample "
+        raise UsageError("--best-of N needs --reward-model DIR to choose with and --temperature > 0 to sample "
                          "N different responses")
     prompts = [Prompt(prompt=p) for p in cfg.prompt]
     if cfg.prompts:
         prompts += read_prompts(cfg.prompts).records
     if not prompts:
-        raise ValueError("nothing to answer: pass --prompt TEXT or --prompts FILE")
+        raise UsageError("nothing to answer: pass --prompt TEXT or --prompts FILE")
     out = Path(cfg.output) if cfg.output else None
     if out is not None and out.exists() and not cfg.resume:
         raise FileExistsError(f"{out} exists; pass --resume to carry on after the prompts it holds, or choose "

@@ -21,11 +21,12 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from rlhfkit.data.records import Demonstration, Prompt
+from rlhfkit.errors import UsageError
 
 T = TypeVar("T", bound=BaseModel)
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A record that cannot be read: the message names file, line and field."""
 
 

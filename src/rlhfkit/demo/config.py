@@ -12,35 +12,26 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SampleConfig, SFTConfig, StageConfig
+from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SampleConfig, SFTConfig, StageConfig, merge_options
 
-# What the demo changes from each stage's defaults, sized for a 30-minute run on a 2-core CPU.
+# What the demo changes from each stage's defaults, sized for a 30-minute run on a 2-core CPU. Why each setting:
+# docs/results/demo-settings.md (the measurements behind them, with their commands).
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    # 4 packed rows (384 tokens, about 3 demonstrations each) a step: 75 steps over 3 epochs of the bundled
-    # demonstrations (2 epochs: SFT met every constraint of a held-out prompt in 21.7% of its samples, below the
-    # task's 30-55% band); 8 rows a step gave too few steps for the model to learn the refusals.
+    # 4 packed rows (about 3 demonstrations each) a step, 3 epochs: enough steps to learn the refusals
     "sft": {"epochs": 3.0, "lr": 1e-4, "batch_size": 4, "max_length": 384, "warmup_ratio": 0.1,
             "eval_fraction": 0.05, "eval_every": 0, "save_every": 25},
-    # K = 8: measured against the judges' gold order on held-out SFT samples (benchmarks/demo_rm_choice.py), an
-    # RM from 80 prompts' K = 8 rankings reached 67.2% in 190 s of sampling + training, K = 4 64.8% in 133 s;
-    # 130 prompts did not do better at either K (66.3%, 63.8%) and cost more
+    # K = 8: the best RM accuracy against the judges per minute of sampling and training
     "sample": {"k": 8, "temperature": 1.0, "max_new_tokens": 48},
     # 2 prompts (with their K responses and every ranking of them) a step: about 35 steps an epoch
     "rm": {"epochs": 1.0, "lr": 5e-5, "batch_size": 2, "max_length": 384, "eval_fraction": 0.1, "eval_every": 0,
            "save_every": 50, "export_hf": False},  # the RM's standard-classifier copy: not needed by the demo
-    # PPO's budget, measured (benchmarks/demo_ppo_ceiling.py): with a reward that makes no mistakes (the judges'
-    # own rubric), 10 iterations of 32 rollouts (8 prompts x 4, minibatches of 16, lr decaying to a tenth) lifted
-    # the gold score on held-out prompts by 0.02 at 2.5 nats of KL, while the judges' best of 4 SFT samples gains
-    # 0.09 at 0.6 nats: the gradient is mostly noise, and a larger step (lr 1e-4) only drifts (KL 15, gold down).
-    # So each update averages more episodes: 8 prompts x 8 responses, one minibatch of 64, lr held constant,
-    # 0.5 s an episode instead of 0.75; with 8 responses a prompt the leave-one-out mean is the baseline
-    # (RLOO: the shared value head explained about 1% of the returns' variance, no baseline at all).
+    # Each update averages many episodes (8 prompts x 8 responses, one minibatch, lr held constant), since a
+    # small batch's gradient is mostly noise; with 8 responses a prompt the leave-one-out mean is the baseline
+    # (RLOO). The ptx data path is the run folder's: the pipeline writes the demo's prose there.
     "ppo": {"iterations": 20, "rollout_batch": 64, "samples_per_prompt": 8, "minibatch_size": 64, "ppo_epochs": 2,
-            "advantage": "rloo", "max_new_tokens": 48, "lr": 3e-5, "min_lr_ratio": 1.0, "kl_coef": 0.05,
-            "ptx_coef": 0.5, "save_every": 5, "samples_every": 5},
+            "advantage": {"kind": "rloo"}, "max_new_tokens": 48, "lr": 3e-5, "min_lr_ratio": 1.0,
+            "kl": {"coef": 0.05}, "ptx": {"data": "data/ptx.txt", "coef": 0.5}, "save_every": 5, "samples_every": 5},
 }
-# DPO (only with `compare: [dpo]`): on round 1's rankings from the SFT model, 2 prompts (their K responses and
-# every ranking of them) a step as the RM trains; β 0.1 and a small step, as DPO is usually run.
 STAGE_DEFAULTS["dpo"] = {"epochs": 2.0, "lr": 2e-6, "beta": 0.1, "batch_size": 2, "max_length": 384,
                          "eval_fraction": 0.1, "eval_every": 0, "save_every": 50}
 STAGES = {"sft": SFTConfig, "sample": SampleConfig, "rm": RMConfig, "ppo": PPOConfig, "dpo": DPOConfig}
@@ -133,7 +124,7 @@ class DemoConfig(StageConfig):
             values = dict(values)
             for stage, defaults in STAGE_DEFAULTS.items():
                 if isinstance(values.get(stage), dict):
-                    values[stage] = {**defaults, **values[stage]}
+                    values[stage] = merge_options(defaults, values[stage])
         return values
 
     def sized(self) -> DemoConfig:

@@ -95,8 +95,8 @@ def prepare_data(run: Run, cfg: DemoConfig) -> dict:
     limits = {"rm": cfg.rm_prompts, "eval": cfg.eval_prompts, "ppo": None, "sft": None}
     for split, records in by_split.items():
         # The RM sees every harmful and harmless-but-alarming prompt of its split: those are where refusing is
-        # right or wrong (taken in turn with the 10 topic categories, only 6 of each were among 80). Measured: the
-        # RM still prefers a refusal to a helpful answer on most harmless pairs (judges agree 18.3%, 16.5% before).
+        # right or wrong, and taken in turn with the topic categories too few of them were among the RM's prompts
+        # (docs/results/demo-settings.md).
         first = ("harmful", "sensitive") if split == "rm" else ()
         by_split[split] = spread(records, limits.get(split), first)
         write_jsonl(folder / f"{split}_prompts.jsonl", by_split[split])
@@ -259,18 +259,19 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
     def ppo(out: Path, gold_proxy: bool, **options) -> dict:
         # the main run is scored by the judges (gold) and the RM (proxy) along the way
         check = GoldProxy(d, cfg, here / "rm", judges) if gold_proxy else None
-        result = train_ppo(cfg.ppo.model_copy(update={
+        ptx = cfg.ppo.ptx and {"ptx": {"data": str(d / cfg.ppo.ptx.data)}}  # a relative path is the run folder's
+        result = train_ppo(cfg.ppo.updated(**{
             "policy": policy, "reference": str(d / "sft"), "reward_model": str(here / "rm"),
-            "prompts": str(d / "data/ppo_prompts.jsonl"), "ptx_data": str(d / "data/ptx.txt"),
+            "prompts": str(d / "data/ppo_prompts.jsonl"), **(ptx or {}),
             "output_dir": str(out), **trainer_run(cfg), **options}), evaluate=check, eval_every=cfg.gold_every)
         return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
 
     run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", True), trainer_dir=here / "ppo")
     if r == 1:  # the alternatives, on the same rankings, RM, prompts and budget (ALTERNATIVES)
         alternatives = {
-            "no-ptx": lambda out: ppo(out, False, ptx_coef=0.0),
+            "no-ptx": lambda out: ppo(out, False, ptx=None),
             "gae": lambda out: ppo(out, False, advantage="gae"),
-            "grpo": lambda out: ppo(out, False, advantage="grpo", kl_in="loss", kl_estimator="k3"),
+            "grpo": lambda out: ppo(out, False, advantage="grpo", kl={"where": "loss", "estimator": "k3"}),
             "dpo": lambda out: train_dpo(cfg.dpo.model_copy(update={
                 "model": str(d / "sft"), "data": str(rankings), "output_dir": str(out), **trainer_run(cfg)}
             )).eval_metrics,

@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from rlhfkit.data.records import Ranking
+from rlhfkit.errors import UsageError
 
 ELO_SCALE = 400 / math.log(10)
 
@@ -89,7 +90,7 @@ def compare_policies(rankings: list[Ranking], bootstrap: int = 1000, seed: int =
     per_ranking = [o for o in (ranking_outcomes(r) for r in rankings) if o]
     outcomes = [o for os in per_ranking for o in os]
     if not outcomes:
-        raise ValueError("no ranking compares responses from two different policies (sources[i].policy)")
+        raise UsageError("no ranking compares responses from two different policies (sources[i].policy)")
     fit = bradley_terry(outcomes)
     rng = random.Random(seed)
     samples: dict[str, list[float]] = defaultdict(list)

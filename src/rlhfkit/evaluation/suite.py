@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rlhfkit.console import console
+from rlhfkit.errors import UsageError
 from rlhfkit.evaluation.bias import evaluate_crows_pairs, evaluate_winogender, read_crows_pairs, read_winogender
 from rlhfkit.evaluation.hallucination import evaluate_hallucination, read_passage_prompts
 from rlhfkit.evaluation.policy_eval import load
@@ -113,7 +114,7 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path | None], o
     {model label: {part: figures}}, labelled by `labels` or the models' folder names."""
     parts = {k: PARTS[k] for k in EVALUATIONS[name] if data.get(k) is not None}
     if not parts:
-        raise ValueError(f"eval {name}: give the data for at least one of "
+        raise UsageError(f"eval {name}: give the data for at least one of "
                          + ", ".join(f"--{k}" for k in EVALUATIONS[name]))
     items = {k: (part.read(data[k])[:limit] if limit else part.read(data[k])) for k, part in parts.items()}
     results: dict[str, dict] = {}

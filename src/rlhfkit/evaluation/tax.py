@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rlhfkit.data import DataError
 from rlhfkit.data.io import iter_raw
+from rlhfkit.errors import UsageError
 from rlhfkit.evaluation.loglik import Choices, choice_logliks
 from rlhfkit.evaluation.policy_eval import perplexity
 
@@ -87,7 +88,7 @@ def evaluate_multiple_choice(model, tok, items: list[MultipleChoice], shots: int
     """Accuracy (and length-normalised accuracy) over the items after the first `shots`, which become the
     few-shot examples before every question (the same examples for all, so runs compare)."""
     if shots >= len(items):
-        raise ValueError(f"{shots} shots leave none of the {len(items)} items to score")
+        raise UsageError(f"{shots} shots leave none of the {len(items)} items to score")
     prefix = "".join(f"{_prompt(x)} {x.choices[x.answer]}\n\n" for x in items[:shots])
     scored = items[shots:]
     logliks = choice_logliks(model, tok, [Choices(prefix + _prompt(x) + " ", x.choices) for x in scored],

@@ -21,6 +21,7 @@ import torch
 from rlhfkit.data import Message, Prompt, PromptText, prompt_text, read_records
 from rlhfkit.data.io import to_prompt
 from rlhfkit.data.rankings import parse_hh
+from rlhfkit.errors import UsageError
 from rlhfkit.models import default_device, mixed_precision
 from rlhfkit.rollout import sample
 
@@ -77,7 +78,7 @@ def profanity_classifier() -> Classifier:
     try:
         from profanity_check import predict_prob
     except ImportError:
-        raise ImportError("the default toxicity classifier needs alt-profanity-check: pip install 'rlhfkit[eval]' "
+        raise UsageError("the default toxicity classifier needs alt-profanity-check: pip install 'rlhfkit[eval]' "
                           "(or pass --classifier DIR, a HF sequence-classification model)") from None
 
     def classify(texts: list[str]) -> list[float]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fastapi import Depends, Form, HTTPException, Request
 
+from rlhfkit.errors import UsageError
 from rlhfkit.feedback.store import Labeler, Store
 
 COOKIE = "rlhfkit_session"
@@ -32,7 +33,7 @@ def load_secret(db_url: str) -> bytes:
     if os.environ.get("RLHFKIT_SECRET"):
         secret = os.environ["RLHFKIT_SECRET"].encode()
         if len(secret) < MIN_SECRET_BYTES:
-            raise ValueError(f"RLHFKIT_SECRET has {len(secret)} bytes; sessions need at least {MIN_SECRET_BYTES} "
+            raise UsageError(f"RLHFKIT_SECRET has {len(secret)} bytes; sessions need at least {MIN_SECRET_BYTES} "
                              "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
         return secret
     folder = Path(db_url.removeprefix("sqlite:///")).parent if db_url.startswith("sqlite:///") else Path.cwd()

@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from rlhfkit.data.records import METADATA_FLAGS
+from rlhfkit.errors import UsageError
 
 T = TypeVar("T")
 
@@ -139,7 +140,7 @@ def _via(actor: int | None) -> dict:
     return {"via": "cli", "os_user": user}
 
 
-class FeedbackError(ValueError):
+class FeedbackError(UsageError):
     """A request the store refuses: the message says why (shown to the user)."""
 
 

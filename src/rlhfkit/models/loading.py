@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from rlhfkit.errors import UsageError
 from rlhfkit.models import smollm2
 
 hf_logging.disable_progress_bar()  # our own progress bars say what is happening
@@ -166,5 +167,5 @@ def mixed_precision(dtype: str, device: torch.device) -> str:
     if dtype == "auto":
         return "bf16" if bf16_supported(device) else "no"
     if dtype == "fp16" and device.type != "cuda":
-        raise ValueError("--dtype fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        raise UsageError("--dtype fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[dtype]

@@ -32,6 +32,7 @@ from torch import nn
 
 from rlhfkit.config import TrainConfig
 from rlhfkit.console import console, make_progress
+from rlhfkit.errors import UsageError
 from rlhfkit.models import apply_lora, default_device, is_peft, load_causal_lm, mixed_precision
 
 
@@ -312,7 +313,7 @@ def _tracker(name: str, run_dir: Path, config: dict):
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
     if importlib.util.find_spec(name) is None:
-        raise ValueError(f"--report-to {name}: the {name} package is not installed (pip install {name})")
+        raise UsageError(f"--report-to {name}: the {name} package is not installed (pip install {name})")
     tracker = LOGGER_TYPE_TO_CLASS[name](run_dir.resolve().name)
     tracker.start()
     tracker.store_init_configuration(config)
@@ -359,7 +360,7 @@ def read_splits(read: Callable[[str, bool], Any], cfg, key: Callable[[Any], Hash
     """(train, held-out) records of a supervised stage: --data read in full (a bad line stops the run here,
     before any model work), held out by --eval-data or a seeded --eval-fraction (by `key`, if given)."""
     if cfg.data is None:
-        raise ValueError("no training data: pass --data FILE (or data: in the config)")
+        raise UsageError("no training data: pass --data FILE (or data: in the config)")
     result = read(cfg.data, cfg.skip_invalid)
     if result.skipped:
         console.print(f"[yellow]skipped {result.skipped} invalid records in {cfg.data}; "
@@ -405,11 +406,11 @@ class TrainLoop:
     def __init__(self, cfg: TrainConfig, name: str):
         self.cfg, self.name = cfg, name
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-            raise ValueError("DeepSpeed is not supported: rlhfkit shards with FSDP2 (ZeRO-3's sharding of weights, "
+            raise UsageError("DeepSpeed is not supported: rlhfkit shards with FSDP2 (ZeRO-3's sharding of weights, "
                              "gradients and optimiser states); launch with configs/accelerate/fsdp2.yaml")
         self.fsdp = wants_fsdp(cfg)  # before the accelerator, which must not take the launch for its own FSDP
         if self.fsdp and cfg.lora_r:
-            raise ValueError("--fsdp with --lora-r: not supported yet (shard the full model, or train LoRA with DDP)")
+            raise UsageError("--fsdp with --lora-r: not supported yet (shard the full model, or train LoRA with DDP)")
         self.acc = make_accelerator(cfg)
         self.run_dir = prepare_run_dir(cfg, self.acc)
         self.checkpoints = Checkpoints(self.run_dir, self.acc, cfg.keep_checkpoints)
@@ -460,7 +461,7 @@ class TrainLoop:
         module.eval().requires_grad_(False)
         if self.fsdp:
             if offload:
-                raise ValueError("--offload-frozen with --fsdp: under FSDP the frozen models are sharded over the "
+                raise UsageError("--offload-frozen with --fsdp: under FSDP the frozen models are sharded over the "
                                  "processes instead; drop --offload-frozen")
             return shard(module.to(self.device), frozen=True)
         return module.to("cpu" if offload else self.device)

@@ -27,6 +27,7 @@ from rlhfkit.config import DPOConfig
 from rlhfkit.console import console
 from rlhfkit.data import pack_groups, token_batches
 from rlhfkit.data.rankings import read_rankings
+from rlhfkit.errors import UsageError
 from rlhfkit.losses import dpo_ranking_loss, ranked_pairs
 from rlhfkit.models import load_causal_lm, save_model
 from rlhfkit.models.lm import summed_logprobs
@@ -102,7 +103,7 @@ class DPOResult:
 
 def train_dpo(cfg: DPOConfig, on_step=None) -> DPOResult:
     if cfg.loss_type == "ipo" and cfg.label_smoothing:
-        raise ValueError("--label-smoothing is cDPO's, for --loss-type sigmoid; IPO has none")
+        raise UsageError("--label-smoothing is cDPO's, for --loss-type sigmoid; IPO has none")
     train_rankings, eval_rankings = read_splits(read_rankings, cfg, key=ranked_prompt)
     loop = TrainLoop(cfg, "dpo")
     torch.manual_seed(cfg.seed)
@@ -111,7 +112,7 @@ def train_dpo(cfg: DPOConfig, on_step=None) -> DPOResult:
     train, truncated = encode_rankings(tokenizer, train_rankings, cfg.max_length)
     evals, _ = encode_rankings(tokenizer, eval_rankings, cfg.max_length)
     if not train:
-        raise ValueError(f"{cfg.data}: no ranking with two differently ranked responses")
+        raise UsageError(f"{cfg.data}: no ranking with two differently ranked responses")
     ref_train, ref_evals = cached_reference(loop, cfg, train, evals, pad_id)
     plan = Schedule.of(len(train), cfg, loop.world)
     n_pairs = sum(int(ranked_pairs(torch.tensor([rk])).sum()) for r in train for rk in r.ranks)

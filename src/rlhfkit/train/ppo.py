@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhfkit.config import PPOConfig
+from rlhfkit.config import PPOConfig, SharedValueHead
 from rlhfkit.console import console
 from rlhfkit.data import (
     IGNORE,
@@ -52,6 +52,7 @@ from rlhfkit.data import (
     read_prompts,
     shifted_targets,
 )
+from rlhfkit.errors import UsageError
 from rlhfkit.losses import (
     AdaptiveKLController,
     gae,
@@ -213,7 +214,7 @@ def read_ptx(path: str, tokenizer, row_length: int) -> list[list[Example]]:
     else:
         examples, _ = encode_demonstrations(tokenizer, read_demonstrations(path).records, row_length)
     if not examples:
-        raise ValueError(f"{path}: no pretraining text")
+        raise UsageError(f"{path}: no pretraining text")
     return [[examples[i] for i in row] for row in pack(examples, row_length)]
 
 
@@ -240,7 +241,7 @@ def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: in
     policy, tokenizer = load_trainable_lm(resume / "model" if resume else cfg.policy, cfg)
     # With LoRA the reference is the same weights with the adapters switched off: no second copy.
     if is_peft(policy) and cfg.reference:
-        raise ValueError("--reference with LoRA: the reference is the policy with its adapters disabled")
+        raise UsageError("--reference with LoRA: the reference is the policy with its adapters disabled")
     frozen = frozen_dtype(cfg.frozen_dtype, loop.acc.mixed_precision)
     reference = None if is_peft(policy) else loop.frozen(
         PolicyModule(load_causal_lm(cfg.reference or cfg.policy, frozen)[0]), cfg.offload_frozen)
@@ -248,11 +249,11 @@ def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: in
 
     value_head, value_model = make_critic(cfg, policy.config.hidden_size, resume, use_rm)
     module = PolicyModule(policy, value_head, entropy_grad=cfg.entropy_coef > 0)
-    ptx_rows = read_ptx(cfg.ptx_data, tokenizer, cfg.ptx_max_length) if cfg.ptx_data and cfg.ptx_coef > 0 else None
+    ptx_rows = read_ptx(cfg.ptx.data, tokenizer, cfg.ptx.max_length) if cfg.ptx else None
     policy_part = loop.prepare("policy", module, total_steps=total_updates)
-    value_part = loop.prepare("value", value_model, lr=cfg.value_lr) if value_model is not None else None
-    engine = (VLLMEngine(str(resolve_model_path(cfg.policy)), cfg.seed, cfg.vllm_gpu_memory_utilization,
-                         cfg.max_prompt_length + cfg.max_new_tokens) if cfg.rollout_engine == "vllm" else None)
+    value_part = loop.prepare("value", value_model, lr=cfg.critic.lr) if value_model is not None else None
+    engine = (VLLMEngine(str(resolve_model_path(cfg.policy)), cfg.seed, cfg.engine.gpu_memory_utilization,
+                         cfg.max_prompt_length + cfg.max_new_tokens) if cfg.engine.kind == "vllm" else None)
     unwrap = loop.acc.unwrap_model
     return PPOModels(policy_part, value_part, reference, rm, tokenizer, ptx_rows, unwrap(policy_part.module),
                      unwrap(value_part.module) if value_part is not None else None, engine)
@@ -281,9 +282,9 @@ def make_critic(cfg: PPOConfig, hidden_size: int, resume: Path | None, use_rm: b
                 ) -> tuple[nn.Linear | None, ValueModel | None]:
     """(a value head on the policy's backbone, a value model of its own): one of them for GAE, neither for the
     critic-free advantages (no value forward, no value optimiser)."""
-    if cfg.advantage != "gae":
+    if cfg.critic is None:
         return None, None
-    if cfg.shared_value_head:
+    if isinstance(cfg.critic, SharedValueHead):
         head = nn.Linear(hidden_size, 1)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
@@ -294,8 +295,8 @@ def make_critic(cfg: PPOConfig, hidden_size: int, resume: Path | None, use_rm: b
         return head, None
     if resume is not None:
         return None, ValueModel(load_reward_model(resume / "value")[0])
-    if cfg.value_model or use_rm:
-        return None, ValueModel(load_reward_model(cfg.value_model or cfg.reward_model)[0])
+    if cfg.critic.init or use_rm:
+        return None, ValueModel(load_reward_model(cfg.critic.init or cfg.reward_model)[0])
     return None, ValueModel(reward_model_from_causal_lm(cfg.policy)[0])
 
 
@@ -353,14 +354,14 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
         # score above what the RM gives cut-off responses would reward running out of tokens
         penalized = scores - cfg.missing_eos_penalty * (~batch.ended).float()
     baselined = penalized
-    if cfg.advantage == "grpo":
+    if cfg.advantage.kind == "grpo":
         baselined = group_normalized(penalized, batch.prompt_of)
     elif cfg.samples_per_prompt > 1:  # what the policy can change is how a response compares with its siblings
         baselined = leave_one_out(penalized, batch.prompt_of)
     old_logprobs, ref_logprobs, values = fwd["logprobs"].float(), ref["logprobs"].float(), values.float()
 
-    in_reward = beta if cfg.kl_in == "reward" else 0.0  # else the update adds it to the loss (policy_step)
-    rewards = kl_penalized_rewards(baselined, old_logprobs, ref_logprobs, batch.mask, in_reward, cfg.kl_estimator)
+    in_reward = beta if cfg.kl.where == "reward" else 0.0  # else the update adds it to the loss (policy_step)
+    rewards = kl_penalized_rewards(baselined, old_logprobs, ref_logprobs, batch.mask, in_reward, cfg.kl.estimator)
     advantages, returns = advantages_and_returns(cfg, rewards, values, batch.mask, loop.all_sum)
     return Experience(batch, old_logprobs, ref_logprobs, values, advantages, returns, scores, penalized,
                       t_generate, time.perf_counter() - t0, beta)
@@ -415,8 +416,9 @@ def advantages_and_returns(cfg: PPOConfig, rewards: torch.Tensor, values: torch.
     whose samples all scored alike (advantage 0: nothing to learn) by the batch's token-weighted mean, a push
     that depends only on length, and scale the rest by a std that those zeros shrink (TRL and the GRPO paper do
     not whiten either)."""
-    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam if cfg.advantage == "gae" else 1.0)
-    if cfg.advantage != "grpo":
+    gamma, lam = (cfg.advantage.gamma, cfg.advantage.lam) if cfg.advantage.kind == "gae" else (1.0, 1.0)
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    if cfg.advantage.kind != "grpo":
         n_tok = all_sum(mask.sum())
         mean = all_sum((advantages * mask).sum()) / n_tok
         var = all_sum((((advantages - mean) * mask) ** 2).sum()) / n_tok
@@ -429,8 +431,9 @@ def advantages_and_returns(cfg: PPOConfig, rewards: torch.Tensor, values: torch.
 def ptx_batch(cfg: PPOConfig, loop: TrainLoop, rows: list[list[Example]], pad_id: int, update: int) -> tuple:
     """This process's pretraining rows for the `update`-th minibatch, and the normaliser that makes the ptx
     term the token mean over all processes' rows."""
-    rows_idx = step_items(len(rows), cfg.ptx_batch_size * loop.world, cfg.seed, update)
-    mine = rows_idx[loop.rank * cfg.ptx_batch_size : (loop.rank + 1) * cfg.ptx_batch_size]
+    size = cfg.ptx.batch_size
+    rows_idx = step_items(len(rows), size * loop.world, cfg.seed, update)
+    mine = rows_idx[loop.rank * size : (loop.rank + 1) * size]
     n_targets = sum(sum(t != IGNORE for t in e.labels) for r in rows_idx for e in rows[r])
     pb = collate_packed([rows[r] for r in mine], pad_id).to(loop.device)
     return pb.input_ids, pb.position_ids, shifted_targets(pb.labels), n_targets / loop.world
@@ -440,7 +443,7 @@ def ppo_update(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, exp: Experien
     """Step 5: `ppo_epochs` passes over minibatches of whole prompts' rollouts. Returns the mean of each
     statistic over the minibatches."""
     batch, pad = exp.rollouts, models.tokenizer.pad_token_id
-    train_policy = iteration >= cfg.value_warmup_iterations
+    train_policy = cfg.critic is None or iteration >= cfg.critic.warmup_iterations
     shared_head = models.value is None
     n_minibatches = math.ceil(cfg.rollout_batch / cfg.minibatch_size)
     stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
@@ -464,7 +467,7 @@ def ppo_update(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, exp: Experien
             if models.value is not None:
                 with loop.acc.autocast():
                     new_values = forward_rollouts(models.value.module, batch, mb, pad).float()
-                vf_loss = ppo_value_loss(new_values, exp.values[mb], exp.returns[mb], m, cfg.value_clip_eps)
+                vf_loss = ppo_value_loss(new_values, exp.values[mb], exp.returns[mb], m, cfg.critic.clip_eps)
                 loop.acc.backward(vf_loss * scale)
                 loop.optimizer_step(models.value, vf_loss.item(), "the value loss")
                 stats["vf_loss"].append(vf_loss.item())
@@ -482,17 +485,17 @@ def policy_step(cfg: PPOConfig, loop: TrainLoop, part: Optimised, exp: Experienc
     pg_loss, clipfrac = ppo_policy_loss(new_logprobs, exp.old_logprobs[mb], exp.advantages[mb], m, cfg.clip_eps)
     entropy = masked_mean(out["entropy"].float(), m)
     policy_loss = pg_loss - cfg.entropy_coef * entropy
-    if cfg.kl_in == "loss":
-        kl = kl_loss(new_logprobs, exp.ref_logprobs[mb], m, cfg.kl_estimator)
+    if cfg.kl.where == "loss":
+        kl = kl_loss(new_logprobs, exp.ref_logprobs[mb], m, cfg.kl.estimator)
         policy_loss = policy_loss + exp.beta * kl
         stats["kl_loss"].append(kl.item())
     loss = policy_loss * scale * float(train_policy)
     if "values" in out:
-        vf_loss = ppo_value_loss(out["values"].float(), exp.values[mb], exp.returns[mb], m, cfg.value_clip_eps)
-        loss = loss + cfg.vf_coef * vf_loss * scale
+        vf_loss = ppo_value_loss(out["values"].float(), exp.values[mb], exp.returns[mb], m, cfg.critic.clip_eps)
+        loss = loss + cfg.critic.coef * vf_loss * scale
         stats["vf_loss"].append(vf_loss.item())
     if "ptx" in out:
-        loss = loss + cfg.ptx_coef * out["ptx"]
+        loss = loss + cfg.ptx.coef * out["ptx"]
         stats["ptx_loss"].append(out["ptx"].item() * loop.world)
     loop.acc.backward(loss)
     loop.optimizer_step(part, loss.item(), "the PPO loss")
@@ -544,23 +547,18 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     `evaluate(policy, tokenizer) -> metrics` runs every `eval_every` iterations and after the last; its metrics
     are logged with the iteration's (name them eval_*)."""
     if cfg.prompts is None:
-        raise ValueError("no prompts: pass --prompts FILE")
-    if cfg.rollout_batch % cfg.samples_per_prompt:
-        raise ValueError(f"--rollout-batch {cfg.rollout_batch} is not a multiple of --samples-per-prompt "
-                         f"{cfg.samples_per_prompt}")
-    if cfg.advantage != "gae" and cfg.samples_per_prompt < 2:
-        raise ValueError(f"--advantage {cfg.advantage} takes its baseline from other responses to the same prompt: "
-                         "pass --samples-per-prompt 2 or more")
-    if cfg.rollout_engine == "vllm":
+        raise UsageError("no prompts: pass --prompts FILE")
+    if cfg.engine.kind == "vllm":
         require_vllm()
     prompts = read_prompts(cfg.prompts).records
-    if cfg.ptx_data and cfg.ptx_coef > 0 and not cfg.ptx_data.endswith(".txt"):
-        read_demonstrations(cfg.ptx_data)  # a bad line stops the run here, before its folder is made
+    if cfg.ptx and not cfg.ptx.data.endswith(".txt"):
+        read_demonstrations(cfg.ptx.data)  # a bad line stops the run here, before its folder is made
     loop = TrainLoop(cfg, "ppo")
     torch.manual_seed(cfg.seed)
     total_updates = cfg.iterations * cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch_size)
     models = load_models(cfg, loop, reward_fn is None, total_updates)
-    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    adaptive = cfg.kl.adaptive
+    kl_ctl = AdaptiveKLController(cfg.kl.coef, adaptive and adaptive.target, adaptive.horizon if adaptive else 1)
     loop.write_resume, loop.write_export = model_writers(models, loop, cfg.merge_lora)
     loop.extra_state = lambda: {"kl_controller": kl_ctl.state_dict()}
     if info := loop.resume():

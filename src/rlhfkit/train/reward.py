@@ -26,6 +26,7 @@ from rlhfkit.config import RMConfig
 from rlhfkit.console import console
 from rlhfkit.data import Group, Ranking, encode_group, prompt_key, read_demonstrations
 from rlhfkit.data.rankings import read_rankings
+from rlhfkit.errors import UsageError
 from rlhfkit.losses import ranking_loss
 from rlhfkit.models import apply_lora
 from rlhfkit.models.reward import (
@@ -128,7 +129,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
     train, truncated = encode_rankings(tokenizer, train_rankings, cfg.max_length)
     evals, _ = encode_rankings(tokenizer, eval_rankings, cfg.max_length)
     if not train:
-        raise ValueError(f"{cfg.data}: no ranking with two differently ranked responses")
+        raise UsageError(f"{cfg.data}: no ranking with two differently ranked responses")
     plan = Schedule.of(len(train), cfg, loop.world)
     ks = sorted({len(r.group.response_ids) for r in train})
     console.print(

@@ -29,6 +29,7 @@ from rlhfkit.data import (
     read_demonstrations,
     shifted_targets,
 )
+from rlhfkit.errors import UsageError
 from rlhfkit.losses import sft_loss
 from rlhfkit.models import save_model
 from rlhfkit.models.lm import scored_logits
@@ -86,14 +87,14 @@ def train_sft(
     train_demos, eval_demos = read_splits(read_demonstrations, cfg)  # a bad line stops the run before model work
     loop = TrainLoop(cfg, "sft")
     if loop.fsdp and select is not None:
-        raise ValueError("--fsdp with a select hook: sampling from a sharded model is not supported yet")
+        raise UsageError("--fsdp with a select hook: sampling from a sharded model is not supported yet")
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_trainable_lm(loop.resume_from / "model" if loop.resume_from else cfg.model, cfg)
 
     train_examples, stats = encode_demonstrations(tokenizer, train_demos, cfg.max_length, cfg.truncation)
     eval_examples, _ = encode_demonstrations(tokenizer, eval_demos, cfg.max_length, cfg.truncation)
     if not train_examples:
-        raise ValueError(f"{cfg.data}: no demonstration fits in --max-length {cfg.max_length}")
+        raise UsageError(f"{cfg.data}: no demonstration fits in --max-length {cfg.max_length}")
     train = Rows.build(train_examples, cfg.max_length)
     evals = Rows.build(eval_examples, cfg.max_length) if eval_examples else None
     plan = Schedule.of(len(train.rows), cfg, loop.world)
