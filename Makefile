@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: setup demo test test-all lint bench constraints
+.PHONY: setup demo test test-fast test-all lint bench constraints
 
 $(READY): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (or: make PYTHON=python3 ...)"; exit 1; }
@@ -33,6 +33,10 @@ test: $(READY)
 	# Chromium and a PostgreSQL server for the labeling-service tests (apt-get, as root; else they skip)
 	bash scripts/test_services.sh
 	$(BIN)/python -m pytest -q
+
+# The unit tier alone, for day-to-day work: no training runs, servers or browsers (minutes on 2 cores).
+test-fast: $(READY)
+	$(BIN)/python -m pytest -q -m 'not slow and not integration'
 
 test-all: $(READY)
 	bash scripts/test_services.sh

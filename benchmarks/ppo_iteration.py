@@ -89,16 +89,17 @@ def time_rollouts(prompts: list[str], args) -> dict:
             tokens.append(sum(map(len, roll.response_ids)))
     results["rlhfkit"] = sum(tokens) / sum(times)
     if args.rollout_engine == "vllm":  # vLLM, as `--rollout-engine vllm` samples (its weights from the folder)
-        from rlhfkit.rollout import VLLMEngine
+        from rlhfkit.rollout import SamplingParams
+        from rlhfkit.sampling import vllm_engine
 
         del model
-        engine = VLLMEngine(str(resolve_model_path(args.model)), gpu_memory_utilization=0.3)
+        engine = vllm_engine(args.model, tok, seed=0, gpu_memory_utilization=0.3)
         times, tokens = [], []
         for r in range(args.warmup + args.rounds):
             torch.manual_seed(r)
             sync()
             t0 = time.perf_counter()
-            roll = engine.sample(tok, prompts, 1, args.new_tokens, 1.0, 1.0)
+            roll = engine.sample(prompts, 1, SamplingParams(args.new_tokens))
             sync()
             if r >= args.warmup:
                 times.append(time.perf_counter() - t0)

@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
 from rlhfkit.data import write_jsonl
 
+pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 

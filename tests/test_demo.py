@@ -152,6 +152,7 @@ def test_the_default_config_file_holds_the_built_in_defaults():
     assert load_config(DemoConfig, path, {}) == DemoConfig()
 
 
+@pytest.mark.integration
 def test_quick_demo_end_to_end(tmp_path, smollm2):
     from rlhfkit.demo.config import DemoConfig
     from rlhfkit.demo.pipeline import run_demo
@@ -221,6 +222,7 @@ def test_win_rate_compares_sample_for_sample():
     assert win_rate(judges, twice, outputs(good), outputs(good), samples=2)["win_rate"] == 0.5
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("stop_after", [0, 7, 13])
 def test_labeling_interrupted_and_resumed_gives_the_straight_runs_rankings(tmp_path, monkeypatch, stop_after):
     """The panel stopped after a number of judgements (its last lease taken, never submitted, as a kill -9 leaves
@@ -257,6 +259,7 @@ def test_labeling_interrupted_and_resumed_gives_the_straight_runs_rankings(tmp_p
     assert labelled("interrupted", True) == labelled("straight", False)
 
 
+@pytest.mark.integration
 def test_headroom_samples_are_reused_only_with_the_settings_that_drew_them(tmp_path, tiny_llama):
     """A run resumed with other headroom settings samples again (the cache once crashed such a run)."""
     from rlhfkit.demo.headroom import read_sft_samples, sft_samples

@@ -18,6 +18,8 @@ from rlhfkit.train.common import RunExists
 from rlhfkit.train.dpo import reference_logps, train_dpo
 from rlhfkit.train.reward import EncodedRanking
 
+pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
+
 
 def log_sigmoid(x: float) -> float:
     return -math.log1p(math.exp(-x))

@@ -14,6 +14,8 @@ from servers import label_server
 from rlhfkit.feedback.export import export_rankings
 from rlhfkit.feedback.store import Assignment, Store
 
+pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # Each payload, if it ever ran, would set window.pwned or open a dialog.

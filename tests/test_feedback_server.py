@@ -13,6 +13,8 @@ from servers import LabelServer, database, label_server
 from rlhfkit.feedback.client import LabelingClient, LabelingError
 from rlhfkit.feedback.store import Store
 
+pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
+
 LABELERS, TASKS, OVERLAP, K = 20, 100, 3, 4
 
 

@@ -21,6 +21,8 @@ from safetensors.torch import load_file
 
 from rlhfkit.data import write_jsonl
 
+pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

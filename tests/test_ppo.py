@@ -10,6 +10,8 @@ from rlhfkit.models import load_causal_lm
 from rlhfkit.models.reward import reward_model_from_causal_lm
 from rlhfkit.train.ppo import read_ptx, train_ppo
 
+pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
+
 
 def share_of_e(prompts, responses):
     """A reward that is a simple function of the text: the share of its characters that are 'e' (x10)."""

@@ -15,6 +15,8 @@ from tiny import WORDS, build_model
 from rlhfkit.config import PPOConfig, RMConfig, SFTConfig
 from rlhfkit.data import write_jsonl
 
+pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
+
 GOLDEN = Path(__file__).parent / "golden" / "trainers.json"
 FACTS = [("What colour is the sky?", "The sky is blue."), ("Name a fruit.", "An apple is a fruit."),
          ("What is the capital of France?", "Paris is the capital of France."), ("Say yes.", "Yes."),

@@ -15,6 +15,8 @@ from rlhfkit.sampling import sample_rankings
 from rlhfkit.train.reward import train_reward
 from rlhfkit.train.reward_metrics import ranking_pairs, reward_metrics
 
+pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
+
 PLAIN = [w for w in WORDS if w != "banana"]
 
 

@@ -13,6 +13,8 @@ from rlhfkit.errors import UsageError
 from rlhfkit.sampling import generate, sample_rankings
 from rlhfkit.train.ppo import train_ppo
 
+pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
+
 
 def has_vllm() -> bool:
     try:
@@ -62,16 +64,17 @@ def test_vllm_samples_what_the_trainer_model_would_and_follows_its_weights(llama
     after `load_weights` from changed weights vLLM follows the new ones."""
     from rlhfkit.models import load_causal_lm
     from rlhfkit.models.lm import response_logprobs
-    from rlhfkit.rollout import VLLMEngine
+    from rlhfkit.rollout import SamplingParams
+    from rlhfkit.sampling import vllm_engine
     from rlhfkit.train.ppo import build_batch
 
     model, tok = load_causal_lm(llama64)
     model.cuda()
-    engine = VLLMEngine(str(llama64), gpu_memory_utilization=0.2)
+    engine = vllm_engine(str(llama64), tok, seed=0, gpu_memory_utilization=0.2)
     prompts = ["say a", "the cat", "write a poem about the river", "list three colours"]
 
     def margins() -> torch.Tensor:
-        roll = engine.sample(tok, prompts, 1, 24, temperature=0.0)
+        roll = engine.sample(prompts, 1, SamplingParams(24, temperature=0.0))
         batch = build_batch(roll, prompts, "cuda")
         packed, order = batch.pack(list(range(len(prompts))), tok.pad_token_id)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):

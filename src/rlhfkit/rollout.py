@@ -1,4 +1,5 @@
-"""Batched sampling with a KV cache; on GPUs, vLLM behind the same `Rollout` (`VLLMEngine`).
+"""Sampling engines behind one interface, `RolloutEngine`: rlhfkit's own KV-cache decoder (`DecoderEngine`, any
+device) and vLLM on CUDA GPUs (`VLLMEngine`). Both answer `sample(prompts, n, params) -> Rollout`.
 
 `sample` renders prompts with the chat template, left-pads them into batches of similar length and
 decodes with its own short loop over a KV cache until every row has hit EOS or `max_new_tokens`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -40,6 +42,43 @@ class Rollout:
         self.response_ids.append(tokens)
         self.ended.append(ended)
         self.texts.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    max_prompt_length: int | None = None  # longer prompts keep their last tokens
+
+
+class RolloutEngine(Protocol):
+    """What samples responses for `sample`, `generate` and PPO."""
+
+    tokenizer: object
+
+    def sample(self, prompts: list[PromptText], n: int, params: SamplingParams) -> Rollout:
+        """`n` responses to each prompt. Seeded from torch's generator: `torch.manual_seed` first repeats it."""
+        ...
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Sample from `model`'s current weights from now on (PPO: before every rollout)."""
+        ...
+
+
+class DecoderEngine:
+    """rlhfkit's own decoder (`sample` below) on a model in this process: it samples from the model it was given
+    last, so `load_weights` copies nothing."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 16, autocast: bool = False):
+        self.model, self.tokenizer, self.batch_size, self.autocast = model, tokenizer, batch_size, autocast
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def sample(self, prompts: list[PromptText], n: int, params: SamplingParams) -> Rollout:
+        return sample(self.model, self.tokenizer, prompts, n, params.max_new_tokens, params.temperature, params.top_p,
+                      self.batch_size, self.autocast, params.max_prompt_length)
 
 
 @torch.no_grad()
@@ -344,21 +383,16 @@ class VLLMEngine:
     own generation defaults and other EOS ids are ignored). The engine's log-probs are never used: PPO
     recomputes them with the trainer's model."""
 
-    def __init__(self, model_dir: str, seed: int = 0, gpu_memory_utilization: float = 0.3,
-                 max_model_len: int | None = None):
-        import os
-
-        import torch.distributed as dist
-
+    def __init__(self, model_dir: str, tokenizer, seed: int = 0, gpu_memory_utilization: float = 0.3,
+                 max_model_len: int | None = None, rank: int = 0):
+        """`rank`: this process's rank among the training processes (each holds an engine; its seed differs). The
+        external launcher reads the process group from the environment the process was launched with (RANK,
+        LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): `sampling.vllm_engine` fills in what a launch without
+        a launcher lacks."""
         require_vllm()
         from vllm import LLM
 
-        # the external launcher takes the process group from the environment the trainer was launched with
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(local), "WORLD_SIZE": str(world)})
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29531")
+        self.tokenizer = tokenizer
         self.llm = LLM(model=str(model_dir), dtype="bfloat16", seed=seed + rank, tensor_parallel_size=1,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        distributed_executor_backend="external_launcher", generation_config="vllm")
@@ -383,17 +417,18 @@ class VLLMEngine:
                 model.unmerge_adapter()
         self.llm.reset_prefix_cache()  # cached prompt states were computed with the old weights
 
-    def sample(self, tokenizer, prompts: list[PromptText], num_samples: int = 1, max_new_tokens: int = 128,
-               temperature: float = 1.0, top_p: float = 1.0, max_prompt_length: int | None = None) -> Rollout:
+    def sample(self, prompts: list[PromptText], n: int, params: SamplingParams) -> Rollout:
         """`sample`'s responses through vLLM. Seeded from torch's generator, so `torch.manual_seed` before a
         call makes it repeatable as it does for `sample`."""
-        from vllm import SamplingParams
+        import vllm
 
-        encoded = encode_prompts(tokenizer, prompts, max_prompt_length)
-        params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                ignore_eos=True, stop_token_ids=[tokenizer.eos_token_id],
-                                seed=int(torch.randint(2**31 - 1, ())), detokenize=False)
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
+        tokenizer = self.tokenizer
+        encoded = encode_prompts(tokenizer, prompts, params.max_prompt_length)
+        vllm_params = vllm.SamplingParams(
+            n=n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
+            ignore_eos=True, stop_token_ids=[tokenizer.eos_token_id], seed=int(torch.randint(2**31 - 1, ())),
+            detokenize=False)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], vllm_params, use_tqdm=False)
         out = Rollout([], [], [], [], [])
         for i, request in enumerate(outputs):
             for completion in request.outputs:
@@ -402,3 +437,10 @@ class VLLMEngine:
                     tokens.append(tokenizer.eos_token_id)  # the stop token, where the engine leaves it out
                 out.add(i, encoded[i], tokens, tokenizer)
         return out
+
+
+def launcher_environment(rank: int, local_rank: int, world: int) -> dict[str, str]:
+    """The variables vLLM's external launcher reads the process group from, for a launch that did not set them
+    (one process, no `accelerate launch`)."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531"}

@@ -10,7 +10,7 @@ are appended batch by batch (and fsynced), so a killed run loses at most the bat
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
 from pathlib import Path
 
 import torch
@@ -21,25 +21,36 @@ from rlhfkit.data import Prompt, Ranking, append_jsonl, prompt_text, read_prompt
 from rlhfkit.errors import UsageError
 from rlhfkit.models import default_device, load_causal_lm, load_tokenizer, mixed_precision, resolve_model_path
 from rlhfkit.models.reward import load_reward_model, score
-from rlhfkit.rollout import Rollout, VLLMEngine, sample
+from rlhfkit.rollout import (
+    DecoderEngine,
+    RolloutEngine,
+    SamplingParams,
+    VLLMEngine,
+    launcher_environment,
+)
 
 
-def sampler(cfg: SampleConfig | GenerateConfig) -> tuple[Callable[[list, int], Rollout], object]:
-    """(draw(prompts, n) -> a Rollout of n responses to each prompt, the tokenizer) for --rollout-engine: the
-    model loaded for rlhfkit's own decoder (cast to bf16 once where that is the precision: this stage only
-    decodes), or a vLLM engine on the GPU."""
+def engine_for(cfg: SampleConfig | GenerateConfig) -> RolloutEngine:
+    """The engine of --rollout-engine: the model loaded for rlhfkit's own decoder (cast to bf16 once where that is
+    the precision: this stage only decodes), or a vLLM engine on the GPU."""
     if cfg.engine.kind == "vllm":
-        tokenizer = load_tokenizer(cfg.model)
-        engine = VLLMEngine(str(resolve_model_path(cfg.model)), cfg.seed, cfg.engine.gpu_memory_utilization)
-        return (lambda prompts, n: engine.sample(tokenizer, prompts, n, cfg.max_new_tokens, cfg.temperature,
-                                                 cfg.top_p)), tokenizer
+        return vllm_engine(cfg.model, load_tokenizer(cfg.model), cfg.seed, cfg.engine.gpu_memory_utilization)
     device = default_device()
     model, tokenizer = load_causal_lm(cfg.model)
     model.to(device)
     if mixed_precision(cfg.dtype, device) == "bf16":
         model.to(torch.bfloat16)
-    return (lambda prompts, n: sample(model, tokenizer, prompts, n, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                      cfg.batch_size)), tokenizer
+    return DecoderEngine(model, tokenizer, cfg.batch_size)
+
+
+def vllm_engine(model: str, tokenizer, seed: int, gpu_memory_utilization: float, max_model_len: int | None = None,
+                rank: int = 0, local_rank: int = 0, world: int = 1) -> VLLMEngine:
+    """A vLLM engine in this process. vLLM's external launcher reads the process group from the environment a
+    launcher (accelerate launch, torchrun) sets; where this process was started without one, the variables a
+    one-process launch would have are filled in first (never overwriting a launcher's)."""
+    for key, value in launcher_environment(rank, local_rank, world).items():
+        os.environ.setdefault(key, value)
+    return VLLMEngine(str(resolve_model_path(model)), tokenizer, seed, gpu_memory_utilization, max_model_len, rank)
 
 
 def prompt_key(index: int, prompt_id: str | None) -> str:
@@ -89,7 +100,8 @@ def sample_rankings(cfg: SampleConfig) -> dict:
     keys = [prompt_key(i, p.id) for i, p in enumerate(read.records)]
     done = min(_batches_written(out, keys, prompts_per_batch) * prompts_per_batch, len(keys))
     todo = list(enumerate(read.records))[done:]
-    draw, tokenizer = sampler(cfg)
+    engine = engine_for(cfg)
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     source = {"policy": str(cfg.model), "temperature": cfg.temperature, "top_p": cfg.top_p,
               "max_new_tokens": cfg.max_new_tokens}
     written = skipped = duplicates = 0
@@ -104,7 +116,7 @@ def sample_rankings(cfg: SampleConfig) -> dict:
                 need = [j for j, f in enumerate(found) if len(f) < cfg.k]
                 if not need:
                     break
-                roll = draw([chunk[j][1].prompt for j in need], cfg.k)
+                roll = engine.sample([chunk[j][1].prompt for j in need], cfg.k, params)
                 for idx, text, ended in zip(roll.prompt_index, roll.texts, roll.ended, strict=True):
                     f = found[need[idx]]
                     if text in f:
@@ -169,7 +181,8 @@ def generate(cfg: GenerateConfig) -> list[dict]:
                               "another --output")
     done = _complete_prompts(out, cfg.num_samples) if out is not None else set()
     todo = [i for i in range(len(prompts)) if i not in done]
-    draw, tokenizer = sampler(cfg)
+    engine = engine_for(cfg)
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     rm = rm_tokenizer = None
     if cfg.best_of > 1:
         rm, rm_tokenizer = load_reward_model(cfg.reward_model)  # its own tokenizer: it may not be the policy's
@@ -182,7 +195,7 @@ def generate(cfg: GenerateConfig) -> list[dict]:
         for start in range(0, len(todo), per_batch):
             chunk = todo[start : start + per_batch]
             torch.manual_seed(cfg.seed + chunk[0])
-            roll = draw([prompts[i].prompt for i in chunk], drawn)
+            roll = engine.sample([prompts[i].prompt for i in chunk], drawn, params)
             answers = sorted(zip(roll.prompt_index, roll.texts, roll.ended, strict=True), key=lambda x: x[0])
             if rm is not None:
                 answers = best_of_n(rm, rm_tokenizer, [prompts[chunk[j]].prompt for j, _, _ in answers], answers,

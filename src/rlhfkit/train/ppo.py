@@ -66,10 +66,11 @@ from rlhfkit.losses import (
     ptx_loss,
     whiten,
 )
-from rlhfkit.models import is_peft, load_causal_lm, resolve_model_path, save_model
+from rlhfkit.models import is_peft, load_causal_lm, save_model
 from rlhfkit.models.lm import response_logprobs, scored_logits
 from rlhfkit.models.reward import RewardModel, load_reward_model, reward_model_from_causal_lm, score_groups
-from rlhfkit.rollout import Rollout, VLLMEngine, require_vllm, sample
+from rlhfkit.rollout import DecoderEngine, Rollout, RolloutEngine, SamplingParams, require_vllm
+from rlhfkit.sampling import vllm_engine
 from rlhfkit.train.common import Optimised, TrainLoop, load_trainable_lm, step_items
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores
@@ -231,7 +232,7 @@ class PPOModels:
     ptx_rows: list[list[Example]] | None  # pretraining rows for the γ term
     plain_policy: PolicyModule  # the trained modules without their data-parallel wrappers
     plain_value: ValueModel | None
-    engine: VLLMEngine | None = None  # --rollout-engine vllm; else rlhfkit's own decoder samples
+    engine: RolloutEngine  # rlhfkit's own decoder on the policy, or vLLM (engine: vllm)
 
 
 def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: int) -> PPOModels:
@@ -252,10 +253,16 @@ def load_models(cfg: PPOConfig, loop: TrainLoop, use_rm: bool, total_updates: in
     ptx_rows = read_ptx(cfg.ptx.data, tokenizer, cfg.ptx.max_length) if cfg.ptx else None
     policy_part = loop.prepare("policy", module, total_steps=total_updates)
     value_part = loop.prepare("value", value_model, lr=cfg.critic.lr) if value_model is not None else None
-    engine = (VLLMEngine(str(resolve_model_path(cfg.policy)), cfg.seed, cfg.engine.gpu_memory_utilization,
-                         cfg.max_prompt_length + cfg.max_new_tokens) if cfg.engine.kind == "vllm" else None)
     unwrap = loop.acc.unwrap_model
-    return PPOModels(policy_part, value_part, reference, rm, tokenizer, ptx_rows, unwrap(policy_part.module),
+    plain_policy = unwrap(policy_part.module)
+    if cfg.engine.kind == "vllm":
+        engine = vllm_engine(cfg.policy, tokenizer, cfg.seed, cfg.engine.gpu_memory_utilization,
+                             cfg.max_prompt_length + cfg.max_new_tokens, loop.rank, loop.acc.local_process_index,
+                             loop.world)
+    else:
+        engine = DecoderEngine(plain_policy.model, tokenizer, cfg.rollout_batch,
+                               autocast=loop.acc.mixed_precision == "bf16")
+    return PPOModels(policy_part, value_part, reference, rm, tokenizer, ptx_rows, plain_policy,
                      unwrap(value_part.module) if value_part is not None else None, engine)
 
 
@@ -368,16 +375,11 @@ def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts:
 
 
 def rollout(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list) -> Rollouts:
-    """Step 1: `samples_per_prompt` responses to each prompt from the policy (with vLLM: its current weights
-    copied into the engine first; the log-probs PPO uses are the trainer's own, step 2)."""
-    policy, texts = models.plain_policy.model, [p.prompt for p in prompts]
-    if models.engine is not None:
-        models.engine.load_weights(policy)
-        roll = models.engine.sample(models.tokenizer, texts, cfg.samples_per_prompt, cfg.max_new_tokens,
-                                    cfg.temperature, cfg.top_p, cfg.max_prompt_length)
-    else:
-        roll = sample(policy, models.tokenizer, texts, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
-                      cfg.top_p, cfg.rollout_batch, loop.acc.mixed_precision == "bf16", cfg.max_prompt_length)
+    """Step 1: `samples_per_prompt` responses to each prompt from the policy's current weights (copied into the
+    engine first where it keeps its own, as vLLM does; the log-probs PPO uses are the trainer's own, step 2)."""
+    models.engine.load_weights(models.plain_policy.model)
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.max_prompt_length)
+    roll = models.engine.sample([p.prompt for p in prompts], cfg.samples_per_prompt, params)
     return build_batch(roll, [prompt_text(p.prompt) for p in prompts], loop.device)
 
 
