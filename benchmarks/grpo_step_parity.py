@@ -5,8 +5,8 @@
 A diagnosis for rl_efficiency.py, where rlhfkit's GRPO moved the policy further from SFT per optimiser step than
 TRL's GRPOTrainer with the same settings. From a finished demo run: rlhfkit's PPO (`--advantage grpo --kl-in loss
 --kl-estimator k3`, the benchmark's settings) samples 8 prompts x 8 responses from the SFT policy, scores them with
-the held-out judges' rubric (x5, as the benchmark; --reward rm: the run's RM) and takes one optimiser step; the
-gradient it steps with is kept.
+the held-out judges' rubric (x5, as the benchmark; --reward rm: the run's RM), and the gradient of its one update
+(`PPO.experience`, then `PPO.policy_loss` on one minibatch of all 64) is taken.
 TRL's `GRPOTrainer._compute_loss` then gets the same prompts and response tokens (its advantages computed as
 TRL does: group mean, the group's sample std + 1e-4; its reference log-probs from its own fp32 reference under the
 same bf16 autocast) on a fresh copy of the SFT weights, and its gradient is taken. Prints the parts each tool
@@ -31,9 +31,7 @@ from rl_efficiency import task_reward  # the benchmark's reward, from the script
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.labelers import make_panel
 from rlhfkit.losses import group_normalized
-from rlhfkit.train import ppo as ppo_module
-from rlhfkit.train.common import TrainLoop
-from rlhfkit.train.ppo import train_ppo
+from rlhfkit.train.ppo import PPO
 
 PROMPTS, SAMPLES = 8, 8
 
@@ -45,32 +43,22 @@ def flat_grad(module: torch.nn.Module) -> torch.Tensor:
 def rlhfkit_step(args, cfg: DemoConfig, reward, overrides: dict, seed: int) -> tuple:
     """One optimiser step of rlhfkit's GRPO from the SFT weights (`seed` picks the prompts and the samples);
     returns (its Experience, its gradient before clipping)."""
-    kept: dict = {}
-    make_experience, optimizer_step = ppo_module.make_experience, TrainLoop.optimizer_step
-
-    def keep_experience(*a, **kw):
-        kept["exp"] = make_experience(*a, **kw)
-        return kept["exp"]
-
-    def keep_gradient(self, part, loss, what="the loss"):
-        kept["grad"] = flat_grad(part.module)
-        return optimizer_step(self, part, loss, what)
-
-    ppo_module.make_experience, TrainLoop.optimizer_step = keep_experience, keep_gradient
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            ppo = cfg.ppo.updated(**{
-                "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
-                "prompts": str(args.run / "data" / "ppo_prompts.jsonl"), "ptx": None,
-                "output_dir": tmp, "seed": seed, "progress": False, "save_every": 0, "samples_every": 10**6,
-                "iterations": 1, "missing_eos_penalty": None, "rollout_batch": PROMPTS * SAMPLES,
-                "samples_per_prompt": SAMPLES, "minibatch_size": PROMPTS * SAMPLES, "ppo_epochs": 1,
-                "lr": args.lr, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "kl_coef": args.kl_coef,
-                "advantage": "grpo", "kl_in": "loss", "kl_estimator": "k3"} | overrides)
-            train_ppo(ppo, reward_fn=reward)
-    finally:
-        ppo_module.make_experience, TrainLoop.optimizer_step = make_experience, optimizer_step
-    return kept["exp"], kept["grad"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ppo_cfg = cfg.ppo.updated(**{
+            "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
+            "prompts": str(args.run / "data" / "ppo_prompts.jsonl"), "ptx": None,
+            "output_dir": tmp, "seed": seed, "progress": False, "save_every": 0, "samples_every": 10**6,
+            "iterations": 1, "missing_eos_penalty": None, "rollout_batch": PROMPTS * SAMPLES,
+            "samples_per_prompt": SAMPLES, "minibatch_size": PROMPTS * SAMPLES, "ppo_epochs": 1,
+            "lr": args.lr, "min_lr_ratio": 1.0, "warmup_ratio": 0.0, "kl_coef": args.kl_coef,
+            "advantage": "grpo", "kl_in": "loss", "kl_estimator": "k3"} | overrides)
+        ppo = PPO.build(ppo_cfg, reward_fn=reward)
+        ppo.models.plain_policy.train()
+        exp = ppo.experience(ppo.prompts_for(0))  # iteration 0's prompts and samples, scored
+        # the iteration's one update: one minibatch of all its rollouts
+        loss, _ = ppo.policy_loss(exp, list(range(len(exp.rollouts.prompt_ids))))
+        ppo.loop.acc.backward(loss)
+        return exp, flat_grad(ppo.models.policy.module)
 
 
 def trl_gradient(args, cfg: DemoConfig, exp) -> tuple[torch.Tensor, dict]:

@@ -11,11 +11,11 @@ from safetensors.torch import save_file
 
 from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
 from rlhfkit.train.dpo import train_dpo
-from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.reward import train_reward
 from rlhfkit.train.sft import train_sft
 
 stage, cfg_file = sys.argv[1], Path(sys.argv[2])
+SHARDED = os.environ.get("ACCELERATE_USE_FSDP", "false") == "true"  # (read before a trainer takes the launch)
 kill_after = int(sys.argv[3]) if len(sys.argv) > 3 else None
 
 
@@ -38,24 +38,18 @@ else:
 
     from torch.distributed.tensor import DTensor
 
-    from rlhfkit.train import ppo
+    from rlhfkit.train.ppo import PPO
 
-    load_models = ppo.load_models
-
-    def load_and_record(*args, **kwargs):  # what each process holds of the frozen models: shards or whole
-        models = load_models(*args, **kwargs)
-        held = {name: {"sharded": all(isinstance(p, DTensor) for p in m.parameters()),
-                       "local": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in m.parameters()),
-                       "whole": sum(p.numel() for p in m.parameters())}
-                for name, m in (("reference", models.reference), ("reward", models.reward))}
-        rank = PartialState().process_index
-        (Path(cfg.output_dir) / f"frozen-rank{rank}.json").write_text(json.dumps(held))
-        return models
-
-    ppo.load_models = load_and_record
     cfg = PPOConfig.model_validate_json(cfg_file.read_text())
-    model = train_ppo(cfg, on_iteration=on_step).policy
-if os.environ.get("RLHFKIT_FSDP") != "true":
+    ppo = PPO.build(cfg)
+    held = {name: {"sharded": all(isinstance(p, DTensor) for p in m.parameters()),  # what each process holds
+                   "local": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in m.parameters()),
+                   "whole": sum(p.numel() for p in m.parameters())}
+            for name, m in (("reference", ppo.models.reference), ("reward", ppo.models.reward))}
+    rank = PartialState().process_index
+    (Path(cfg.output_dir) / f"frozen-rank{rank}.json").write_text(json.dumps(held))
+    model = ppo.train(on_iteration=on_step).policy
+if not SHARDED:
     rank = PartialState().process_index
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(Path(cfg.output_dir) / f"weights-rank{rank}.safetensors"))

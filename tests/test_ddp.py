@@ -31,7 +31,6 @@ def run_worker(cfg, tmp_path: Path, processes: int, stage: str = "sft", fsdp: bo
     elif processes > 1:
         launch += ["--multi_gpu", "--main_process_port", "29517"]  # accelerate's flag for DDP, gloo on CPU
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RLHFKIT_FSDP", None)
     args = [str(WORKER), stage, str(cfg_file)] + ([str(kill_after)] if kill_after else [])
     out = subprocess.run(launch + args, capture_output=True, text=True, env=env, timeout=300)
     if kill_after:

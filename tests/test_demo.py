@@ -3,6 +3,7 @@ SmolLM2 model. (The constraint checkers are tested in test_constraints.py.)"""
 
 import json
 import random
+from dataclasses import fields
 from importlib.resources import files
 
 import pytest
@@ -224,13 +225,13 @@ def test_win_rate_compares_sample_for_sample():
 
 @pytest.mark.integration
 @pytest.mark.parametrize("stop_after", [0, 7, 13])
-def test_labeling_interrupted_and_resumed_gives_the_straight_runs_rankings(tmp_path, monkeypatch, stop_after):
+def test_labeling_interrupted_and_resumed_gives_the_straight_runs_rankings(tmp_path, stop_after):
     """The panel stopped after a number of judgements (its last lease taken, never submitted, as a kill -9 leaves
     it), then started again by a new process: the same rankings, in the same order, as labeling straight through."""
     from rlhfkit.data import write_jsonl
     from rlhfkit.demo.config import DemoConfig
+    from rlhfkit.demo.labelers import SimulatedLabeler
     from rlhfkit.demo.pipeline import Run, label_with_panel, prepare_data
-    from rlhfkit.feedback.store import Store
 
     def labelled(name: str, interrupt: bool) -> str:
         cfg = DemoConfig(quick=True, runs_dir=str(tmp_path), name=name).sized()
@@ -240,19 +241,20 @@ def test_labeling_interrupted_and_resumed_gives_the_straight_runs_rankings(tmp_p
         write_jsonl(samples, [{"prompt": p.prompt, "id": p.id, "sources": [{"ended": j != 2} for j in range(4)],
                                "responses": [f"Answer {j}. " * (j + 1) for j in range(4)]}
                               for p in read_prompts(run.dir / "data" / "rm_prompts.jsonl").records[:6]])
-        if interrupt:
-            real, calls = Store.submit, [0]
+        if interrupt:  # the panel stops mid-judgement: `stop_after` judgements submitted, the next one leased
+            calls = [0]
 
-            def submit(self, *args, **kwargs):
-                if calls[0] == stop_after:
-                    raise KeyboardInterrupt
-                calls[0] += 1
-                return real(self, *args, **kwargs)
+            class Interrupted(SimulatedLabeler):
+                def rank(self, *args, **kwargs):
+                    if calls[0] == stop_after:
+                        raise KeyboardInterrupt
+                    calls[0] += 1
+                    return super().rank(*args, **kwargs)
 
-            monkeypatch.setattr(Store, "submit", submit)
+            panel = [Interrupted(**{f.name: getattr(lab, f.name) for f in fields(lab)})
+                     for lab in make_panel(cfg.panel_size, cfg.seed, "labeler")]
             with pytest.raises(KeyboardInterrupt):
-                label_with_panel(run, cfg, samples, "rm-round1", make_panel(cfg.panel_size, cfg.seed, "labeler"))
-            monkeypatch.setattr(Store, "submit", real)
+                label_with_panel(run, cfg, samples, "rm-round1", panel)
         label_with_panel(run, cfg, samples, "rm-round1", make_panel(cfg.panel_size, cfg.seed, "labeler"))
         return (run.dir / "rm-round1.jsonl").read_text()
 

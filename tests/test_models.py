@@ -21,7 +21,7 @@ def test_gguf_conversion_round_trip(tmp_path, tiny_llama, monkeypatch):
     model, tok = load_causal_lm(tiny_llama)
     gguf_file = write_llama_gguf(model, tok, tmp_path / smollm2.GGUF_FILE)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(smollm2, "find_gguf", lambda: gguf_file)
+    monkeypatch.setenv("RLHFKIT_SMOLLM2_GGUF", str(gguf_file))
 
     folder = resolve_model_path("smollm2-135m")
     assert folder == tmp_path / "cache" / "rlhfkit" / "models" / "smollm2-135m"
@@ -34,9 +34,11 @@ def test_gguf_conversion_round_trip(tmp_path, tiny_llama, monkeypatch):
     assert ctok.apply_chat_template(msgs, tokenize=False) == tok.apply_chat_template(msgs, tokenize=False)
     assert converted.generation_config.eos_token_id == tok.eos_token_id
 
-    # Later loads read the folder; they never convert again.
-    monkeypatch.setattr(smollm2, "convert_gguf", lambda *a: pytest.fail("converted twice"))
+    # Later loads read the folder; they never convert again (the GGUF is not even looked for).
+    gguf_file.unlink()
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert resolve_model_path("smollm2-135m") == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_interrupted_conversion_leaves_no_model(tmp_path, tiny_llama, monkeypatch):

@@ -8,7 +8,7 @@ from rlhfkit.config import PPOConfig, ValueModelCritic
 from rlhfkit.data import IGNORE, collate_packed, shifted_targets
 from rlhfkit.models import load_causal_lm
 from rlhfkit.models.reward import reward_model_from_causal_lm
-from rlhfkit.train.ppo import read_ptx, train_ppo
+from rlhfkit.train.ppo import PPO, Experience, ValueModel, read_ptx, train_ppo
 
 pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
 
@@ -160,29 +160,43 @@ def test_every_option_runs(tmp_path, tiny_llama, prompts_file, tiny_rm, options)
 
 
 @pytest.mark.parametrize("advantage", ["rloo", "grpo"])
-def test_critic_free_advantages_allocate_no_value_model(tmp_path, tiny_llama, prompts_file, tiny_rm, advantage,
-                                                       monkeypatch):
-    from rlhfkit.train import ppo
-
-    built = []
-    monkeypatch.setattr(ppo.ValueModel, "__init__", lambda *a: built.append(a) or pytest.fail("a value model"))
-    seen = {}
-    real = ppo.load_models
-
-    def spy(*args, **kw):
-        seen["models"] = real(*args, **kw)
-        return seen["models"]
-
-    monkeypatch.setattr(ppo, "load_models", spy)
-    result = train_ppo(ppo_cfg(tmp_path, tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage,
-                               samples_per_prompt=2))
-    models = seen["models"]
-    assert models.value is None and models.plain_policy.value_head is None and not built
+def test_critic_free_advantages_allocate_no_value_model(tmp_path, tiny_llama, prompts_file, tiny_rm, advantage):
+    cfg = ppo_cfg(tmp_path, tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage,
+                  samples_per_prompt=2)
+    ppo = PPO.build(cfg)
+    models = ppo.models
+    assert models.value is None and models.plain_value is None and models.plain_policy.value_head is None
+    assert not any(isinstance(m, ValueModel) for m in models.plain_policy.modules())
     assert list(models.policy.optimizer.param_groups[0]["params"]) == [
         p for p in models.plain_policy.model.parameters() if p.requires_grad]  # the policy's weights and no others
-    assert "vf_loss" not in result.history[-1] and "explained_variance" not in result.history[-1]
+    metrics = ppo.step(ppo.prompts_for(0), 0)
+    assert "vf_loss" not in metrics and "explained_variance" not in metrics
     with pytest.raises(ValueError, match="samples_per_prompt 2 or more"):
         ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage)
+
+
+def test_one_iteration_step_by_step_is_the_iteration(tmp_path, tiny_llama, prompts_file, tiny_rm):
+    """`PPO.step` is its public parts in order: the same seed through rollout, score, rewards, advantages and
+    update by hand gives the same numbers."""
+    cfg = ppo_cfg(tmp_path / "a", tiny_llama, prompts_file, reward_model=str(tiny_rm), samples_per_prompt=2,
+                  kl_coef=0.1)
+    whole = PPO.build(cfg)
+    metrics = whole.step(whole.prompts_for(0), 0)
+    parts = PPO.build(cfg.updated(output_dir=str(tmp_path / "b")))
+    beta = parts.kl_controller.beta
+    scored = parts.score(parts.rollout(parts.prompts_for(0)))
+    rewards = parts.rewards(scored, beta)
+    advantages, returns = parts.advantages(rewards, scored.values, scored.rollouts.mask)
+    stats = parts.update(Experience(**vars(scored), advantages=advantages, returns=returns, beta=beta), 0)
+    assert stats["pg_loss"] == pytest.approx(metrics["pg_loss"]) and stats["vf_loss"] == pytest.approx(
+        metrics["vf_loss"])
+    kl = ((scored.old_logprobs - scored.ref_logprobs) * scored.rollouts.mask).sum(1).mean().item()
+    assert kl == pytest.approx(metrics["kl"])
+    # the reward of the last token of each response holds its score, less β·KL_t
+    last = scored.rollouts.mask.sum(1).long() - 1
+    penalty = -beta * (scored.old_logprobs - scored.ref_logprobs)
+    baselined = rewards[torch.arange(len(last)), last] - penalty[torch.arange(len(last)), last]
+    assert baselined.sum().abs() < 1e-4  # leave-one-out: a prompt's baselined scores sum to 0
 
 
 def test_grpo_advantages_are_the_group_normalised_scores_not_whitened_again():
@@ -293,19 +307,15 @@ def test_an_evaluation_hook_leaves_training_as_it_was(tmp_path, tiny_llama, prom
         assert [m[key] for m in hooked.history] == [m[key] for m in plain.history]
 
 
-def test_frozen_models_load_in_the_policy_precision(tmp_path, tiny_llama, prompts_file, tiny_rm, monkeypatch):
-    from rlhfkit.train import ppo
+def test_frozen_models_load_in_the_policy_precision(tmp_path, tiny_llama, prompts_file, tiny_rm):
+    from rlhfkit.train.ppo import frozen_dtype
 
-    assert ppo.frozen_dtype("auto", "bf16") == torch.bfloat16 and ppo.frozen_dtype("auto", "no") == torch.float32
-    assert ppo.frozen_dtype("auto", "fp16") == torch.float16 and ppo.frozen_dtype("fp32", "bf16") == torch.float32
-    seen = []
-    real = ppo.rm_scores
-
-    def spy(rm, batch, pad):
-        seen.append(next(rm.backbone.parameters()).dtype)
-        return real(rm, batch, pad)
-
-    monkeypatch.setattr(ppo, "rm_scores", spy)
-    train_ppo(ppo_cfg(tmp_path, tiny_llama, prompts_file, reward_model=str(tiny_rm), frozen_dtype="bf16",
-                      iterations=1))
-    assert seen == [torch.bfloat16]
+    assert frozen_dtype("auto", "bf16") == torch.bfloat16 and frozen_dtype("auto", "no") == torch.float32
+    assert frozen_dtype("auto", "fp16") == torch.float16 and frozen_dtype("fp32", "bf16") == torch.float32
+    ppo = PPO.build(ppo_cfg(tmp_path, tiny_llama, prompts_file, reward_model=str(tiny_rm), frozen_dtype="bf16",
+                            iterations=1))
+    assert next(ppo.models.reward.backbone.parameters()).dtype == torch.bfloat16
+    assert next(ppo.models.reference.parameters()).dtype == torch.bfloat16
+    assert next(ppo.models.plain_policy.parameters()).dtype == torch.float32  # the trained policy keeps fp32
+    scored = ppo.score(ppo.rollout(ppo.prompts_for(0)))
+    assert scored.scores.dtype == torch.float32 and torch.isfinite(scored.scores).all()

