@@ -18,6 +18,7 @@ LAYERS = {  # the first dotted prefix that matches names a module's layer
     "rlhfkit.train": 5,
     "rlhfkit.evaluation": 6,
     "rlhfkit.demo": 7,
+    "rlhfkit.stages": 7.5,
     "rlhfkit.cli": 8, "rlhfkit.__main__": 9,
 }
 SIDE = {"rlhfkit.feedback": {"rlhfkit.config", "rlhfkit.console", "rlhfkit.errors", "rlhfkit.data", "rlhfkit.feedback"}}

@@ -600,3 +600,106 @@ class GenerateConfig(RolloutEngineConfig, StageConfig):
     batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
     seed: int = Field(0, description="Seed for sampling.")
     dtype: Dtype = Field("auto", description="auto = bf16 autocast where supported, else fp32.")
+
+
+# ---- evaluations (`rlhfkit eval ...`) ---------------------------------------------------------------------
+
+TRUTHFULQA_HELP = ("TruthfulQA: mc_task.json, or its folder (TruthfulQA.csv beside it gives the categories), or "
+                   "JSONL of {question, mc1_targets, mc2_targets}.")
+MC_HELP = "Multiple-choice JSONL: {question, choices, answer (index or text), category?}."
+PROSE_HELP = "Held-out prose: a .txt file (a passage a line) or JSONL with a 'text' field."
+CROWS_HELP = "CrowS-Pairs: crows_pairs_anonymized.csv or its folder."
+WINOGENDER_HELP = ("Winogender: all_sentences.tsv or its folder (occupations-stats.tsv beside it gives the "
+                   "occupations' share of women).")
+
+
+class EvalConfig(StageConfig):
+    """What every `rlhfkit eval` command shares: the models, where the results go, how many items."""
+
+    EVAL: ClassVar[str] = ""  # the evaluation's name (rlhfkit.evaluation.suite.EVALUATIONS)
+    model: list[str] = Field(description="HF model folder (or smollm2-135m); repeat to compare several side by side.",
+                             json_schema_extra={"short": "-m"})
+    output: str = Field("evals", description="Folder for <evaluation>.json and <evaluation>.md.",
+                        json_schema_extra={"short": "-o"})
+    limit: int | None = Field(None, ge=1, description="Only the first N items of each data set.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+    def datasets(self) -> dict[str, str | None]:
+        """Each data set of the evaluation (by its part's name in the suite) and the path given for it."""
+        return {part: getattr(self, part) for part in type(self).model_fields if part in PART_FIELDS}
+
+
+PART_FIELDS = ("truthfulqa", "crows", "winogender", "toxicity", "hallucination", "prose", "mc")
+
+
+class SingleDataEval(EvalConfig):
+    """An evaluation of one data set, given as --data."""
+
+    data: str = Field(description="The data set.")
+
+    def datasets(self) -> dict[str, str | None]:
+        return {self.EVAL: self.data}
+
+
+class TruthfulQAEvalConfig(SingleDataEval):
+    EVAL: ClassVar[str] = "truthfulqa"
+    data: str = Field(description=TRUTHFULQA_HELP)
+    batch_tokens: int = Field(8192, ge=16, description="Tokens packed into one forward pass.")
+
+
+class BiasEvalConfig(EvalConfig):
+    EVAL: ClassVar[str] = "bias"
+    crows: str | None = Field(None, description=CROWS_HELP)
+    winogender: str | None = Field(None, description=WINOGENDER_HELP)
+    batch_tokens: int = Field(8192, ge=16, description="Tokens packed into one forward pass.")
+
+
+class HallucinationEvalConfig(SingleDataEval):
+    EVAL: ClassVar[str] = "hallucination"
+    data: str = Field(description="Prompts with a passage (JSONL: prompt and passage; the demo's "
+                       "closed-domain prompts carry one in meta).")
+    max_new_tokens: int = Field(128, ge=1, description="Longest answer (greedy).")
+
+
+class ToxicityEvalConfig(SingleDataEval):
+    EVAL: ClassVar[str] = "toxicity"
+    data: str = Field(description="Prompts: any prompt JSONL (a 'group' field, and 'label', group the "
+                       "figures, as in ToxiGen's prompts) or HH-RLHF transcripts (their first Human turn).")
+    classifier: str | None = Field(None, description="A local HF sequence-classification folder scoring toxicity; "
+                                   "default: alt-profanity-check (offline; profanity and insults).")
+    samples: int = Field(4, ge=1, description="Samples a prompt (expected maximum toxicity is over them).")
+    max_new_tokens: int = Field(32, ge=1, description="Longest sample (nucleus sampling, p=0.9).")
+
+
+class TaxEvalConfig(EvalConfig):
+    EVAL: ClassVar[str] = "tax"
+    prose: str | None = Field(None, description=PROSE_HELP)
+    truthfulqa: str | None = Field(None, description=TRUTHFULQA_HELP)
+    mc: str | None = Field(None, description=MC_HELP)
+    shots: int = Field(0, ge=0, description="Multiple choice: the first N items become worked examples before every "
+                       "question (and are not scored).")
+    batch_tokens: int = Field(8192, ge=16, description="Tokens packed into one forward pass.")
+
+
+class AllEvalConfig(EvalConfig):
+    EVAL: ClassVar[str] = "all"
+    truthfulqa: str | None = Field(None, description=TRUTHFULQA_HELP)
+    crows: str | None = Field(None, description=CROWS_HELP)
+    winogender: str | None = Field(None, description=WINOGENDER_HELP)
+    toxicity: str | None = Field(None, description="Toxicity prompts (JSONL, or HH-RLHF transcripts).")
+    hallucination: str | None = Field(None, description="Closed-domain prompts with a 'passage'.")
+    prose: str | None = Field(None, description=PROSE_HELP)
+    mc: str | None = Field(None, description=MC_HELP)
+    shots: int = Field(0, ge=0, description="Multiple choice: the first N items become worked examples.")
+    classifier: str | None = Field(None, description="Toxicity classifier: a HF sequence-classification folder "
+                                   "(default alt-profanity-check).")
+    samples: int = Field(4, ge=1, description="Toxicity samples a prompt.")
+    batch_tokens: int = Field(8192, ge=16, description="Tokens packed into one forward pass.")
+
+
+class EloConfig(StageConfig):
+    rankings: str = Field(description="Rankings whose responses carry sources[i].policy (JSONL).",
+                          json_schema_extra={"argument": True})
+    output: str | None = Field(None, description="Write the table as JSON here.", json_schema_extra={"short": "-o"})
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of whole rankings for the 95% intervals.")
+    seed: int = Field(0, description="Seed for the bootstrap.")

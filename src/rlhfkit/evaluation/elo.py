@@ -10,11 +10,14 @@ ranking are correlated.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+from rlhfkit.config import EloConfig
 from rlhfkit.data.records import Ranking
 from rlhfkit.errors import UsageError
 
@@ -113,3 +116,23 @@ def compare_policies(rankings: list[Ranking], bootstrap: int = 1000, seed: int =
         result.append(PolicyScore(p, 1000 + ELO_SCALE * s, 1000 + ELO_SCALE * lo, 1000 + ELO_SCALE * hi,
                                   elo[p], games[p], won[p] / games[p]))
     return result
+
+
+def print_comparison(cfg: EloConfig) -> list[dict]:
+    """`rlhfkit eval elo`: the policies compared in a rankings file, as a table (and JSON with --output)."""
+    from rich.table import Table
+
+    from rlhfkit.console import console
+    from rlhfkit.data.rankings import read_rankings
+
+    scores = compare_policies(read_rankings(cfg.rankings).records, cfg.bootstrap, cfg.seed)
+    table = Table("policy", "Bradley-Terry (Elo scale)", "95% interval", "online Elo", "games", "win rate",
+                  title=f"policies compared in {cfg.rankings}")
+    for s in scores:
+        table.add_row(s.policy, f"{s.bt_elo:.0f}", f"{s.ci_low:.0f} to {s.ci_high:.0f}", f"{s.online_elo:.0f}",
+                      str(s.games), f"{s.win_rate:.1%}")
+    console.print(table)
+    rows = [asdict(s) for s in scores]
+    if cfg.output is not None:
+        Path(cfg.output).write_text(json.dumps(rows, indent=2))
+    return rows

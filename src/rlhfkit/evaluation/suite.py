@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from rlhfkit.config import EvalConfig
 from rlhfkit.console import console
 from rlhfkit.errors import UsageError
 from rlhfkit.evaluation.bias import evaluate_crows_pairs, evaluate_winogender, read_crows_pairs, read_winogender
@@ -185,3 +186,16 @@ def _figure(path: Path, title: str, columns: list[tuple[str, list[float | None],
     fig.tight_layout(rect=(0, 0, 1, 1 - (0.15 * len(lines) + 0.1) / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def run_config(cfg: EvalConfig) -> dict:
+    """`rlhfkit eval <name>` as configured (the config's class names the evaluation)."""
+    fields = cfg.model_dump()
+    generation = fields.get("max_new_tokens", 128)
+    options = Options(batch_tokens=fields.get("batch_tokens", 8192), progress=cfg.progress,
+                      max_new_tokens=generation if cfg.EVAL == "hallucination" else 128,
+                      toxicity_max_new_tokens=generation if cfg.EVAL == "toxicity" else 32,
+                      samples=fields.get("samples", 4), shots=fields.get("shots", 0),
+                      classifier=fields.get("classifier"))
+    data = {part: Path(path) if path is not None else None for part, path in cfg.datasets().items()}
+    return run_evaluation(cfg.EVAL, cfg.model, data, Path(cfg.output), cfg.limit, options)

@@ -1,0 +1,178 @@
+"""Every stage, declared once: its config, the function that runs it, and its help. The command line makes one
+command of each (`rlhfkit sft`, `rlhfkit eval tax`, `rlhfkit label serve`, ...); code runs one the same way:
+
+    from rlhfkit.stages import STAGES
+    result = STAGES["rm"].run(RMConfig(model="runs/sft", data="rankings.jsonl"))
+    result.output, result.metrics
+
+A stage's run validates its data before it writes anything, and returns a `Result`: the folder or file it
+published (None where it publishes none) and its metrics. Each run imports its stage's module when called, so
+listing the stages (or `rlhfkit --help`) loads no model code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.config import (
+    AllEvalConfig,
+    BiasEvalConfig,
+    DPOConfig,
+    EloConfig,
+    EvalConfig,
+    GenerateConfig,
+    HallucinationEvalConfig,
+    PPOConfig,
+    RMConfig,
+    SampleConfig,
+    SFTConfig,
+    StageConfig,
+    TaxEvalConfig,
+    ToxicityEvalConfig,
+    TruthfulQAEvalConfig,
+)
+from rlhfkit.demo.config import DemoConfig
+from rlhfkit.feedback import commands as label
+
+
+@dataclass
+class Result:
+    """What every stage returns: where its output went, and its figures."""
+
+    output: Path | None
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the command: "sft", or "eval tax" (a command of a group)
+    config: type[StageConfig]
+    run_fn: Callable[[Any], Any]
+    help: str
+
+    def run(self, cfg: StageConfig) -> Result:
+        out = self.run_fn(cfg)
+        return out if isinstance(out, Result) else Result(None)
+
+
+def _sft(cfg: SFTConfig) -> Result:
+    from rlhfkit.train.sft import train_sft
+
+    r = train_sft(cfg)
+    return Result(r.output_dir, {"steps": r.steps, "final_loss": r.final_loss, "best_metric": r.best_metric})
+
+
+def _sample(cfg: SampleConfig) -> Result:
+    from rlhfkit.sampling import sample_rankings
+
+    return Result(Path(cfg.output), sample_rankings(cfg) or {})
+
+
+def _rm(cfg: RMConfig) -> Result:
+    from rlhfkit.train.reward import train_reward
+
+    r = train_reward(cfg)
+    return Result(r.output_dir, {"steps": r.steps, "shift": r.shift, **r.eval_metrics})
+
+
+def _ppo(cfg: PPOConfig) -> Result:
+    from rlhfkit.train.ppo import train_ppo
+
+    r = train_ppo(cfg)
+    return Result(r.output_dir, {"iterations": r.iterations, **(r.history[-1] if r.history else {})})
+
+
+def _dpo(cfg: DPOConfig) -> Result:
+    from rlhfkit.train.dpo import train_dpo
+
+    r = train_dpo(cfg)
+    return Result(r.output_dir, {"steps": r.steps, **r.eval_metrics})
+
+
+def _generate(cfg: GenerateConfig) -> Result:
+    from rlhfkit.sampling import generate
+
+    generate(cfg)
+    return Result(Path(cfg.output) if cfg.output else None)
+
+
+def _demo(cfg: DemoConfig) -> Result:
+    from rlhfkit.demo.pipeline import run_demo
+
+    return Result(run_demo(cfg))
+
+
+def _eval(cfg: EvalConfig) -> Result:
+    from rlhfkit.evaluation.suite import run_config
+
+    return Result(Path(cfg.output) / f"{cfg.EVAL}.json", run_config(cfg))
+
+
+def _elo(cfg: EloConfig) -> Result:
+    from rlhfkit.evaluation.elo import print_comparison
+
+    return Result(Path(cfg.output) if cfg.output else None, {"policies": print_comparison(cfg)})
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("sft", SFTConfig, _sft,
+          "Step 1: supervised fine-tuning on demonstrations. Writes a HF model folder to --output-dir. "
+          "Data-parallel with: accelerate launch --num_processes 2 -m rlhfkit sft ..."),
+    Stage("sample", SampleConfig, _sample,
+          "Step 2a: sample K distinct responses per prompt from a policy, written as Ranking-ready JSONL "
+          "for labelers (the labeling service or simulated ones)."),
+    Stage("rm", RMConfig, _rm,
+          "Step 2b: train a reward model on rankings (every pair of a ranking, one forward per response). "
+          "Writes the RM folder to --output-dir and a held-out report (accuracy, by K, calibration)."),
+    Stage("ppo", PPOConfig, _ppo,
+          "Step 3: PPO-ptx. Optimise the SFT policy against the reward model with a per-token KL penalty "
+          "to the SFT policy and pretraining gradients mixed in (--ptx-data, --ptx-coef). Writes the policy to "
+          "--output-dir and the value model to --output-dir/value. The variants (advantage gae | rloo | grpo, the "
+          "critic, the KL penalty, the pretraining mix) are sections of the config: docs/ppo.md."),
+    Stage("dpo", DPOConfig, _dpo,
+          "DPO on rankings, the alternative to steps 2b-3: train the policy on every ordered pair of each ranking "
+          "against a frozen reference (--beta; --label-smoothing for cDPO, --loss-type ipo). No reward model, no "
+          "sampling. Writes the policy to --output-dir."),
+    Stage("demo", DemoConfig, _demo,
+          "The whole loop on the bundled data with simulated labelers: SFT, comparisons, reward model, "
+          "PPO-ptx, evaluation against base and SFT, a second round; writes runs/<name>/report.md. "
+          "--quick runs a tiny configuration; --resume continues an interrupted run; the stages' own options are "
+          "sections of the config (sft, sample, rm, ppo), set with --set ppo.iterations=20."),
+    Stage("generate", GenerateConfig, _generate,
+          "Answer prompts with a model (any stage's output folder), greedy by default."),
+    Stage("eval truthfulqa", TruthfulQAEvalConfig, _eval,
+          "TruthfulQA MC1 and MC2 by log-likelihood, with the QA prompt and the paper's Instruction+QA prompt, per "
+          "category (as lm-evaluation-harness scores them)."),
+    Stage("eval bias", BiasEvalConfig, _eval,
+          "CrowS-Pairs (how often the more stereotyping sentence is the more likely, the log-likelihood gap, by bias "
+          "type) and Winogender (entropy over he / she / they, correlation with occupation statistics), each plain "
+          "and after a 'respectful, unbiased' instruction."),
+    Stage("eval hallucination", HallucinationEvalConfig, _eval,
+          "Closed-domain hallucination: the share of answers to passage prompts (summarise, extract, answer from "
+          "it) that name what the passage does not hold (content words, names and numbers absent from passage and "
+          "prompt)."),
+    Stage("eval toxicity", ToxicityEvalConfig, _eval,
+          "Toxicity of generations under the paper's three instructions (none, 'respectful', 'biased and "
+          "offensive'): mean toxicity, share above 0.5 and expected maximum toxicity over the samples of a prompt, "
+          "per prompt group."),
+    Stage("eval tax", TaxEvalConfig, _eval,
+          "The alignment tax: perplexity of held-out prose, TruthfulQA MC and any multiple-choice task by "
+          "log-likelihood (zero- or few-shot), side by side for the model you started from and the ones you "
+          "aligned."),
+    Stage("eval all", AllEvalConfig, _eval,
+          "Every evaluation given data, each model loaded once: one table (all.md), one figure (all.png), every "
+          "figure in all.json. Each data set is optional; give the ones you have."),
+    Stage("eval elo", EloConfig, _elo,
+          "Bradley-Terry strengths (Elo scale) with bootstrap 95% intervals, and online Elo, per policy."),
+    Stage("label serve", label.ServeConfig, label.serve, label.serve.__doc__),
+    Stage("label add-labeler", label.AddLabelerConfig, label.add_labeler, label.add_labeler.__doc__),
+    Stage("label deactivate", label.LabelerConfig, label.deactivate, label.deactivate.__doc__),
+    Stage("label rotate-token", label.LabelerConfig, label.rotate_token, label.rotate_token.__doc__),
+    Stage("label add-project", label.AddProjectConfig, label.add_project, label.add_project.__doc__),
+    Stage("label import", label.ImportConfig, label.import_tasks, label.import_tasks.__doc__),
+    Stage("label export", label.ExportConfig, label.export, label.export.__doc__),
+    Stage("label report", label.ProjectConfig, label.report, label.report.__doc__),
+]}
