@@ -372,22 +372,28 @@ class DPOConfig(SupervisedConfig):
                                                  "log-ratio margin h.")
 
 
-class SampleConfig(RolloutEngineConfig, StageConfig):
-    model: str = Field("runs/sft", description="Policy to sample from: a HF folder or smollm2-135m.")
+class DecodingConfig(RolloutEngineConfig, StageConfig):
+    """What the stages that only decode share (`sample`, `generate`)."""
+
+    model: str = Field("runs/sft", description="A HF folder (any stage's output) or smollm2-135m.")
     prompts: str | None = Field(None, description="Prompts: JSONL or Parquet with prompt, messages or instruction.")
-    output: str = Field("runs/samples.jsonl", description="Ranking-ready JSONL: prompt, K responses, sources.")
-    k: int = Field(4, ge=2, le=9, description="Distinct responses per prompt (InstructGPT: 4 to 9).")
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy, which gives one response).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set of this mass.")
     max_new_tokens: int = Field(128, ge=1, description="Longest response, in tokens.")
+    batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
+    seed: int = Field(0, description="Seed for sampling.")
+    dtype: Dtype = Field("auto", description="auto = bf16 autocast where supported, else fp32.")
+    resume: bool = Field(False, description="Carry on after the prompts the output already holds.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class SampleConfig(DecodingConfig):
+    output: str = Field("runs/samples.jsonl", description="Ranking-ready JSONL: prompt, K responses, sources.")
+    k: int = Field(4, ge=2, le=9, description="Distinct responses per prompt (InstructGPT: 4 to 9).")
     batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
     max_attempts: int = Field(3, ge=1, description="Sampling rounds to find K distinct responses before "
                               "writing fewer (at least 2).")
-    seed: int = Field(0, description="Seed for sampling.")
-    dtype: Dtype = Field("auto", description="auto = bf16 autocast where supported, else fp32.")
-    resume: bool = Field(False, description="Append to --output, skipping prompts already written.")
     skip_invalid: bool = Field(False, description="Skip bad prompt records (counted) instead of stopping.")
-    progress: bool = Field(True, description="Show a progress bar.")
 
 
 # ---- PPO's variants: each a section whose options exist only where they apply ------------------------------
@@ -582,24 +588,15 @@ class PPOConfig(RolloutEngineConfig, TrainConfig):
         return self.advantage.critic if isinstance(self.advantage, GAE) else None
 
 
-class GenerateConfig(RolloutEngineConfig, StageConfig):
-    model: str = Field("runs/sft", description="A HF folder (any stage's output) or smollm2-135m.")
+class GenerateConfig(DecodingConfig):
     prompt: list[str] = Field(default_factory=list, description="A prompt to answer (repeat the flag for several).")
-    prompts: str | None = Field(None, description="A file of prompts (JSONL/Parquet: prompt, messages or instruction).")
     output: str | None = Field(None, description="Also write {index, prompt, response, ended} records to this JSONL, "
                                "batch by batch.")
-    resume: bool = Field(False, description="Carry on after the prompts --output already holds.")
-    progress: bool = Field(True, description="Show a progress bar.")
     num_samples: int = Field(1, ge=1, description="Responses per prompt.")
     best_of: int = Field(1, ge=1, description="Sample N responses for each one written and keep the one "
                          "--reward-model scores highest (best-of-n as a policy; needs --temperature > 0).")
     reward_model: str | None = Field(None, description="Reward model folder (from `rlhfkit rm`) for --best-of.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0 = greedy).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
-    max_new_tokens: int = Field(128, ge=1, description="Longest response, in tokens.")
-    batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
-    seed: int = Field(0, description="Seed for sampling.")
-    dtype: Dtype = Field("auto", description="auto = bf16 autocast where supported, else fp32.")
 
 
 # ---- evaluations (`rlhfkit eval ...`) ---------------------------------------------------------------------

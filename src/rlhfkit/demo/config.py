@@ -111,8 +111,11 @@ class DemoConfig(StageConfig):
     rm: RMConfig = Field(default_factory=lambda: RMConfig(**STAGE_DEFAULTS["rm"]),
                          description="The reward model's options (`rlhfkit rm --help`).")
     ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(**STAGE_DEFAULTS["ppo"]),
-                           description="PPO-ptx's options (`rlhfkit ppo --help`); the evaluation samples "
-                           "responses as long as its max_new_tokens.")
+                           description="PPO-ptx's options (`rlhfkit ppo --help`), from the demo's settings, not the "
+                           "command's defaults: advantage rloo with 8 responses a prompt (the command: gae with a "
+                           "value model), 20 iterations of 64 rollouts, β 0.05, the demo's prose as the pretraining "
+                           "mix with γ 0.5, 48 new tokens (STAGE_DEFAULTS in rlhfkit/demo/config.py). The "
+                           "evaluation samples responses as long as its max_new_tokens.")
     dpo: DPOConfig = Field(default_factory=lambda: DPOConfig(**STAGE_DEFAULTS["dpo"]),
                            description="DPO's options when compare holds dpo (`rlhfkit dpo --help`).")
 
