@@ -29,6 +29,7 @@ from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.evaluate import GoldProxy
 from rlhfkit.demo.headroom import gold
 from rlhfkit.demo.labelers import make_panel
+from rlhfkit.train.common import Hooks
 from rlhfkit.train.ppo import train_ppo
 
 
@@ -67,7 +68,8 @@ def main() -> None:
                 "prompts": str(args.run / "data" / "ppo_prompts.jsonl"),
                 **({"ptx": {"data": str(args.run / "data" / "ptx.txt")}} if ppo.ptx else {}),
                 "output_dir": tmp, "seed": cfg.seed, "progress": False, "save_every": 0}),
-                reward_fn=oracle if reward == "oracle" else None, evaluate=check, eval_every=args.gold_every)
+                reward_fn=oracle if reward == "oracle" else None,
+                hooks=Hooks(evaluate=check, eval_every=args.gold_every))
             seconds = time.perf_counter() - t0
         episodes = ppo.iterations * ppo.rollout_batch
         print(f"\nreward {reward}: {ppo.iterations} iterations, {episodes} episodes, {seconds:.0f} s")

@@ -47,6 +47,7 @@ from rlhfkit.demo.headroom import gold
 from rlhfkit.demo.labelers import make_panel
 from rlhfkit.models import default_device, mixed_precision
 from rlhfkit.models.reward import load_reward_model, score
+from rlhfkit.train.common import Hooks
 from rlhfkit.train.ppo import train_ppo
 
 METHODS = ("trl-grpo", "rlhfkit-grpo", "rlhfkit-rloo", "rlhfkit-gae", "trl-rloo")
@@ -131,7 +132,7 @@ def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) ->
             **({"adam_beta2": args.adam_beta2} if args.adam_beta2 is not None else {}), **args.rlhfkit_set})
         clock.start = time.perf_counter()
         try:
-            train_ppo(ppo, reward_fn=counted, evaluate=evaluate, eval_every=1, on_iteration=record)
+            train_ppo(ppo, reward_fn=counted, hooks=Hooks(evaluate=evaluate, eval_every=1, on_step=record))
         except BudgetSpent:
             pass
     return clock

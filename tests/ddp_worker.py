@@ -10,6 +10,7 @@ from accelerate import PartialState
 from safetensors.torch import save_file
 
 from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
+from rlhfkit.train.common import Hooks
 from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.reward import train_reward
 from rlhfkit.train.sft import train_sft
@@ -26,13 +27,13 @@ def on_step(step, _):
 
 if stage == "sft":
     cfg = SFTConfig.model_validate_json(cfg_file.read_text())
-    model = train_sft(cfg, on_step=on_step).model
+    model = train_sft(cfg, Hooks(on_step=on_step)).model
 elif stage == "rm":
     cfg = RMConfig.model_validate_json(cfg_file.read_text())
-    model = train_reward(cfg, on_step=on_step).model
+    model = train_reward(cfg, Hooks(on_step=on_step)).model
 elif stage == "dpo":
     cfg = DPOConfig.model_validate_json(cfg_file.read_text())
-    model = train_dpo(cfg, on_step=on_step).model
+    model = train_dpo(cfg, Hooks(on_step=on_step)).model
 else:
     import json
 
@@ -48,7 +49,7 @@ else:
             for name, m in (("reference", ppo.models.reference), ("reward", ppo.models.reward))}
     rank = PartialState().process_index
     (Path(cfg.output_dir) / f"frozen-rank{rank}.json").write_text(json.dumps(held))
-    model = ppo.train(on_iteration=on_step).policy
+    model = ppo.train(Hooks(on_step=on_step)).policy
 if not SHARDED:
     rank = PartialState().process_index
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

@@ -14,7 +14,7 @@ from rlhfkit.data.tokenize import encode_response
 from rlhfkit.evaluation.policy_eval import sequence_logprobs
 from rlhfkit.losses import dpo_loss, dpo_ranking_loss, ranking_loss
 from rlhfkit.models import load_causal_lm
-from rlhfkit.train.common import RunExists
+from rlhfkit.train.common import Hooks, RunExists
 from rlhfkit.train.dpo import reference_logps, train_dpo
 from rlhfkit.train.reward import EncodedRanking
 
@@ -115,7 +115,7 @@ def test_dpo_resume_continues_exactly_and_reuses_the_reference(tmp_path, tiny_ll
 
     cut = dpo_cfg(tmp_path / "b", tiny_llama, save_every=2, **common)
     with pytest.raises(KeyboardInterrupt):
-        train_dpo(cut, on_step=stop_after_2)
+        train_dpo(cut, Hooks(on_step=stop_after_2))
     with pytest.raises(RunExists):
         train_dpo(cut)
     cache = tmp_path / "b/dpo/reference_logps.json"

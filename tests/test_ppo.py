@@ -8,6 +8,7 @@ from rlhfkit.config import PPOConfig, ValueModelCritic
 from rlhfkit.data import IGNORE, collate_packed, shifted_targets
 from rlhfkit.models import load_causal_lm
 from rlhfkit.models.reward import reward_model_from_causal_lm
+from rlhfkit.train.common import Hooks
 from rlhfkit.train.ppo import PPO, Experience, ValueModel, read_ptx, train_ppo
 
 pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
@@ -132,7 +133,7 @@ def test_resume_continues_a_killed_run(tmp_path, tiny_llama, prompts_file, tiny_
 
     cfg = ppo_cfg(tmp_path / "b", tiny_llama, prompts_file, iterations=4, reward_model=str(tiny_rm), save_every=2)
     with pytest.raises(KeyboardInterrupt):
-        train_ppo(cfg, on_iteration=kill)
+        train_ppo(cfg, hooks=Hooks(on_step=kill))
     resumed = train_ppo(cfg.model_copy(update={"resume": True}))
     logged = [json.loads(x) for x in (resumed.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [1, 2, 3, 4]
@@ -301,7 +302,7 @@ def test_an_evaluation_hook_leaves_training_as_it_was(tmp_path, tiny_llama, prom
 
     plain = train_ppo(ppo_cfg(tmp_path / "a", tiny_llama, prompts_file, iterations=3), reward_fn=share_of_e)
     hooked = train_ppo(ppo_cfg(tmp_path / "b", tiny_llama, prompts_file, iterations=3), reward_fn=share_of_e,
-                       evaluate=hook, eval_every=1)
+                       hooks=Hooks(evaluate=hook, eval_every=1))
     assert [m["eval_probe"] for m in hooked.history] == [1.0, 1.0, 1.0]
     for key in ("score", "kl", "pg_loss"):
         assert [m[key] for m in hooked.history] == [m[key] for m in plain.history]

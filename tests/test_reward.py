@@ -12,6 +12,7 @@ from rlhfkit.data.rankings import read_rankings
 from rlhfkit.evaluation.elo import bradley_terry, compare_policies, ranking_outcomes
 from rlhfkit.models.reward import load_reward_model, score
 from rlhfkit.sampling import sample_rankings
+from rlhfkit.train.common import Hooks
 from rlhfkit.train.reward import train_reward
 from rlhfkit.train.reward_metrics import ranking_pairs, reward_metrics
 
@@ -109,7 +110,7 @@ def test_rm_resume_matches_straight_run(tmp_path, tiny_llama):
 
     cfg = rm_cfg(tmp_path / "b", tiny_llama, save_every=2, **common)
     with pytest.raises(KeyboardInterrupt):
-        train_reward(cfg, on_step=stop)
+        train_reward(cfg, Hooks(on_step=stop))
     resumed = train_reward(cfg.model_copy(update={"resume": True}))
 
     def losses(r):

@@ -9,7 +9,7 @@ from rlhfkit.cli import app
 from rlhfkit.config import SFTConfig, load_config
 from rlhfkit.data import encode_prompt
 from rlhfkit.models import load_causal_lm
-from rlhfkit.train.common import NonFiniteLoss, RunExists, seconds_before_resume
+from rlhfkit.train.common import Hooks, NonFiniteLoss, RunExists, seconds_before_resume
 from rlhfkit.train.sft import train_sft
 
 pytestmark = pytest.mark.integration  # trains models, runs commands or drives a server: make test, not test-fast
@@ -51,7 +51,7 @@ def test_resume_gives_the_same_losses(tmp_path, tiny_llama, demos_file):
 
     resumed_cfg = cfg(tmp_path / "b", tiny_llama, demos_file, max_steps=6, batch_size=1, grad_accum=2, save_every=3)
     with pytest.raises(KeyboardInterrupt):
-        train_sft(resumed_cfg, on_step=kill_after_3)
+        train_sft(resumed_cfg, Hooks(on_step=kill_after_3))
     with pytest.raises(RunExists):  # a second run into the same folder never overwrites it
         train_sft(resumed_cfg)
     before = seconds_before_resume(Path(resumed_cfg.output_dir))  # the time up to the checkpoint counts on resume
@@ -72,7 +72,7 @@ def test_eval_keeps_best_and_hook_selects(tmp_path, tiny_llama, demos_file):
         return -len(picks)
 
     result = train_sft(cfg(tmp_path, tiny_llama, demos_file, max_steps=4, eval_every=2, eval_fraction=0.25),
-                       select=select)
+                       Hooks(select=select))
     logged = [m for m in metrics(result.output_dir) if "eval_loss" in m]
     assert [m["step"] for m in logged] == [2, 4] and len(picks) == 2
     best = json.loads((result.output_dir / "checkpoints" / "best" / "trainer_state.json").read_text())

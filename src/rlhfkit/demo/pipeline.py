@@ -35,7 +35,7 @@ from rlhfkit.demo.report import write_report
 from rlhfkit.feedback.export import agreement, export_rankings
 from rlhfkit.feedback.store import NotFound, Store
 from rlhfkit.sampling import sample_rankings
-from rlhfkit.train.common import seconds_before_resume
+from rlhfkit.train.common import Hooks, seconds_before_resume
 from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.reward import train_reward
@@ -263,7 +263,8 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
         result = train_ppo(cfg.ppo.updated(**{
             "policy": policy, "reference": str(d / "sft"), "reward_model": str(here / "rm"),
             "prompts": str(d / "data/ppo_prompts.jsonl"), **(ptx or {}),
-            "output_dir": str(out), **trainer_run(cfg), **options}), evaluate=check, eval_every=cfg.gold_every)
+            "output_dir": str(out), **trainer_run(cfg), **options}),
+            hooks=Hooks(evaluate=check, eval_every=cfg.gold_every))
         return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
 
     run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", True), trainer_dir=here / "ppo")

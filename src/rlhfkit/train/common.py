@@ -8,6 +8,15 @@ A run folder looks like
     <output_dir>/                     the final model (HF folder) when training ends
 Checkpoints are written to a temporary folder and renamed, so a run killed at any moment leaves the
 previous checkpoint intact and `--resume` continues from it.
+
+Every trainer drives `TrainLoop` in one order:
+    1. read and validate its data                 (a bad line stops the run before anything is written)
+    2. loop = TrainLoop(cfg, name)                the accelerator, the run folder and its config.yaml
+    3. loop.prepare(...) / loop.frozen(...)       its trained models with their optimisers, its frozen ones
+    4. info = loop.start(Writers(...))            how its models are written; the resumed checkpoint's
+                                                  optimiser states, RNG and trainer_state.json (info)
+    5. loop.run(total_steps, step_fn, ...)        step_fn(step) -> metrics; evaluations, logs, checkpoints
+    6. loop.publish()                             the best evaluation's models, else the last step's
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from torch import nn
 from rlhfkit.config import TrainConfig
 from rlhfkit.console import console, make_progress
 from rlhfkit.errors import UsageError
-from rlhfkit.models import apply_lora, default_device, is_peft, load_causal_lm, mixed_precision
+from rlhfkit.models import apply_lora, default_device, is_peft, load_causal_lm, mixed_precision, save_model
 
 
 class NonFiniteLoss(RuntimeError):
@@ -402,6 +411,45 @@ class Schedule:
 
 
 @dataclass
+class Hooks:
+    """What a caller hangs on a training run; every trainer takes the same (`train_sft(cfg, Hooks(...))`) and
+    refuses one it has no use for."""
+
+    on_step: Callable[[int, dict], None] | None = None  # after every step (PPO: iteration) and its checkpoint
+    evaluate: Callable[[nn.Module, object], dict] | None = None  # PPO: (policy, tokenizer) -> {"eval_...": ...}
+    eval_every: int = 0  # ... every N iterations and after the last
+    select: Callable[[nn.Module, object], float] | None = None  # SFT: (model, tokenizer) -> score; best is published
+
+    def only(self, stage: str, *allowed: str) -> Hooks:
+        """These hooks, for a trainer that takes only `allowed` of them."""
+        given = [name for name in ("evaluate", "select") if getattr(self, name) is not None and name not in allowed]
+        if given:
+            raise UsageError(f"{stage} takes no {given[0]} hook (its hooks: {', '.join(allowed) or 'on_step'})")
+        return self
+
+
+@dataclass
+class Writers:
+    """How a trainer's models are written; the loop decides when. `checkpoint(folder)` writes what a resumed run
+    continues from, `export(folder)` what is published; `state()` adds numbers to trainer_state.json (PPO's KL
+    controller). Under FSDP they read the full weights through `TrainLoop.weights`."""
+
+    checkpoint: Callable[[Path], None]
+    export: Callable[[Path], None]
+    state: Callable[[], dict] = dict
+
+
+def lm_writers(loop: TrainLoop, model: nn.Module, tokenizer, merge_lora: bool) -> Writers:
+    """The writers of a trainer whose one trained model is a causal LM, prepared as part "model" around it (SFT,
+    DPO): checkpoints keep LoRA adapters apart; the published folder merges them with `merge_lora`."""
+    return Writers(
+        checkpoint=lambda ckpt: save_model(model, tokenizer, ckpt / "model", merge_lora=False,
+                                           state_dict=loop.weights("model", "model.")),
+        export=lambda ckpt: save_model(model, tokenizer, ckpt / "model", merge_lora=merge_lora,
+                                       state_dict=loop.weights("model", "model.")))
+
+
+@dataclass
 class Optimised:
     """A trained module as the loop holds it: wrapped for the processes, with its optimiser and schedule."""
 
@@ -431,9 +479,7 @@ class TrainLoop:
         if cfg.resume and self.resume_from is None:
             console.print(f"[yellow]--resume: no checkpoint in {self.run_dir}, starting from the beginning")
         self.parts: dict[str, Optimised] = {}
-        self.write_resume: Callable[[Path], None] = lambda checkpoint: None  # model folders to continue from
-        self.write_export: Callable[[Path], None] = lambda checkpoint: None  # model folders to publish
-        self.extra_state: Callable[[], dict] = dict  # e.g. PPO's KL controller, kept in trainer_state.json
+        self.writers: Writers | None = None  # given by start()
         self.step, self.best = 0, None
         self.history: list[dict] = []
         # wall seconds of this training so far, kept in each checkpoint so a resumed run reports its whole time
@@ -540,8 +586,10 @@ class TrainLoop:
             dcp.load(state, checkpoint_id=str(checkpoint / f"optimizer-{name}"))
             set_optimizer_state_dict(part.module, part.optimizer, state["optimizer"])
 
-    def resume(self) -> dict:
-        """Optimiser and schedule states (and RNG) of the checkpoint being resumed; its trainer_state.json."""
+    def start(self, writers: Writers) -> dict:
+        """Step 4 of the order: how the models are written, then, resuming, the optimiser and schedule states (and
+        RNG) of the checkpoint; its trainer_state.json (empty on a fresh run)."""
+        self.writers = writers
         if self.resume_from is None:
             return {}
         state, info = self.checkpoints.load_state(self.resume_from)
@@ -565,8 +613,8 @@ class TrainLoop:
             if part.scheduler is not None:
                 state[f"{name}.scheduler"] = part.scheduler.state_dict()
         info = {"step": self.step, "best_metric": self.best,
-                "seconds": round(self.seconds_before + time.perf_counter() - self.started, 3), **self.extra_state()}
-        self.save(f"step-{self.step}", self.write_resume, state, info, optimizers=True)
+                "seconds": round(self.seconds_before + time.perf_counter() - self.started, 3), **self.writers.state()}
+        self.save(f"step-{self.step}", self.writers.checkpoint, state, info, optimizers=True)
 
     # ---- one optimiser step ----
 
@@ -650,6 +698,8 @@ class TrainLoop:
         `best` checkpoint), the metrics log, a checkpoint every --save-every steps and at the end, the progress
         bar, `on_step(step, metrics)`."""
         cfg, acc = self.cfg, self.acc
+        if self.writers is None:
+            raise RuntimeError("TrainLoop.run before start(): the order is at the top of rlhfkit/train/common.py")
         eval_every = getattr(cfg, "eval_every", 0) if eval_every is None else eval_every
         log = MetricsLog(self.run_dir, acc, resume_step=self.step, report_to=tuple(getattr(cfg, "report_to", [])),
                          config=cfg.model_dump(mode="json"))
@@ -669,7 +719,7 @@ class TrainLoop:
                     metrics["select_score"] = s = select(metrics)
                     if self.best is None or s > self.best:
                         self.best = s
-                        self.save("best", self.write_export, {}, {"step": self.step, "score": s},
+                        self.save("best", self.writers.export, {}, {"step": self.step, "score": s},
                                   update_latest=False)
                 if self.step % cfg.log_every == 0 or last or evaluated:
                     log.log(self.step, metrics)
@@ -686,7 +736,7 @@ class TrainLoop:
         """The final models in the run folder: the best evaluation if there was one, else the last step."""
         chosen = self.checkpoints.root / "best"
         if not (chosen / "trainer_state.json").exists():
-            chosen = self.save("final", self.write_export, {}, {"step": self.step}, update_latest=False)
+            chosen = self.save("final", self.writers.export, {}, {"step": self.step}, update_latest=False)
         if self.acc.is_main_process:
             publish(chosen, self.run_dir)
         self.acc.wait_for_everyone()

@@ -29,9 +29,9 @@ from rlhfkit.data import pack_groups, token_batches
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.errors import UsageError
 from rlhfkit.losses import dpo_ranking_loss, ranked_pairs
-from rlhfkit.models import load_causal_lm, save_model
+from rlhfkit.models import load_causal_lm
 from rlhfkit.models.lm import summed_logprobs
-from rlhfkit.train.common import Schedule, TrainLoop, load_trainable_lm, read_splits, step_items
+from rlhfkit.train.common import Hooks, Schedule, TrainLoop, lm_writers, load_trainable_lm, read_splits, step_items
 from rlhfkit.train.reward import EncodedRanking, by_ranking, encode_rankings, ranked_prompt
 from rlhfkit.train.reward_metrics import ranking_pairs, reward_metrics
 
@@ -101,7 +101,8 @@ class DPOResult:
     model: nn.Module  # the policy as it ended training
 
 
-def train_dpo(cfg: DPOConfig, on_step=None) -> DPOResult:
+def train_dpo(cfg: DPOConfig, hooks: Hooks | None = None) -> DPOResult:
+    hooks = (hooks or Hooks()).only("dpo")
     if cfg.loss_type == "ipo" and cfg.label_smoothing:
         raise UsageError("--label-smoothing is cDPO's, for --loss-type sigmoid; IPO has none")
     train_rankings, eval_rankings = read_splits(read_rankings, cfg, key=ranked_prompt)
@@ -125,11 +126,7 @@ def train_dpo(cfg: DPOConfig, on_step=None) -> DPOResult:
 
     part = loop.prepare("model", SequenceLogprobs(model), total_steps=plan.total_steps)
     plain = loop.acc.unwrap_model(part.module)
-    loop.write_resume = lambda ckpt: save_model(plain.model, tokenizer, ckpt / "model", merge_lora=False,
-                                                state_dict=loop.weights("model", "model."))
-    loop.write_export = lambda ckpt: save_model(plain.model, tokenizer, ckpt / "model", merge_lora=cfg.merge_lora,
-                                                state_dict=loop.weights("model", "model."))
-    loop.resume()
+    loop.start(lm_writers(loop, plain.model, tokenizer, cfg.merge_lora))
 
     def step_fn(step: int) -> dict:
         items = step_items(len(train), plan.items_per_step, cfg.seed, step)
@@ -177,7 +174,7 @@ def train_dpo(cfg: DPOConfig, on_step=None) -> DPOResult:
         return {"eval_accuracy": m.get("accuracy", float("nan")), "eval_loss": m.get("loss", float("nan"))}
 
     plain.train()
-    last = loop.run(plan.total_steps, step_fn, evaluate if evals else None, None, on_step)
+    last = loop.run(plan.total_steps, step_fn, evaluate if evals else None, None, hooks.on_step)
     chosen = loop.publish()
     console.print(f"dpo: done, {loop.step} steps; policy in {loop.run_dir} (from {chosen.name})")
     return DPOResult(loop.run_dir, loop.step, {k: v for k, v in last.items() if k.startswith("eval_")}, plain.model)

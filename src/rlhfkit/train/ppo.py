@@ -70,7 +70,7 @@ from rlhfkit.models.lm import response_logprobs, scored_logits
 from rlhfkit.models.reward import RewardModel, load_reward_model, reward_model_from_causal_lm, score_groups
 from rlhfkit.rollout import DecoderEngine, Rollout, RolloutEngine, SamplingParams, require_vllm
 from rlhfkit.sampling import vllm_engine
-from rlhfkit.train.common import Optimised, TrainLoop, load_trainable_lm, step_items
+from rlhfkit.train.common import Hooks, Optimised, TrainLoop, Writers, load_trainable_lm, step_items
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores
 
@@ -380,16 +380,14 @@ class PPO:
         total_updates = cfg.iterations * cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch_size)
         ppo = cls(cfg, loop, load_models(cfg, loop, reward_fn is None, total_updates), reward_fn)
         ppo.prompts = prompts
-        loop.write_resume, loop.write_export = model_writers(ppo.models, loop, cfg.merge_lora)
-        loop.extra_state = lambda: {"kl_controller": ppo.kl_controller.state_dict()}
-        if info := loop.resume():
+        checkpoint, export = model_writers(ppo.models, loop, cfg.merge_lora)
+        if info := loop.start(Writers(checkpoint, export, lambda: {"kl_controller": ppo.kl_controller.state_dict()})):
             ppo.kl_controller.load_state_dict(info["kl_controller"])
         return ppo
 
-    def train(self, on_iteration: Callable[[int, dict], None] | None = None,
-              evaluate: Callable[[nn.Module, object], dict] | None = None, eval_every: int = 0) -> PPOResult:
-        """Every iteration left (`train_ppo`'s hooks), then the published policy."""
-        return run_iterations(self, on_iteration, evaluate, eval_every)
+    def train(self, hooks: Hooks | None = None) -> PPOResult:
+        """Every iteration left, then the published policy."""
+        return run_iterations(self, hooks)
 
     def prompts_for(self, iteration: int) -> list:
         """This process's prompts of `iteration`: a fresh permutation of the prompt file each epoch."""
@@ -630,19 +628,19 @@ class PPOResult:
     policy: nn.Module
 
 
-def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None,
-              on_iteration: Callable[[int, dict], None] | None = None,
-              evaluate: Callable[[nn.Module, object], dict] | None = None, eval_every: int = 0) -> PPOResult:
+def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, hooks: Hooks | None = None) -> PPOResult:
     """PPO-ptx as configured. `reward_fn(prompts, responses) -> scores` replaces the reward model where the
     reward is a program (e.g. a verifiable constraint); the value model then starts from the policy.
-    `evaluate(policy, tokenizer) -> metrics` runs every `eval_every` iterations and after the last; its metrics
-    are logged with the iteration's (name them eval_*)."""
-    return PPO.build(cfg, reward_fn).train(on_iteration, evaluate, eval_every)
+    `hooks.evaluate(policy, tokenizer) -> metrics` runs every `hooks.eval_every` iterations and after the last;
+    its metrics are logged with the iteration's (name them eval_*). `hooks.on_step(iteration, metrics)` follows
+    every iteration."""
+    return PPO.build(cfg, reward_fn).train(hooks)
 
 
-def run_iterations(ppo: PPO, on_iteration: Callable[[int, dict], None] | None = None,
-                   evaluate: Callable[[nn.Module, object], dict] | None = None, eval_every: int = 0) -> PPOResult:
+def run_iterations(ppo: PPO, hooks: Hooks | None = None) -> PPOResult:
     """The rest of the run from where `ppo` stands (a resumed run: its checkpoint), then the published policy."""
+    hooks = (hooks or Hooks()).only("ppo", "evaluate")
+    evaluate = hooks.evaluate
     cfg, loop, models = ppo.cfg, ppo.loop, ppo.models
 
     def iteration(it: int) -> dict:
@@ -662,9 +660,9 @@ def run_iterations(ppo: PPO, on_iteration: Callable[[int, dict], None] | None = 
         return metrics
 
     models.plain_policy.train()
-    loop.run(cfg.iterations, iteration, run_evaluation if evaluate is not None else None, on_step=on_iteration,
+    loop.run(cfg.iterations, iteration, run_evaluation if evaluate is not None else None, on_step=hooks.on_step,
              describe=lambda m: f"score {m['score']:.3f}  kl {m['kl']:.3f}  β {m['beta']:.3f}  "
-                                f"len {m['response_length']:.0f}", eval_every=eval_every)
+                                f"len {m['response_length']:.0f}", eval_every=hooks.eval_every)
     loop.publish()
     console.print(f"ppo: done, {loop.step} iterations; policy in {loop.run_dir}")
     return PPOResult(loop.run_dir, loop.step, loop.history, models.plain_policy.model)

@@ -37,7 +37,7 @@ from rlhfkit.models.reward import (
     score,
     score_groups,
 )
-from rlhfkit.train.common import Schedule, TrainLoop, read_splits, step_items
+from rlhfkit.train.common import Hooks, Schedule, TrainLoop, Writers, read_splits, step_items
 from rlhfkit.train.reward_metrics import ranking_pairs, reward_metrics
 
 
@@ -106,7 +106,8 @@ class RMResult:
     model: nn.Module  # the model as it ended training, before normalisation
 
 
-def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
+def train_reward(cfg: RMConfig, hooks: Hooks | None = None) -> RMResult:
+    hooks = (hooks or Hooks()).only("rm")
     train_rankings, eval_rankings = read_splits(read_rankings, cfg, key=ranked_prompt)
     demos = read_demonstrations(cfg.demos).records if cfg.demos else []  # fail on bad demos before training
     loop = TrainLoop(cfg, "rm")
@@ -142,8 +143,10 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
 
     part = loop.prepare("rm", rm, total_steps=plan.total_steps)
     plain: RewardModel = loop.acc.unwrap_model(part.module)
-    loop.write_resume = loop.write_export = lambda ckpt: plain.save(ckpt / "model", tokenizer, loop.weights("rm"))
-    loop.resume()
+    def write(ckpt: Path) -> None:
+        plain.save(ckpt / "model", tokenizer, loop.weights("rm"))
+
+    loop.start(Writers(checkpoint=write, export=write))
 
     def step_fn(step: int) -> dict:
         items = step_items(len(train), plan.items_per_step, cfg.seed, step)
@@ -184,7 +187,7 @@ def train_reward(cfg: RMConfig, on_step=None) -> RMResult:
                 "eval_top_bottom_accuracy": m.get("top_bottom_accuracy") or float("nan")}
 
     plain.train()
-    loop.run(plan.total_steps, step_fn, evaluate if evals else None, lambda m: m["eval_accuracy"], on_step)
+    loop.run(plan.total_steps, step_fn, evaluate if evals else None, lambda m: m["eval_accuracy"], hooks.on_step)
     loop.publish()
     shift, report = normalise_and_report(loop, cfg, demos, evals, held_out_pairs)
     return RMResult(loop.run_dir, loop.step, report, shift, plain)

@@ -2,7 +2,7 @@
 
     demonstrations -> chat-template tokens (loss on the response only) -> packed rows
     -> AdamW with warmup + cosine, gradient accumulation, clipping -> eval loss every N steps
-    -> best checkpoint by eval loss (or by your own `select` hook) -> HF folder in --output-dir
+    -> best checkpoint by eval loss (or by your own `Hooks.select`) -> HF folder in --output-dir
 
 Data order is a pure function of (seed, step): every process computes the same global schedule and
 takes its own slice, so a resumed run sees exactly the rows it would have seen.
@@ -11,7 +11,6 @@ takes its own slice, so a resumed run sees exactly the rows it would have seen.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +30,8 @@ from rlhfkit.data import (
 )
 from rlhfkit.errors import UsageError
 from rlhfkit.losses import sft_loss
-from rlhfkit.models import save_model
 from rlhfkit.models.lm import scored_logits
-from rlhfkit.train.common import Schedule, TrainLoop, load_trainable_lm, read_splits, step_items
+from rlhfkit.train.common import Hooks, Schedule, TrainLoop, lm_writers, load_trainable_lm, read_splits, step_items
 
 
 class ResponseNLL(nn.Module):
@@ -72,18 +70,16 @@ class SFTResult:
     model: nn.Module  # the model as it ended training (not necessarily the published best)
 
 
-def train_sft(
-    cfg: SFTConfig,
-    select: Callable[[nn.Module, object], float] | None = None,
-    on_step: Callable[[int, dict], None] | None = None,
-) -> SFTResult:
+def train_sft(cfg: SFTConfig, hooks: Hooks | None = None) -> SFTResult:
     """Run SFT as configured.
 
-    select(model, tokenizer) -> score (higher is better) picks the final model among evaluations;
+    hooks.select(model, tokenizer) -> score (higher is better) picks the final model among evaluations;
     by default the score is -eval_loss. InstructGPT picked its SFT model by reward-model score on a
     validation set: pass a function that samples and scores with an RM to do the same.
-    on_step(step, metrics) is called after every optimiser step (and its checkpoint, if any).
+    hooks.on_step(step, metrics) is called after every optimiser step (and its checkpoint, if any).
     """
+    hooks = (hooks or Hooks()).only("sft", "select")
+    select = hooks.select
     train_demos, eval_demos = read_splits(read_demonstrations, cfg)  # a bad line stops the run before model work
     loop = TrainLoop(cfg, "sft")
     if loop.fsdp and select is not None:
@@ -108,11 +104,7 @@ def train_sft(
 
     part = loop.prepare("model", ResponseNLL(model), total_steps=plan.total_steps)
     plain = loop.acc.unwrap_model(part.module)
-    loop.write_resume = lambda ckpt: save_model(plain.model, tokenizer, ckpt / "model", merge_lora=False,
-                                                state_dict=loop.weights("model", "model."))
-    loop.write_export = lambda ckpt: save_model(plain.model, tokenizer, ckpt / "model", merge_lora=cfg.merge_lora,
-                                                state_dict=loop.weights("model", "model."))
-    loop.resume()
+    loop.start(lm_writers(loop, plain.model, tokenizer, cfg.merge_lora))
 
     def step_fn(step: int) -> dict:
         rows = step_items(len(train.rows), plan.items_per_step, cfg.seed, step)
@@ -156,7 +148,7 @@ def train_sft(
         return metrics["eval_select"] if select is not None else -metrics["eval_loss"]
 
     plain.train()
-    last = loop.run(plan.total_steps, step_fn, evaluate if evals is not None else None, score, on_step)
+    last = loop.run(plan.total_steps, step_fn, evaluate if evals is not None else None, score, hooks.on_step)
     chosen = loop.publish()
     console.print(f"sft: done, {loop.step} steps; model in {loop.run_dir} (from {chosen.name})")
     return SFTResult(loop.run_dir, loop.step, loop.best, last.get("loss"), plain.model)
