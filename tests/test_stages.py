@@ -51,3 +51,24 @@ def test_eval_elo_from_a_config_file_and_from_code(tmp_path):
     result = STAGES["eval elo"].run(EloConfig(rankings=str(rankings), bootstrap=50))
     assert isinstance(result, Result) and result.output is None
     assert [r["policy"] for r in result.metrics["policies"]] == [r["policy"] for r in table]
+
+
+def test_a_trainer_refuses_a_hook_it_has_no_use_for(tmp_path):
+    import pytest
+
+    from rlhfkit.config import DPOConfig, RMConfig, SFTConfig
+    from rlhfkit.errors import UsageError
+    from rlhfkit.train.common import Hooks
+    from rlhfkit.train.dpo import train_dpo
+    from rlhfkit.train.reward import train_reward
+    from rlhfkit.train.sft import train_sft
+
+    def probe(model, tokenizer):
+        return {}
+
+    for train, cfg, hooks in ((train_reward, RMConfig(output_dir=str(tmp_path / "rm")), Hooks(evaluate=probe)),
+                              (train_dpo, DPOConfig(output_dir=str(tmp_path / "dpo")), Hooks(select=probe)),
+                              (train_sft, SFTConfig(output_dir=str(tmp_path / "sft")), Hooks(evaluate=probe))):
+        with pytest.raises(UsageError, match="takes no (evaluate|select) hook"):
+            train(cfg, hooks)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
