@@ -28,7 +28,6 @@ from rlhfkit.data import prompt_key, read_prompts
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.evaluate import GoldProxy
 from rlhfkit.demo.headroom import gold
-from rlhfkit.demo.labelers import make_panel
 from rlhfkit.train.common import Hooks
 from rlhfkit.train.ppo import train_ppo
 
@@ -43,11 +42,11 @@ def main() -> None:
     p.add_argument("--gold-every", type=int, default=5)
     args = p.parse_args()
 
-    cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
+    cfg = DemoConfig.of_run(args.run)
     changes = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.set)}
     ppo = cfg.ppo.updated(**changes)
     rm_dir = args.rm or args.run / "round1" / "rm"
-    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
+    judges = cfg.judges()
     check = GoldProxy(args.run, cfg.model_copy(update={"ppo": ppo}), rm_dir, judges)
     by_key = {prompt_key(x.prompt): x for x in read_prompts(args.run / "data" / "ppo_prompts.jsonl").records}
 

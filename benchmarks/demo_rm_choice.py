@@ -19,13 +19,10 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-import yaml
-
 from rlhfkit.data import Ranking, read_prompts, write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.headroom import gold, read_sft_samples
-from rlhfkit.demo.labelers import make_panel
 from rlhfkit.demo.pipeline import spread
 from rlhfkit.models.reward import load_reward_model, score
 from rlhfkit.sampling import sample_rankings
@@ -75,9 +72,9 @@ def main() -> None:
     p.add_argument("--ks", type=int, nargs="+", default=[4, 8])
     p.add_argument("--prompts", type=int, nargs="+", default=[80, 130])
     args = p.parse_args()
-    cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
-    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
-    panel = make_panel(cfg.panel_size, cfg.seed, "labeler", noise=cfg.panel_noise)
+    cfg = DemoConfig.of_run(args.run)
+    judges = cfg.judges()
+    panel = cfg.panel()
     rm_split = [x for x in read_prompts(files("rlhfkit.demo") / "data" / "prompts.jsonl").records
                 if x.meta["split"] == "rm"]
     with tempfile.TemporaryDirectory() as tmp:

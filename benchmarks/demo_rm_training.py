@@ -22,7 +22,6 @@ import yaml
 
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.evaluate import best_of_n_curve
-from rlhfkit.demo.labelers import make_panel
 from rlhfkit.train.reward import train_reward
 
 CHECKS = ("all", "constraints", "correct", "content", "refusal: harmful", "refusal: harmless")
@@ -43,8 +42,8 @@ def main() -> None:
     p.add_argument("variants", nargs="+", help="name:key=value,... over the demo's rm settings")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args()
-    cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
-    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
+    cfg = DemoConfig.of_run(args.run)
+    judges = cfg.judges()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.variants:

@@ -18,7 +18,6 @@ import yaml
 
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.evaluate import evaluate_outside
-from rlhfkit.demo.labelers import make_panel
 from rlhfkit.demo.pipeline import Run, measure_headroom, prepare_data, trainer_run
 from rlhfkit.train.sft import train_sft
 
@@ -46,7 +45,7 @@ def main() -> None:
     start = time.perf_counter()
     run.stage("sft", lambda: str(train_sft(sft).output_dir), trainer_dir=run.dir / "sft")
     sft_seconds = time.perf_counter() - start
-    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
+    judges = cfg.judges()
     room = run.stage("headroom", lambda: measure_headroom(run, cfg, judges))
     habits = run.stage("outside", lambda: evaluate_outside(run.dir, cfg, {"base": cfg.model,
                                                                           "sft": str(run.dir / "sft")}))

@@ -25,11 +25,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 from rl_efficiency import task_reward  # the benchmark's reward, from the script beside this one
 
 from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.labelers import make_panel
 from rlhfkit.losses import group_normalized
 from rlhfkit.train.ppo import PPO
 
@@ -133,8 +131,8 @@ def main() -> None:
     args = p.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.rlhfkit_set)
 
-    cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
-    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
+    cfg = DemoConfig.of_run(args.run)
+    judges = cfg.judges()
     reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
 
     exp, g_rlhfkit = rlhfkit_step(args, cfg, reward, overrides, cfg.seed)

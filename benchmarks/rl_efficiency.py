@@ -37,14 +37,12 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from rlhfkit.data import prompt_key, read_prompts
 from rlhfkit.data.records import as_messages
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.evaluate import GoldProxy
 from rlhfkit.demo.headroom import gold
-from rlhfkit.demo.labelers import make_panel
 from rlhfkit.models import default_device, mixed_precision
 from rlhfkit.models.reward import load_reward_model, score
 from rlhfkit.train.common import Hooks
@@ -259,13 +257,13 @@ def main() -> None:
     args.rlhfkit_set = dict(kv.split("=", 1) for kv in args.rlhfkit_set)  # pydantic converts the strings
     args.out.mkdir(parents=True, exist_ok=True)
 
-    cfg = DemoConfig.model_validate(yaml.safe_load((args.run / "demo.yaml").read_text()))
+    cfg = DemoConfig.of_run(args.run)
     args.seed = cfg.seed if args.seed is None else args.seed
     if args.max_new_tokens:
         cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"max_new_tokens": args.max_new_tokens})})
     if args.gold_samples:
         cfg = cfg.model_copy(update={"gold_samples": args.gold_samples})
-    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
+    judges = cfg.judges()
     check = GoldProxy(args.run, cfg, args.run / "round1" / "rm", judges) if args.eval_every else None
     reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
 

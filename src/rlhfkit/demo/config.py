@@ -8,11 +8,23 @@ the pipeline sets them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SampleConfig, SFTConfig, StageConfig, merge_options
+from rlhfkit.config import (
+    DPOConfig,
+    PPOConfig,
+    RMConfig,
+    SampleConfig,
+    SFTConfig,
+    StageConfig,
+    load_config,
+    merge_options,
+)
+from rlhfkit.demo.labelers import SimulatedLabeler, make_panel
+from rlhfkit.errors import UsageError
 
 # What the demo changes from each stage's defaults, sized for a 30-minute run on a 2-core CPU. Why each setting:
 # docs/results/demo-settings.md (the measurements behind them, with their commands).
@@ -129,6 +141,22 @@ class DemoConfig(StageConfig):
                 if isinstance(values.get(stage), dict):
                     values[stage] = merge_options(defaults, values[stage])
         return values
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> DemoConfig:
+        """The config a finished (or interrupted) run was made with: its demo.yaml."""
+        path = Path(run_dir) / "demo.yaml"
+        if not path.exists():
+            raise UsageError(f"{run_dir}: no demo.yaml, not a demo run's folder")
+        return load_config(cls, path, {})
+
+    def panel(self) -> list[SimulatedLabeler]:
+        """The simulated labelers who rank the training comparisons."""
+        return make_panel(self.panel_size, self.seed, "labeler", noise=self.panel_noise)
+
+    def judges(self) -> list[SimulatedLabeler]:
+        """The held-out simulated labelers who judge the evaluation (and the gold score)."""
+        return make_panel(self.held_out_labelers, self.seed + 1000, "heldout", noise=self.panel_noise)
 
     def sized(self) -> DemoConfig:
         """This config, shrunk to the --quick sizes when asked."""

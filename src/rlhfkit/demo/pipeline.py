@@ -30,7 +30,7 @@ from rlhfkit.data.rankings import read_rankings
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.evaluate import ALTERNATIVE_DIRS, GoldProxy, evaluate_outside, evaluate_round, evaluate_suite
 from rlhfkit.demo.headroom import headroom, sft_samples
-from rlhfkit.demo.labelers import SimulatedLabeler, make_panel
+from rlhfkit.demo.labelers import SimulatedLabeler
 from rlhfkit.demo.report import write_report
 from rlhfkit.feedback.export import agreement, export_rankings
 from rlhfkit.feedback.store import NotFound, Store
@@ -201,8 +201,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     d = run.dir
     sizes = run.stage("data", lambda: prepare_data(run, cfg))
     console.print(f"data: {sizes}")
-    panel = make_panel(cfg.panel_size, cfg.seed, "labeler", noise=cfg.panel_noise)
-    judges = make_panel(cfg.held_out_labelers, cfg.seed + 1000, "heldout", noise=cfg.panel_noise)
+    panel, judges = cfg.panel(), cfg.judges()
 
     sft = cfg.sft.model_copy(update={"model": cfg.model, "data": str(d / "data/demonstrations.jsonl"),
                                      "output_dir": str(d / "sft"), **trainer_run(cfg)})
