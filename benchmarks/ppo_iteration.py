@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from harness import save_result  # the script beside this one
 
 from rlhfkit.config import PPOConfig
 from rlhfkit.data import write_jsonl
@@ -180,6 +181,7 @@ def main() -> None:
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--rollout-engine", choices=["hf", "vllm"], default="hf",
                    help="vllm (CUDA): also time vLLM's rollouts, and sample PPO's with it")
+    p.add_argument("--json", type=Path, default=None, help="the JSON result (default runs/bench/SCRIPT.json)")
     args = p.parse_args()
     prompts = read_seed_prompts(args.prompts, args.num_prompts)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
@@ -211,8 +213,9 @@ def main() -> None:
             results["trl_rloo"] = trl
             print(f"TRL RLOO: {trl['seconds_per_round']:.2f} s per 32 samples, {trl['samples_per_s']:.2f} samples/s",
                   flush=True)
-            print(f"rlhfkit PPO / TRL RLOO samples/s: {ppo['samples_per_s'] / trl['samples_per_s']:.2f}x", flush=True)
-    print(json.dumps(results))
+            results["ratio_samples_per_s"] = ppo["samples_per_s"] / trl["samples_per_s"]
+            print(f"rlhfkit PPO / TRL RLOO samples/s: {results['ratio_samples_per_s']:.2f}x", flush=True)
+    save_result("ppo_iteration", results, args.json)
 
 
 if __name__ == "__main__":

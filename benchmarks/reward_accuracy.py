@@ -12,11 +12,11 @@ the K-way OpenAssistant rankings (80/20 split by ranking), held-out accuracy ove
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import torch
+from harness import save_result  # the script beside this one
 
 from rlhfkit.config import RMConfig
 from rlhfkit.data import write_jsonl
@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="the JSON result (default runs/bench/SCRIPT.json)")
     args = p.parse_args()
 
     hh = read_rankings(args.hh, skip_invalid=True)
@@ -105,8 +106,9 @@ def main() -> None:
             results["rlhfkit_oasst"] = m
             print(f"rlhfkit held-out accuracy (OpenAssistant, {m['rankings']} rankings, {m['pairs']} pairs): "
                   f"{m['accuracy']:.3f}; by K: {m['accuracy_by_k']}", flush=True)
-    print(json.dumps({k: v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != 'calibration'}
-                      for k, v in results.items()}))
+    save_result("reward_accuracy", {k: v if not isinstance(v, dict) else
+                                    {kk: vv for kk, vv in v.items() if kk != "calibration"}
+                                    for k, v in results.items()}, args.json)
 
 
 if __name__ == "__main__":

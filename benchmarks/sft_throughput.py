@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from harness import save_result  # the script beside this one
 
 from rlhfkit.config import SFTConfig
 from rlhfkit.data import read_demonstrations
@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--trl-batch", type=int, default=8, help="TRL: examples per micro-batch")
     p.add_argument("--trl-accum", type=int, default=8, help="TRL: micro-batches per step")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="the JSON result (default runs/bench/SCRIPT.json)")
     args = p.parse_args()
 
     peak = matmul_peak(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
@@ -143,7 +144,7 @@ def main() -> None:
     trl = [r["tokens_per_s"] for n, r in results.items() if n.startswith("trl")]
     if trl:
         print(f"\nrlhfkit / fastest TRL: {results['rlhfkit']['tokens_per_s'] / max(trl):.2f}x")
-    print(json.dumps({"peak_flops": peak, "results": results}), file=sys.stderr)
+    save_result("sft_throughput", {"peak_flops": peak, "results": results}, args.json)
 
 
 if __name__ == "__main__":
