@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,12 +191,13 @@ def read_prompts(path: str | Path, skip_invalid: bool = False) -> ReadResult[Pro
 
 
 def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> None:
-    """Write records atomically: a temporary file in the same folder, then a rename."""
+    """Write records atomically: a temporary file in the same folder, then a rename. The temporary file has a fixed
+    name, so one a kill left behind is overwritten (and renamed away) when the same file is written again."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             for r in records:
                 row = r.model_dump(exclude_none=True) if isinstance(r, BaseModel) else r
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
