@@ -72,3 +72,12 @@ def test_a_trainer_refuses_a_hook_it_has_no_use_for(tmp_path):
         with pytest.raises(UsageError, match="takes no (evaluate|select) hook"):
             train(cfg, hooks)
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_listing_the_stages_loads_no_model_code():
+    import subprocess
+    import sys
+
+    code = "import sys, rlhfkit.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

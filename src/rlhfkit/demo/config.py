@@ -9,7 +9,7 @@ the pipeline sets them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -23,8 +23,10 @@ from rlhfkit.config import (
     load_config,
     merge_options,
 )
-from rlhfkit.demo.labelers import SimulatedLabeler, make_panel
 from rlhfkit.errors import UsageError
+
+if TYPE_CHECKING:
+    from rlhfkit.demo.labelers import SimulatedLabeler
 
 # What the demo changes from each stage's defaults, sized for a 30-minute run on a 2-core CPU. Why each setting:
 # docs/results/demo-settings.md (the measurements behind them, with their commands).
@@ -152,10 +154,14 @@ class DemoConfig(StageConfig):
 
     def panel(self) -> list[SimulatedLabeler]:
         """The simulated labelers who rank the training comparisons."""
+        from rlhfkit.demo.labelers import make_panel  # (the command line's --help loads no torch)
+
         return make_panel(self.panel_size, self.seed, "labeler", noise=self.panel_noise)
 
     def judges(self) -> list[SimulatedLabeler]:
         """The held-out simulated labelers who judge the evaluation (and the gold score)."""
+        from rlhfkit.demo.labelers import make_panel
+
         return make_panel(self.held_out_labelers, self.seed + 1000, "heldout", noise=self.panel_noise)
 
     def sized(self) -> DemoConfig:
