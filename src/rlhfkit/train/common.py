@@ -424,7 +424,7 @@ class Hooks:
         """These hooks, for a trainer that takes only `allowed` of them."""
         given = [name for name in ("evaluate", "select") if getattr(self, name) is not None and name not in allowed]
         if given:
-            raise UsageError(f"{stage} takes no {given[0]} hook (its hooks: {', '.join(allowed) or 'on_step'})")
+            raise UsageError(f"{stage} takes no {given[0]} hook (it takes: {', '.join(('on_step', *allowed))})")
         return self
 
 
@@ -467,8 +467,9 @@ class TrainLoop:
 
     def __init__(self, cfg: TrainConfig, name: str, launch: Launch | None = None):
         self.cfg, self.name = cfg, name
-        # --fsdp, or a launch with an FSDP config (read before the accelerator, which must not take it)
-        self.fsdp = cfg.fsdp or (launch or Launch.of_this_process()).fsdp
+        # --fsdp, or a launch with an FSDP config (read, always, before the accelerator, which must not take it)
+        this_process = Launch.of_this_process()
+        self.fsdp = cfg.fsdp or (launch or this_process).fsdp
         if self.fsdp and cfg.lora_r:
             raise UsageError("--fsdp with --lora-r: not supported yet (shard the full model, or train LoRA with DDP)")
         self.acc = make_accelerator(cfg)

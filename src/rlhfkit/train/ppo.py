@@ -358,11 +358,13 @@ class PPO:
     module docstring; each of its parts is a public method that a test or benchmark can call on a batch of its
     own. `PPO.build(cfg)` loads the models (or a resumed run's) into a `TrainLoop`; `train_ppo` runs it."""
 
-    def __init__(self, cfg: PPOConfig, loop: TrainLoop, models: PPOModels, reward_fn: RewardFn | None = None):
-        self.cfg, self.loop, self.models, self.reward_fn = cfg, loop, models, reward_fn
+    def __init__(self, cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list,
+                 reward_fn: RewardFn | None = None):
+        self.cfg, self.loop, self.models, self.prompts, self.reward_fn = cfg, loop, models, prompts, reward_fn
         adaptive = cfg.kl.adaptive
         self.kl_controller = AdaptiveKLController(cfg.kl.coef, adaptive and adaptive.target,
                                                   adaptive.horizon if adaptive else 1)
+        self.last_experience: Experience | None = None  # the latest iteration's (its samples are written out)
 
     @classmethod
     def build(cls, cfg: PPOConfig, reward_fn: RewardFn | None = None) -> PPO:
@@ -378,8 +380,7 @@ class PPO:
         loop = TrainLoop(cfg, "ppo")
         torch.manual_seed(cfg.seed)
         total_updates = cfg.iterations * cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch_size)
-        ppo = cls(cfg, loop, load_models(cfg, loop, reward_fn is None, total_updates), reward_fn)
-        ppo.prompts = prompts
+        ppo = cls(cfg, loop, load_models(cfg, loop, reward_fn is None, total_updates), prompts, reward_fn)
         checkpoint, export = model_writers(ppo.models, loop, cfg.merge_lora)
         if info := loop.start(Writers(checkpoint, export, lambda: {"kl_controller": ppo.kl_controller.state_dict()})):
             ppo.kl_controller.load_state_dict(info["kl_controller"])
@@ -397,6 +398,16 @@ class PPO:
 
     def step(self, prompts: list, iteration: int) -> dict:
         """One iteration on this process's `prompts`; its metrics, means over all processes."""
+        exp = self.last_experience = self.experience(prompts)                # 1-4. rollout, score, rewards, advantages
+        t0 = time.perf_counter()
+        stats = self.update(exp, iteration)                                  # 5. update
+        metrics = self.metrics(exp, stats)
+        self.kl_controller.update(metrics["kl"], int(metrics.pop("rollouts")))  # 6. the KL controller moves β
+        return metrics | {"lr": self.models.policy.scheduler.get_last_lr()[0],
+                          "seconds_train": time.perf_counter() - t0}
+
+    def experience(self, prompts: list) -> Experience:
+        """Steps 1-4 on `prompts` with the current β: the batch the update learns from."""
         beta = self.kl_controller.beta
         with self.loop.gathered(self.models.plain_policy, self.models.plain_value):  # FSDP: whole, once
             t0 = time.perf_counter()
@@ -405,23 +416,8 @@ class PPO:
             scored = self.score(batch)                                                  # 2. score
         rewards = self.rewards(scored, beta)                                            # 3. KL-penalised rewards
         advantages, returns = self.advantages(rewards, scored.values, batch.mask)       # 4. advantages
-        exp = Experience(**vars(scored), advantages=advantages, returns=returns, beta=beta,
-                         seconds_generate=t1 - t0, seconds_score=time.perf_counter() - t1)
-        self.last_experience = exp
-        t0 = time.perf_counter()
-        stats = self.update(exp, iteration)                                             # 5. update
-        metrics = self.metrics(exp, stats)
-        self.kl_controller.update(metrics["kl"], int(metrics.pop("rollouts")))         # 6. the KL controller
-        return metrics | {"lr": self.models.policy.scheduler.get_last_lr()[0],
-                          "seconds_train": time.perf_counter() - t0}
-
-    def experience(self, prompts: list) -> Experience:
-        """Steps 1-4 on `prompts` with the current β: what `step` updates on."""
-        beta = self.kl_controller.beta
-        with self.loop.gathered(self.models.plain_policy, self.models.plain_value):
-            scored = self.score(self.rollout(prompts))
-        advantages, returns = self.advantages(self.rewards(scored, beta), scored.values, scored.rollouts.mask)
-        return Experience(**vars(scored), advantages=advantages, returns=returns, beta=beta)
+        return Experience(**vars(scored), advantages=advantages, returns=returns, beta=beta,
+                          seconds_generate=t1 - t0, seconds_score=time.perf_counter() - t1)
 
     # ---- steps 1-4 ----
 
