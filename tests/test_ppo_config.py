@@ -110,3 +110,23 @@ def test_demo_sections_merge_flat_and_nested_options_over_its_defaults():
     assert DemoConfig(ppo={"ptx_coef": 0}).ppo.ptx is None
     with pytest.raises(ValueError, match="'gamma'"):
         DemoConfig(ppo={"gamma": 0.9})  # the demo's default advantage is rloo
+
+
+# what `rlhfkit ppo` saved as config.yaml before the variants: every option flat, applicable or not
+SAVED_FLAT = {"policy": "runs/sft", "reward_model": "runs/rm", "value_model": None, "shared_value_head": False,
+              "rollout_engine": "hf", "vllm_gpu_memory_utilization": 0.3, "ptx_data": "prose.txt", "ptx_coef": 0.5,
+              "ptx_batch_size": 2, "ptx_max_length": 256, "iterations": 20, "rollout_batch": 64,
+              "samples_per_prompt": 8, "advantage": "rloo", "gamma": 1.0, "lam": 0.95, "kl_coef": 0.05,
+              "kl_target": None, "kl_horizon": 10000, "kl_estimator": "k1", "kl_in": "reward", "value_lr": 1e-5,
+              "vf_coef": 0.1, "value_warmup_iterations": 0, "value_clip_eps": 0.2, "lr": 3e-5}
+
+
+def test_a_run_saved_before_the_variants_reads_back_as_it_ran(tmp_path):
+    with pytest.raises(ValueError, match="applies only"):
+        PPOConfig(**SAVED_FLAT)  # as a config a person writes: refused
+    cfg = PPOConfig.model_validate(PPOConfig.saved_before_variants(SAVED_FLAT))
+    assert isinstance(cfg.advantage, RLOO) and cfg.samples_per_prompt == 8 and cfg.kl.coef == 0.05
+    assert cfg.kl.adaptive is None and cfg.ptx.data == "prose.txt" and cfg.ptx.coef == 0.5 and cfg.engine.kind == "hf"
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump({"name": "old", "ppo": SAVED_FLAT}))
+    demo = DemoConfig.of_run(tmp_path)
+    assert isinstance(demo.ppo.advantage, RLOO) and demo.ppo.iterations == 20 and len(demo.judges()) == 3

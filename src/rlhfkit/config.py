@@ -582,6 +582,23 @@ class PPOConfig(RolloutEngineConfig, TrainConfig):
             raise ValueError("reference with lora_r: the reference is the policy with its adapters disabled")
         return self
 
+    @classmethod
+    def saved_before_variants(cls, values: dict) -> dict:
+        """A config saved before the variants, every option flat (a run folder's config.yaml), as it can be read
+        now: the flat options of the variants it did not choose dropped, since they never applied."""
+        plain = {k: v for k, v in values.items() if k not in cls.FLAGS}
+        kept: dict = {}
+        flat = sorted((k for k in values if k in cls.FLAGS),  # the outer kinds first, then what lies inside
+                      key=lambda n: (cls.FLAGS[n].path[-1] != "kind", len(cls.FLAGS[n].path)))
+        for name in flat:
+            try:
+                cls.model_validate({**plain, **kept, name: values[name]})
+            except ValidationError as e:
+                if any(f"option '{name}'" in err["msg"] for err in e.errors()):
+                    continue
+            kept[name] = values[name]
+        return {**plain, **kept}
+
     @property
     def critic(self) -> ValueModelCritic | SharedValueHead | None:
         """The critic of GAE; None for the critic-free advantages."""

@@ -11,16 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+import yaml
+from pydantic import Field, ValidationError, model_validator
 
 from rlhfkit.config import (
+    ConfigError,
     DPOConfig,
     PPOConfig,
     RMConfig,
     SampleConfig,
     SFTConfig,
     StageConfig,
-    load_config,
+    describe_error,
     merge_options,
 )
 from rlhfkit.errors import UsageError
@@ -150,7 +152,13 @@ class DemoConfig(StageConfig):
         path = Path(run_dir) / "demo.yaml"
         if not path.exists():
             raise UsageError(f"{run_dir}: no demo.yaml, not a demo run's folder")
-        return load_config(cls, path, {})
+        values = yaml.safe_load(path.read_text()) or {}
+        if isinstance(values.get("ppo"), dict):  # a run made before PPO's variants lists every option flat
+            values["ppo"] = PPOConfig.saved_before_variants(values["ppo"])
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            raise ConfigError(describe_error(e, path)) from None
 
     def panel(self) -> list[SimulatedLabeler]:
         """The simulated labelers who rank the training comparisons."""
