@@ -34,7 +34,7 @@ test: $(READY)
 	bash scripts/test_services.sh
 	$(BIN)/python -m pytest -q
 
-# The unit tier alone, for day-to-day work: no training runs, servers or browsers (minutes on 2 cores).
+# The unit tier alone, for day-to-day work: no training runs, servers or browsers (under a minute on 2 cores).
 test-fast: $(READY)
 	$(BIN)/python -m pytest -q -m 'not slow and not integration'
 
