@@ -627,6 +627,9 @@ WINOGENDER_HELP = ("Winogender: all_sentences.tsv or its folder (occupations-sta
                    "occupations' share of women).")
 
 
+BATCH_TOKENS = Field(8192, ge=16, description="Log-likelihood scoring: tokens packed into one forward pass.")
+
+
 class EvalConfig(StageConfig):
     """What every `rlhfkit eval` command shares: the models, where the results go, how many items."""
 
@@ -658,14 +661,14 @@ class SingleDataEval(EvalConfig):
 class TruthfulQAEvalConfig(SingleDataEval):
     EVAL: ClassVar[str] = "truthfulqa"
     data: str = Field(description=TRUTHFULQA_HELP)
-    batch_tokens: int = Field(8192, ge=16, description="Tokens packed into one forward pass.")
+    batch_tokens: int = BATCH_TOKENS
 
 
 class BiasEvalConfig(EvalConfig):
     EVAL: ClassVar[str] = "bias"
     crows: str | None = Field(None, description=CROWS_HELP)
     winogender: str | None = Field(None, description=WINOGENDER_HELP)
-    batch_tokens: int = Field(8192, ge=16, description="Tokens packed into one forward pass.")
+    batch_tokens: int = BATCH_TOKENS
 
 
 class HallucinationEvalConfig(SingleDataEval):
@@ -692,7 +695,7 @@ class TaxEvalConfig(EvalConfig):
     mc: str | None = Field(None, description=MC_HELP)
     shots: int = Field(0, ge=0, description="Multiple choice: the first N items become worked examples before every "
                        "question (and are not scored).")
-    batch_tokens: int = Field(8192, ge=16, description="Tokens packed into one forward pass.")
+    batch_tokens: int = BATCH_TOKENS
 
 
 class AllEvalConfig(EvalConfig):
@@ -708,7 +711,7 @@ class AllEvalConfig(EvalConfig):
     classifier: str | None = Field(None, description="Toxicity classifier: a HF sequence-classification folder "
                                    "(default alt-profanity-check).")
     samples: int = Field(4, ge=1, description="Toxicity samples a prompt.")
-    batch_tokens: int = Field(8192, ge=16, description="Tokens packed into one forward pass.")
+    batch_tokens: int = BATCH_TOKENS
 
 
 class EloConfig(StageConfig):
