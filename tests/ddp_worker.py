@@ -42,14 +42,14 @@ else:
     from rlhfkit.train.ppo import PPO
 
     cfg = PPOConfig.model_validate_json(cfg_file.read_text())
-    ppo = PPO.build(cfg)
+    ppo = PPO.build(cfg, hooks=Hooks(on_step=on_step))
     held = {name: {"sharded": all(isinstance(p, DTensor) for p in m.parameters()),  # what each process holds
                    "local": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in m.parameters()),
                    "whole": sum(p.numel() for p in m.parameters())}
             for name, m in (("reference", ppo.models.reference), ("reward", ppo.models.reward))}
     rank = PartialState().process_index
     (Path(cfg.output_dir) / f"frozen-rank{rank}.json").write_text(json.dumps(held))
-    model = ppo.train(Hooks(on_step=on_step)).policy
+    model = ppo.train().policy
 if not SHARDED:
     rank = PartialState().process_index
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

@@ -170,7 +170,7 @@ def test_critic_free_advantages_allocate_no_value_model(tmp_path, tiny_llama, pr
     assert not any(isinstance(m, ValueModel) for m in models.plain_policy.modules())
     assert list(models.policy.optimizer.param_groups[0]["params"]) == [
         p for p in models.plain_policy.model.parameters() if p.requires_grad]  # the policy's weights and no others
-    metrics = ppo.step(ppo.prompts_for(0), 0)
+    metrics = ppo.step(0)
     assert "vf_loss" not in metrics and "explained_variance" not in metrics
     with pytest.raises(ValueError, match="samples_per_prompt 2 or more"):
         ppo_cfg(tmp_path / "x", tiny_llama, prompts_file, reward_model=str(tiny_rm), advantage=advantage)
@@ -182,7 +182,7 @@ def test_one_iteration_step_by_step_is_the_iteration(tmp_path, tiny_llama, promp
     cfg = ppo_cfg(tmp_path / "a", tiny_llama, prompts_file, reward_model=str(tiny_rm), samples_per_prompt=2,
                   kl_coef=0.1)
     whole = PPO.build(cfg)
-    metrics = whole.step(whole.prompts_for(0), 0)
+    metrics = whole.step(0)
     parts = PPO.build(cfg.updated(output_dir=str(tmp_path / "b")))
     beta = parts.kl_controller.beta
     scored = parts.score(parts.rollout(parts.prompts_for(0)))

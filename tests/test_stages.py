@@ -59,19 +59,33 @@ def test_a_trainer_refuses_a_hook_it_has_no_use_for(tmp_path):
     from rlhfkit.config import DPOConfig, RMConfig, SFTConfig
     from rlhfkit.errors import UsageError
     from rlhfkit.train.common import Hooks
-    from rlhfkit.train.dpo import train_dpo
-    from rlhfkit.train.reward import train_reward
-    from rlhfkit.train.sft import train_sft
 
     def probe(model, tokenizer):
         return {}
 
-    for train, cfg, hooks in ((train_reward, RMConfig(output_dir=str(tmp_path / "rm")), Hooks(evaluate=probe)),
-                              (train_dpo, DPOConfig(output_dir=str(tmp_path / "dpo")), Hooks(select=probe)),
-                              (train_sft, SFTConfig(output_dir=str(tmp_path / "sft")), Hooks(evaluate=probe))):
+    for name, cfg, hooks in (("rm", RMConfig(output_dir=str(tmp_path / "rm")), Hooks(evaluate=probe)),
+                             ("dpo", DPOConfig(output_dir=str(tmp_path / "dpo")), Hooks(select=probe)),
+                             ("sft", SFTConfig(output_dir=str(tmp_path / "sft")), Hooks(evaluate=probe))):
         with pytest.raises(UsageError, match="takes no (evaluate|select) hook"):
-            train(cfg, hooks)
+            STAGES[name].run(cfg, hooks)
+    with pytest.raises(UsageError, match="trains nothing"):  # a stage that trains nothing takes no hooks at all
+        STAGES["eval elo"].run(EloConfig(rankings=str(tmp_path / "r.jsonl")), Hooks())
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_every_trainer_is_the_protocol_the_loop_drives():
+    """SFT, the RM, DPO and PPO implement `Trainer` (train/common.py): the loop calls nothing else."""
+    from rlhfkit.train.common import CausalLMTrainer, Trainer
+    from rlhfkit.train.dpo import DPO
+    from rlhfkit.train.ppo import PPO
+    from rlhfkit.train.reward import RewardTraining
+    from rlhfkit.train.sft import SFT
+
+    for trainer in (SFT, RewardTraining, DPO, PPO):
+        assert issubclass(trainer, Trainer) and trainer.step is not Trainer.step, trainer
+        assert trainer.checkpoint is not Trainer.checkpoint and callable(trainer.build), trainer
+    assert issubclass(SFT, CausalLMTrainer) and issubclass(DPO, CausalLMTrainer)
+    assert PPO.load_state is not Trainer.load_state  # the KL controller resumes with the optimisers
 
 
 def test_listing_the_stages_loads_no_model_code():

@@ -6,8 +6,12 @@ command of each (`rlhfkit sft`, `rlhfkit eval tax`, `rlhfkit label serve`, ...);
     result.output, result.metrics
 
 A stage's run validates its data before it writes anything, and returns a `Result`: the folder or file it
-published (None where it publishes none) and its metrics. Each run imports its stage's module when called, so
-listing the stages (or `rlhfkit --help`) loads no model code.
+published (None where it publishes none) and its metrics. A training stage also takes the caller's `Hooks`
+(train/common.py) and the `Launch` it runs under (FSDP or not; by default what the launcher set for this process).
+Each run imports its stage's module when called, so listing the stages (or `rlhfkit --help`) loads no model code.
+
+The table sits below the demo in the import order (the demo runs its stages from it); the demo's own entry is the
+one import upward, of its config and, when run, its pipeline (tests/test_import_order.py allows exactly these).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhfkit.config import (
     AllEvalConfig,
@@ -35,7 +39,11 @@ from rlhfkit.config import (
     TruthfulQAEvalConfig,
 )
 from rlhfkit.demo.config import DemoConfig
+from rlhfkit.errors import UsageError
 from rlhfkit.feedback import commands as label
+
+if TYPE_CHECKING:
+    from rlhfkit.train.common import Hooks, Launch
 
 
 @dataclass
@@ -50,18 +58,24 @@ class Result:
 class Stage:
     name: str  # the command: "sft", or "eval tax" (a command of a group)
     config: type[StageConfig]
-    run_fn: Callable[[Any], Any]
+    run_fn: Callable[..., Any]
     help: str
+    trains: bool = False  # a trainer: its run_fn takes (cfg, hooks, launch)
 
-    def run(self, cfg: StageConfig) -> Result:
-        out = self.run_fn(cfg)
+    def run(self, cfg: StageConfig, hooks: Hooks | None = None, launch: Launch | None = None) -> Result:
+        if not self.trains:
+            if hooks is not None or launch is not None:
+                raise UsageError(f"{self.name} trains nothing: it takes no hooks or launch")
+            out = self.run_fn(cfg)
+        else:
+            out = self.run_fn(cfg, hooks, launch)
         return out if isinstance(out, Result) else Result(None)
 
 
-def _sft(cfg: SFTConfig) -> Result:
+def _sft(cfg: SFTConfig, hooks: Hooks | None, launch: Launch | None) -> Result:
     from rlhfkit.train.sft import train_sft
 
-    r = train_sft(cfg)
+    r = train_sft(cfg, hooks, launch)
     return Result(r.output_dir, {"steps": r.steps, "final_loss": r.final_loss, "best_metric": r.best_metric})
 
 
@@ -71,24 +85,24 @@ def _sample(cfg: SampleConfig) -> Result:
     return Result(Path(cfg.output), sample_rankings(cfg) or {})
 
 
-def _rm(cfg: RMConfig) -> Result:
+def _rm(cfg: RMConfig, hooks: Hooks | None, launch: Launch | None) -> Result:
     from rlhfkit.train.reward import train_reward
 
-    r = train_reward(cfg)
+    r = train_reward(cfg, hooks, launch)
     return Result(r.output_dir, {"steps": r.steps, "shift": r.shift, **r.eval_metrics})
 
 
-def _ppo(cfg: PPOConfig) -> Result:
+def _ppo(cfg: PPOConfig, hooks: Hooks | None, launch: Launch | None) -> Result:
     from rlhfkit.train.ppo import train_ppo
 
-    r = train_ppo(cfg)
+    r = train_ppo(cfg, hooks=hooks, launch=launch)
     return Result(r.output_dir, {"iterations": r.iterations, **(r.history[-1] if r.history else {})})
 
 
-def _dpo(cfg: DPOConfig) -> Result:
+def _dpo(cfg: DPOConfig, hooks: Hooks | None, launch: Launch | None) -> Result:
     from rlhfkit.train.dpo import train_dpo
 
-    r = train_dpo(cfg)
+    r = train_dpo(cfg, hooks, launch)
     return Result(r.output_dir, {"steps": r.steps, **r.eval_metrics})
 
 
@@ -120,22 +134,22 @@ def _elo(cfg: EloConfig) -> Result:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("sft", SFTConfig, _sft,
           "Step 1: supervised fine-tuning on demonstrations. Writes a HF model folder to --output-dir. "
-          "Data-parallel with: accelerate launch --num_processes 2 -m rlhfkit sft ..."),
+          "Data-parallel with: accelerate launch --num_processes 2 -m rlhfkit sft ...", trains=True),
     Stage("sample", SampleConfig, _sample,
           "Step 2a: sample K distinct responses per prompt from a policy, written as Ranking-ready JSONL "
           "for labelers (the labeling service or simulated ones)."),
     Stage("rm", RMConfig, _rm,
           "Step 2b: train a reward model on rankings (every pair of a ranking, one forward per response). "
-          "Writes the RM folder to --output-dir and a held-out report (accuracy, by K, calibration)."),
+          "Writes the RM folder to --output-dir and a held-out report (accuracy, by K, calibration).", trains=True),
     Stage("ppo", PPOConfig, _ppo,
           "Step 3: PPO-ptx. Optimise the SFT policy against the reward model with a per-token KL penalty "
           "to the SFT policy and pretraining gradients mixed in (--ptx-data, --ptx-coef). Writes the policy to "
           "--output-dir and the value model to --output-dir/value. The variants (advantage gae | rloo | grpo, the "
-          "critic, the KL penalty, the pretraining mix) are sections of the config: docs/ppo.md."),
+          "critic, the KL penalty, the pretraining mix) are sections of the config: docs/ppo.md.", trains=True),
     Stage("dpo", DPOConfig, _dpo,
           "DPO on rankings, the alternative to steps 2b-3: train the policy on every ordered pair of each ranking "
           "against a frozen reference (--beta; --label-smoothing for cDPO, --loss-type ipo). No reward model, no "
-          "sampling. Writes the policy to --output-dir."),
+          "sampling. Writes the policy to --output-dir.", trains=True),
     Stage("demo", DemoConfig, _demo,
           "The whole loop on the bundled data with simulated labelers: SFT, comparisons, reward model, "
           "PPO-ptx, evaluation against base and SFT, a second round; writes runs/<name>/report.md. "

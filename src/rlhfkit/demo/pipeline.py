@@ -34,12 +34,8 @@ from rlhfkit.demo.labelers import SimulatedLabeler
 from rlhfkit.demo.report import write_report
 from rlhfkit.feedback.export import agreement, export_rankings
 from rlhfkit.feedback.store import NotFound, Store
-from rlhfkit.sampling import sample_rankings
+from rlhfkit.stages import STAGES
 from rlhfkit.train.common import Hooks, seconds_before_resume
-from rlhfkit.train.dpo import train_dpo
-from rlhfkit.train.ppo import train_ppo
-from rlhfkit.train.reward import train_reward
-from rlhfkit.train.sft import train_sft
 
 
 class Run:
@@ -205,7 +201,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     sft = cfg.sft.model_copy(update={"model": cfg.model, "data": str(d / "data/demonstrations.jsonl"),
                                      "output_dir": str(d / "sft"), **trainer_run(cfg)})
-    run.stage("sft", lambda: str(train_sft(sft).output_dir), trainer_dir=d / "sft")
+    run.stage("sft", lambda: str(STAGES["sft"].run(sft).output), trainer_dir=d / "sft")
     run.stage("headroom", lambda: measure_headroom(run, cfg, judges))
     policy = str(d / "sft")
     for r in range(1, cfg.rounds + 1):
@@ -243,9 +239,9 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
     """Steps 2-4 from `policy`: comparisons sampled from it, the RM, PPO-ptx, evaluation. Returns the new policy."""
     d, here = run.dir, run.dir / f"round{r}"
     samples = here / "samples.jsonl"
-    run.stage(f"round{r}/sample", lambda: sample_rankings(cfg.sample.model_copy(update={
+    run.stage(f"round{r}/sample", lambda: STAGES["sample"].run(cfg.sample.model_copy(update={
         "model": policy, "prompts": str(d / "data/rm_prompts.jsonl"), "output": str(samples), "seed": cfg.seed + r,
-        "resume": True})))
+        "resume": True})).metrics)
     run.stage(f"round{r}/label", lambda: label_with_panel(run, cfg, samples, f"rm-round{r}", panel))
     # the RM is trained again from the SFT model on every comparison collected so far
     rankings = here / "rankings.jsonl"
@@ -253,18 +249,17 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
     rm = cfg.rm.model_copy(update={"model": str(d / "sft"), "data": str(rankings),
                                    "demos": str(d / "data/demonstrations.jsonl"), "output_dir": str(here / "rm"),
                                    **trainer_run(cfg)})
-    run.stage(f"round{r}/rm", lambda: train_reward(rm).eval_metrics, trainer_dir=here / "rm")
+    run.stage(f"round{r}/rm", lambda: STAGES["rm"].run(rm).metrics, trainer_dir=here / "rm")
 
     def ppo(out: Path, gold_proxy: bool, **options) -> dict:
         # the main run is scored by the judges (gold) and the RM (proxy) along the way
         check = GoldProxy(d, cfg, here / "rm", judges) if gold_proxy else None
         ptx = cfg.ppo.ptx and {"ptx": {"data": str(d / cfg.ppo.ptx.data)}}  # a relative path is the run folder's
-        result = train_ppo(cfg.ppo.updated(**{
+        return STAGES["ppo"].run(cfg.ppo.updated(**{
             "policy": policy, "reference": str(d / "sft"), "reward_model": str(here / "rm"),
             "prompts": str(d / "data/ppo_prompts.jsonl"), **(ptx or {}),
             "output_dir": str(out), **trainer_run(cfg), **options}),
-            hooks=Hooks(evaluate=check, eval_every=cfg.gold_every))
-        return {"iterations": result.iterations, "last": result.history[-1] if result.history else {}}
+            Hooks(evaluate=check, eval_every=cfg.gold_every)).metrics
 
     run.stage(f"round{r}/ppo", lambda: ppo(here / "ppo", True), trainer_dir=here / "ppo")
     if r == 1:  # the alternatives, on the same rankings, RM, prompts and budget (ALTERNATIVES)
@@ -272,9 +267,9 @@ def run_round(run: Run, cfg: DemoConfig, r: int, policy: str, panel: list[Simula
             "no-ptx": lambda out: ppo(out, False, ptx=None),
             "gae": lambda out: ppo(out, False, advantage="gae"),
             "grpo": lambda out: ppo(out, False, advantage="grpo", kl={"where": "loss", "estimator": "k3"}),
-            "dpo": lambda out: train_dpo(cfg.dpo.model_copy(update={
+            "dpo": lambda out: STAGES["dpo"].run(cfg.dpo.model_copy(update={
                 "model": str(d / "sft"), "data": str(rankings), "output_dir": str(out), **trainer_run(cfg)}
-            )).eval_metrics,
+            )).metrics,
         }
         for name in cfg.compare:
             out = here / ALTERNATIVE_DIRS[name]

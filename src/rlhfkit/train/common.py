@@ -9,14 +9,16 @@ A run folder looks like
 Checkpoints are written to a temporary folder and renamed, so a run killed at any moment leaves the
 previous checkpoint intact and `--resume` continues from it.
 
-Every trainer drives `TrainLoop` in one order:
+Every trainer is a `Trainer` (below): `build(cfg, hooks)` does steps 1-4, `train()` steps 5-6, in one order:
     1. read and validate its data                 (a bad line stops the run before anything is written)
     2. loop = TrainLoop(cfg, name)                the accelerator, the run folder and its config.yaml
     3. loop.prepare(...) / loop.frozen(...)       its trained models with their optimisers, its frozen ones
-    4. info = loop.start(Writers(...))            how its models are written; the resumed checkpoint's
-                                                  optimiser states, RNG and trainer_state.json (info)
-    5. loop.run(total_steps, step_fn, ...)        step_fn(step) -> metrics; evaluations, logs, checkpoints
-    6. loop.publish()                             the best evaluation's models, else the last step's
+    4. loop.start(trainer)                        resuming: the checkpoint's optimiser states and RNG, and the
+                                                  trainer's own state (`Trainer.load_state`)
+    5. loop.run(trainer, on_step)                 `trainer.step(step) -> metrics` to the last step; evaluations,
+                                                  logs, checkpoints (`Trainer.checkpoint`, `Trainer.state`)
+    6. loop.publish(trainer)                      the best evaluation's models, else the last step's
+                                                  (`Trainer.export`)
 """
 
 from __future__ import annotations
@@ -428,25 +430,70 @@ class Hooks:
         return self
 
 
-@dataclass
-class Writers:
-    """How a trainer's models are written; the loop decides when. `checkpoint(folder)` writes what a resumed run
-    continues from, `export(folder)` what is published; `state()` adds numbers to trainer_state.json (PPO's KL
-    controller). Under FSDP they read the full weights through `TrainLoop.weights`."""
+class Trainer:
+    """The protocol the loop drives (SFT, RewardTraining, DPO, PPO). A trainer's `build(cfg, hooks)` does steps
+    1-4 of the order at the top of this file and returns it ready to `train()`; a test or benchmark may instead
+    call `step` itself. What a trainer supplies:
 
-    checkpoint: Callable[[Path], None]
-    export: Callable[[Path], None]
-    state: Callable[[], dict] = dict
+        step(step) -> metrics          one optimiser step (PPO: one iteration) on the step's share of the data
+        evaluate() -> metrics          held-out metrics named eval_*; None where nothing is held out
+        selection_score(metrics)       which evaluation is the best, to be published (None: the last step is)
+        checkpoint(folder)             writes the models a resumed run continues from (folder/model, ...)
+        export(folder)                 writes the models that are published (LoRA merged as configured)
+        state() / load_state(info)     its own numbers beside the optimisers' (PPO: the KL controller)
+    """
+
+    name: str
+    loop: TrainLoop
+    total_steps: int
+
+    def step(self, step: int) -> dict:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict | None:
+        return None
+
+    def selection_score(self, metrics: dict) -> float | None:
+        return None
+
+    def checkpoint(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def export(self, folder: Path) -> None:
+        self.checkpoint(folder)
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, info: dict) -> None:
+        pass
+
+    def describe(self, metrics: dict) -> str:
+        """The progress bar's text."""
+        return _short(metrics)
+
+    def fit(self, on_step: Callable[[int, dict], None] | None = None, eval_every: int | None = None
+            ) -> tuple[dict, Path]:
+        """Steps 5-6: every step left, then the published models. (The last metrics, the checkpoint published.)"""
+        last = self.loop.run(self, on_step, eval_every)
+        return last, self.loop.publish(self)
 
 
-def lm_writers(loop: TrainLoop, model: nn.Module, tokenizer, merge_lora: bool) -> Writers:
-    """The writers of a trainer whose one trained model is a causal LM, prepared as part "model" around it (SFT,
-    DPO): checkpoints keep LoRA adapters apart; the published folder merges them with `merge_lora`."""
-    return Writers(
-        checkpoint=lambda ckpt: save_model(model, tokenizer, ckpt / "model", merge_lora=False,
-                                           state_dict=loop.weights("model", "model.")),
-        export=lambda ckpt: save_model(model, tokenizer, ckpt / "model", merge_lora=merge_lora,
-                                       state_dict=loop.weights("model", "model.")))
+class CausalLMTrainer(Trainer):
+    """A trainer whose one trained model is a causal LM, prepared as part "model" around it (SFT, DPO): checkpoints
+    keep LoRA adapters apart; the published folder merges them with --merge-lora."""
+
+    lm: nn.Module
+    tokenizer: object
+    merge_lora: bool
+
+    def checkpoint(self, folder: Path) -> None:
+        save_model(self.lm, self.tokenizer, folder / "model", merge_lora=False,
+                   state_dict=self.loop.weights("model", "model."))
+
+    def export(self, folder: Path) -> None:
+        save_model(self.lm, self.tokenizer, folder / "model", merge_lora=self.merge_lora,
+                   state_dict=self.loop.weights("model", "model."))
 
 
 @dataclass
@@ -461,9 +508,9 @@ class Optimised:
 class TrainLoop:
     """What every trainer shares: the accelerator, the run folder, resume, atomic checkpoints, logs and
     TensorBoard, the progress bar, publishing the final model, gradient accumulation, clipping and the NaN
-    guard. A trainer supplies its models (`prepare`), the writers of their folders, and `step_fn(step) ->
-    metrics`: one optimiser step over its micro-batches (SFT, RM: `supervised_step`) or one whole iteration
-    (PPO: several `optimizer_step`s)."""
+    guard. A `Trainer` supplies its models (`prepare`), how they are written, and `step(step) -> metrics`: one
+    optimiser step over its micro-batches (SFT, RM: `supervised_step`) or one whole iteration (PPO: several
+    `optimizer_step`s)."""
 
     def __init__(self, cfg: TrainConfig, name: str, launch: Launch | None = None):
         self.cfg, self.name = cfg, name
@@ -480,7 +527,7 @@ class TrainLoop:
         if cfg.resume and self.resume_from is None:
             console.print(f"[yellow]--resume: no checkpoint in {self.run_dir}, starting from the beginning")
         self.parts: dict[str, Optimised] = {}
-        self.writers: Writers | None = None  # given by start()
+        self.trainer: Trainer | None = None  # given by start()
         self.step, self.best = 0, None
         self.history: list[dict] = []
         # wall seconds of this training so far, kept in each checkpoint so a resumed run reports its whole time
@@ -587,12 +634,12 @@ class TrainLoop:
             dcp.load(state, checkpoint_id=str(checkpoint / f"optimizer-{name}"))
             set_optimizer_state_dict(part.module, part.optimizer, state["optimizer"])
 
-    def start(self, writers: Writers) -> dict:
-        """Step 4 of the order: how the models are written, then, resuming, the optimiser and schedule states (and
-        RNG) of the checkpoint; its trainer_state.json (empty on a fresh run)."""
-        self.writers = writers
+    def start(self, trainer: Trainer) -> None:
+        """Step 4 of the order: the trainer whose models the loop writes, then, resuming, the optimiser and schedule
+        states (and RNG) of the checkpoint, and the trainer's own state from its trainer_state.json."""
+        self.trainer = trainer
         if self.resume_from is None:
-            return {}
+            return
         state, info = self.checkpoints.load_state(self.resume_from)
         if self.fsdp:
             self._read_optimizer_shards(self.resume_from)
@@ -603,8 +650,8 @@ class TrainLoop:
                 part.scheduler.load_state_dict(state[f"{name}.scheduler"])
         self.step, self.best = info["step"], info.get("best_metric")
         self.seconds_before = info.get("seconds", 0.0)
+        trainer.load_state(info)
         console.print(f"resumed from {self.resume_from} at step {self.step}")
-        return info
 
     def save_step(self) -> None:
         state = {}
@@ -614,8 +661,8 @@ class TrainLoop:
             if part.scheduler is not None:
                 state[f"{name}.scheduler"] = part.scheduler.state_dict()
         info = {"step": self.step, "best_metric": self.best,
-                "seconds": round(self.seconds_before + time.perf_counter() - self.started, 3), **self.writers.state()}
-        self.save(f"step-{self.step}", self.writers.checkpoint, state, info, optimizers=True)
+                "seconds": round(self.seconds_before + time.perf_counter() - self.started, 3), **self.trainer.state()}
+        self.save(f"step-{self.step}", self.trainer.checkpoint, state, info, optimizers=True)
 
     # ---- one optimiser step ----
 
@@ -691,16 +738,15 @@ class TrainLoop:
 
     # ---- the loop ----
 
-    def run(self, total_steps: int, step_fn: Callable[[int], dict], evaluate: Callable[[], dict] | None = None,
-            select: Callable[[dict], float] | None = None, on_step: Callable[[int, dict], None] | None = None,
-            describe: Callable[[dict], str] | None = None, eval_every: int | None = None) -> dict:
-        """`step_fn(step)` until `total_steps`, then the last metrics. After each step: evaluation every
-        `eval_every` (default --eval-every) steps and at the end (the best by `select`, if given, is kept as the
-        `best` checkpoint), the metrics log, a checkpoint every --save-every steps and at the end, the progress
-        bar, `on_step(step, metrics)`."""
-        cfg, acc = self.cfg, self.acc
-        if self.writers is None:
-            raise RuntimeError("TrainLoop.run before start(): the order is at the top of rlhfkit/train/common.py")
+    def run(self, trainer: Trainer, on_step: Callable[[int, dict], None] | None = None,
+            eval_every: int | None = None) -> dict:
+        """Step 5: `trainer.step(step)` until `trainer.total_steps`, then the last metrics. After each step: evaluation
+        every `eval_every` (default --eval-every) steps and at the end (the best by `trainer.score`, if it scores, is
+        kept as the `best` checkpoint), the metrics log, a checkpoint every --save-every steps and at the end, the
+        progress bar, `on_step(step, metrics)`."""
+        cfg, acc, total_steps = self.cfg, self.acc, trainer.total_steps
+        if self.trainer is not trainer:
+            raise RuntimeError("TrainLoop.run before start(trainer): the order is at the top of train/common.py")
         eval_every = getattr(cfg, "eval_every", 0) if eval_every is None else eval_every
         log = MetricsLog(self.run_dir, acc, resume_step=self.step, report_to=tuple(getattr(cfg, "report_to", [])),
                          config=cfg.model_dump(mode="json"))
@@ -709,35 +755,35 @@ class TrainLoop:
             task = progress.add_task(self.name, total=total_steps, completed=self.step, metrics="")
             while self.step < total_steps:
                 t0 = time.perf_counter()
-                metrics = step_fn(self.step)
+                metrics = trainer.step(self.step)
                 self.step += 1
                 metrics.setdefault("step_seconds", time.perf_counter() - t0)
                 last = self.step == total_steps
-                evaluated = evaluate is not None and ((eval_every and self.step % eval_every == 0) or last)
-                if evaluated:
-                    metrics.update(evaluate())
-                if evaluated and select is not None:
-                    metrics["select_score"] = s = select(metrics)
-                    if self.best is None or s > self.best:
-                        self.best = s
-                        self.save("best", self.writers.export, {}, {"step": self.step, "score": s},
-                                  update_latest=False)
-                if self.step % cfg.log_every == 0 or last or evaluated:
+                held_out = trainer.evaluate() if (eval_every and self.step % eval_every == 0) or last else None
+                if held_out is not None:
+                    metrics.update(held_out)
+                    if (s := trainer.selection_score(metrics)) is not None:
+                        metrics["select_score"] = s
+                        if self.best is None or s > self.best:
+                            self.best = s
+                            self.save("best", trainer.export, {}, {"step": self.step, "score": s},
+                                      update_latest=False)
+                if self.step % cfg.log_every == 0 or last or held_out is not None:
                     log.log(self.step, metrics)
                 if (cfg.save_every and self.step % cfg.save_every == 0) or last:
                     self.save_step()
                 self.history.append(metrics)
-                progress.update(task, completed=self.step, metrics=(describe or _short)(metrics))
+                progress.update(task, completed=self.step, metrics=trainer.describe(metrics))
                 if on_step is not None:
                     on_step(self.step, metrics)
         log.close()
         return metrics
 
-    def publish(self) -> Path:
-        """The final models in the run folder: the best evaluation if there was one, else the last step."""
+    def publish(self, trainer: Trainer) -> Path:
+        """Step 6: the final models in the run folder: the best evaluation if there was one, else the last step."""
         chosen = self.checkpoints.root / "best"
         if not (chosen / "trainer_state.json").exists():
-            chosen = self.save("final", self.writers.export, {}, {"step": self.step}, update_latest=False)
+            chosen = self.save("final", trainer.export, {}, {"step": self.step}, update_latest=False)
         if self.acc.is_main_process:
             publish(chosen, self.run_dir)
         self.acc.wait_for_everyone()

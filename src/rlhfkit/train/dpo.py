@@ -31,7 +31,16 @@ from rlhfkit.errors import UsageError
 from rlhfkit.losses import dpo_ranking_loss, ranked_pairs
 from rlhfkit.models import load_causal_lm
 from rlhfkit.models.lm import summed_logprobs
-from rlhfkit.train.common import Hooks, Schedule, TrainLoop, lm_writers, load_trainable_lm, read_splits, step_items
+from rlhfkit.train.common import (
+    CausalLMTrainer,
+    Hooks,
+    Launch,
+    Schedule,
+    TrainLoop,
+    load_trainable_lm,
+    read_splits,
+    step_items,
+)
 from rlhfkit.train.reward import EncodedRanking, by_ranking, encode_rankings, ranked_prompt
 from rlhfkit.train.reward_metrics import ranking_pairs, reward_metrics
 
@@ -101,42 +110,59 @@ class DPOResult:
     model: nn.Module  # the policy as it ended training
 
 
-def train_dpo(cfg: DPOConfig, hooks: Hooks | None = None) -> DPOResult:
-    hooks = (hooks or Hooks()).only("dpo")
-    if cfg.loss_type == "ipo" and cfg.label_smoothing:
-        raise UsageError("--label-smoothing is cDPO's, for --loss-type sigmoid; IPO has none")
-    train_rankings, eval_rankings = read_splits(read_rankings, cfg, key=ranked_prompt)
-    loop = TrainLoop(cfg, "dpo")
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_trainable_lm(loop.resume_from / "model" if loop.resume_from else cfg.model, cfg)
-    pad_id = tokenizer.pad_token_id
-    train, truncated = encode_rankings(tokenizer, train_rankings, cfg.max_length)
-    evals, _ = encode_rankings(tokenizer, eval_rankings, cfg.max_length)
-    if not train:
-        raise UsageError(f"{cfg.data}: no ranking with two differently ranked responses")
-    ref_train, ref_evals = cached_reference(loop, cfg, train, evals, pad_id)
-    plan = Schedule.of(len(train), cfg, loop.world)
-    n_pairs = sum(int(ranked_pairs(torch.tensor([rk])).sum()) for r in train for rk in r.ranks)
-    console.print(
-        f"dpo: {sum(len(r.ranks) for r in train)} rankings of {len(train)} prompts' responses ({n_pairs} ordered "
-        f"pairs, {truncated} responses cut to --max-length {cfg.max_length}), {sum(len(r.ranks) for r in evals)} "
-        f"eval rankings; {cfg.loss_type} loss, β {cfg.beta:g}; {plan.total_steps} steps of {plan.items_per_step} "
-        f"prompts on {loop.world} process(es), mixed precision: {loop.acc.mixed_precision}"
-    )
+class DPO(CausalLMTrainer):
+    """DPO as a `Trainer` (train/common.py): `DPO.build(cfg).train()`."""
 
-    part = loop.prepare("model", SequenceLogprobs(model), total_steps=plan.total_steps)
-    plain = loop.acc.unwrap_model(part.module)
-    loop.start(lm_writers(loop, plain.model, tokenizer, cfg.merge_lora))
+    name = "dpo"
 
-    def step_fn(step: int) -> dict:
-        items = step_items(len(train), plan.items_per_step, cfg.seed, step)
+    def __init__(self, cfg: DPOConfig, loop: TrainLoop, model: nn.Module, tokenizer, train: list[EncodedRanking],
+                 evals: list[EncodedRanking], reference: tuple[list, list], plan: Schedule, hooks: Hooks):
+        self.cfg, self.loop, self.tokenizer, self.train_items, self.evals, self.hooks = \
+            cfg, loop, tokenizer, train, evals, hooks
+        self.ref_train, self.ref_evals = reference
+        self.total_steps, self.steps_per_epoch, self.items_per_step = \
+            plan.total_steps, plan.steps_per_epoch, plan.items_per_step
+        self.part = loop.prepare("model", SequenceLogprobs(model), total_steps=plan.total_steps)
+        self.plain = loop.acc.unwrap_model(self.part.module)
+        self.lm, self.merge_lora = self.plain.model, cfg.merge_lora
+
+    @classmethod
+    def build(cls, cfg: DPOConfig, hooks: Hooks | None = None, launch: Launch | None = None) -> DPO:
+        """Steps 1-4: the rankings read and encoded, the reference's log-probs, the policy prepared."""
+        hooks = (hooks or Hooks()).only("dpo")
+        if cfg.loss_type == "ipo" and cfg.label_smoothing:
+            raise UsageError("--label-smoothing is cDPO's, for --loss-type sigmoid; IPO has none")
+        train_rankings, eval_rankings = read_splits(read_rankings, cfg, key=ranked_prompt)
+        loop = TrainLoop(cfg, "dpo", launch)
+        torch.manual_seed(cfg.seed)
+        model, tokenizer = load_trainable_lm(loop.resume_from / "model" if loop.resume_from else cfg.model, cfg)
+        train, truncated = encode_rankings(tokenizer, train_rankings, cfg.max_length)
+        evals, _ = encode_rankings(tokenizer, eval_rankings, cfg.max_length)
+        if not train:
+            raise UsageError(f"{cfg.data}: no ranking with two differently ranked responses")
+        reference = cached_reference(loop, cfg, train, evals, tokenizer.pad_token_id)
+        plan = Schedule.of(len(train), cfg, loop.world)
+        n_pairs = sum(int(ranked_pairs(torch.tensor([rk])).sum()) for r in train for rk in r.ranks)
+        console.print(
+            f"dpo: {sum(len(r.ranks) for r in train)} rankings of {len(train)} prompts' responses ({n_pairs} ordered "
+            f"pairs, {truncated} responses cut to --max-length {cfg.max_length}), {sum(len(r.ranks) for r in evals)} "
+            f"eval rankings; {cfg.loss_type} loss, β {cfg.beta:g}; {plan.total_steps} steps of {plan.items_per_step} "
+            f"prompts on {loop.world} process(es), mixed precision: {loop.acc.mixed_precision}"
+        )
+        dpo = cls(cfg, loop, model, tokenizer, train, evals, reference, plan, hooks)
+        loop.start(dpo)
+        return dpo
+
+    def step(self, step: int) -> dict:
+        cfg, loop, train, pad_id = self.cfg, self.loop, self.train_items, self.tokenizer.pad_token_id
+        items = step_items(len(train), self.items_per_step, cfg.seed, step)
         normalizer = sum(len(train[i].ranks) for i in items) / loop.world  # the mean over rankings; DDP averages
 
         def loss_fn(micro: int) -> tuple[torch.Tensor, dict]:
             idx = loop.micro_batch(items, micro, cfg.batch_size)
             batch = [train[i] for i in idx]
-            logps, ranks = by_ranking(part.module([r.group for r in batch], pad_id).float(), batch)
-            ref = torch.tensor([x for i in idx for x in ref_train[i]], device=logps.device)
+            logps, ranks = by_ranking(self.part.module([r.group for r in batch], pad_id).float(), batch)
+            ref = torch.tensor([x for i in idx for x in self.ref_train[i]], device=logps.device)
             ref_logps, _ = by_ranking(ref, batch)
             loss = dpo_ranking_loss(logps, ref_logps, ranks, cfg.beta, cfg.label_smoothing, cfg.loss_type)
             with torch.no_grad():  # the implicit rewards' margins and how often they order a pair right
@@ -146,14 +172,17 @@ def train_dpo(cfg: DPOConfig, hooks: Hooks | None = None) -> DPOResult:
                                                     "margin_sum": margin[better].sum(),
                                                     "tokens": sum(len(r.group) for r in batch)}
 
-        m = loop.supervised_step(part, cfg.grad_accum, loss_fn, plan.steps_per_epoch)
+        m = loop.supervised_step(self.part, cfg.grad_accum, loss_fn, self.steps_per_epoch)
         pairs = max(1.0, m.pop("pairs"))
         m["reward_accuracy"], m["reward_margin"] = m.pop("pairs_right") / pairs, m.pop("margin_sum") / pairs
         return m
 
-    def evaluate() -> dict:
+    def evaluate(self) -> dict | None:
         """The implicit reward's accuracy on held-out rankings (each process a share; all run the same number of
         forwards, which FSDP needs)."""
+        if not self.evals:
+            return None
+        cfg, loop, plain, evals = self.cfg, self.loop, self.plain, self.evals
         plain.eval()
         mine = list(range(loop.rank, len(evals), loop.world))
         batches = math.ceil(math.ceil(len(evals) / loop.world) / cfg.batch_size)
@@ -161,11 +190,11 @@ def train_dpo(cfg: DPOConfig, hooks: Hooks | None = None) -> DPOResult:
         with torch.no_grad(), loop.acc.autocast():
             for b in range(batches):
                 idx = mine[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                logps = plain([evals[i].group for i in (idx or [0])], pad_id).float().cpu()
+                logps = plain([evals[i].group for i in (idx or [0])], self.tokenizer.pad_token_id).float().cpu()
                 at = 0
                 for i in idx:
                     k = len(evals[i].group.response_ids)
-                    rewards = [cfg.beta * (p - r) for p, r in zip(logps[at : at + k].tolist(), ref_evals[i],
+                    rewards = [cfg.beta * (p - r) for p, r in zip(logps[at : at + k].tolist(), self.ref_evals[i],
                                                                   strict=True)]
                     pairs += [ranking_pairs(rewards, rk) for rk in evals[i].ranks]
                     at += k
@@ -173,8 +202,15 @@ def train_dpo(cfg: DPOConfig, hooks: Hooks | None = None) -> DPOResult:
         m = reward_metrics(gather_object(pairs) if loop.world > 1 else pairs)
         return {"eval_accuracy": m.get("accuracy", float("nan")), "eval_loss": m.get("loss", float("nan"))}
 
-    plain.train()
-    last = loop.run(plan.total_steps, step_fn, evaluate if evals else None, None, hooks.on_step)
-    chosen = loop.publish()
-    console.print(f"dpo: done, {loop.step} steps; policy in {loop.run_dir} (from {chosen.name})")
-    return DPOResult(loop.run_dir, loop.step, {k: v for k, v in last.items() if k.startswith("eval_")}, plain.model)
+    def train(self) -> DPOResult:
+        """Steps 5-6: every step left, then the published policy (the last step's)."""
+        self.plain.train()
+        last, chosen = self.fit(self.hooks.on_step)
+        console.print(f"dpo: done, {self.loop.step} steps; policy in {self.loop.run_dir} (from {chosen.name})")
+        return DPOResult(self.loop.run_dir, self.loop.step, {k: v for k, v in last.items() if k.startswith("eval_")},
+                         self.plain.model)
+
+
+def train_dpo(cfg: DPOConfig, hooks: Hooks | None = None, launch: Launch | None = None) -> DPOResult:
+    """Train a policy with DPO as configured."""
+    return DPO.build(cfg, hooks, launch).train()

@@ -70,7 +70,7 @@ from rlhfkit.models.lm import response_logprobs, scored_logits
 from rlhfkit.models.reward import RewardModel, load_reward_model, reward_model_from_causal_lm, score_groups
 from rlhfkit.rollout import DecoderEngine, Rollout, RolloutEngine, SamplingParams, require_vllm
 from rlhfkit.sampling import vllm_engine
-from rlhfkit.train.common import Hooks, Optimised, TrainLoop, Writers, load_trainable_lm, step_items
+from rlhfkit.train.common import Hooks, Launch, Optimised, Trainer, TrainLoop, load_trainable_lm, step_items
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores
 
@@ -306,25 +306,19 @@ def make_critic(cfg: PPOConfig, hidden_size: int, resume: Path | None, use_rm: b
     return None, ValueModel(reward_model_from_causal_lm(cfg.policy)[0])
 
 
-def model_writers(models: PPOModels, loop: TrainLoop, merge_lora: bool
-                  ) -> tuple[Callable[[Path], None], Callable[[Path], None]]:
-    """(write a checkpoint to resume from, write the models to publish): the policy in model/, a separate
-    value model in value/ (RM format); a shared value head beside them, for resuming. Under FSDP the weights
-    are those `loop` gathered from the shards."""
+def write_models(models: PPOModels, loop: TrainLoop, folder: Path, export: bool, merge_lora: bool) -> None:
+    """The policy in model/, a separate value model in value/ (RM format); a checkpoint (not `export`) also keeps a
+    shared value head beside them, for resuming. Under FSDP the weights are those `loop` gathered from the shards."""
+    policy, value = models.plain_policy, models.plain_value
+    save_model(policy.model, models.tokenizer, folder / "model", merge_lora=merge_lora and export,
+               state_dict=loop.weights("policy", "model."))
+    if value is not None:
+        value.rm.save(folder / "value", models.tokenizer, loop.weights("value", "rm."))
+    if policy.value_head is not None and not export:
+        from safetensors.torch import save_file
 
-    def write(checkpoint: Path, export: bool) -> None:
-        policy, value = models.plain_policy, models.plain_value
-        save_model(policy.model, models.tokenizer, checkpoint / "model", merge_lora=merge_lora and export,
-                   state_dict=loop.weights("policy", "model."))
-        if value is not None:
-            value.rm.save(checkpoint / "value", models.tokenizer, loop.weights("value", "rm."))
-        if policy.value_head is not None and not export:
-            from safetensors.torch import save_file
-
-            head = loop.weights("policy", "value_head.") or policy.value_head.state_dict()
-            save_file({k: v.detach().contiguous() for k, v in head.items()}, checkpoint / "value_head.safetensors")
-
-    return (lambda ckpt: write(ckpt, False)), (lambda ckpt: write(ckpt, True))
+        head = loop.weights("policy", "value_head.") or policy.value_head.state_dict()
+        save_file({k: v.detach().contiguous() for k, v in head.items()}, folder / "value_head.safetensors")
 
 
 # ---- one iteration ---------------------------------------------------------------------------------
@@ -353,23 +347,34 @@ class Experience(Scored):
     seconds_score: float = 0.0
 
 
-class PPO:
-    """PPO-ptx on one run's models. `step(prompts, iteration)` is one iteration, and reads top to bottom as the
-    module docstring; each of its parts is a public method that a test or benchmark can call on a batch of its
-    own. `PPO.build(cfg)` loads the models (or a resumed run's) into a `TrainLoop`; `train_ppo` runs it."""
+class PPO(Trainer):
+    """PPO-ptx on one run's models, a `Trainer` (train/common.py). `step(iteration)` is one iteration, and reads
+    top to bottom as the module docstring; each of its parts is a public method that a test or benchmark can call
+    on a batch of its own. `PPO.build(cfg)` loads the models (or a resumed run's) into a `TrainLoop`; `train()`
+    runs the iterations left."""
+
+    name = "ppo"
 
     def __init__(self, cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list,
-                 reward_fn: RewardFn | None = None):
+                 reward_fn: RewardFn | None = None, hooks: Hooks | None = None):
         self.cfg, self.loop, self.models, self.prompts, self.reward_fn = cfg, loop, models, prompts, reward_fn
+        self.hooks = (hooks or Hooks()).only("ppo", "evaluate")
+        self.total_steps = cfg.iterations
         adaptive = cfg.kl.adaptive
         self.kl_controller = AdaptiveKLController(cfg.kl.coef, adaptive and adaptive.target,
                                                   adaptive.horizon if adaptive else 1)
         self.last_experience: Experience | None = None  # the latest iteration's (its samples are written out)
 
     @classmethod
-    def build(cls, cfg: PPOConfig, reward_fn: RewardFn | None = None) -> PPO:
-        """The run's folder, models and optimisers, from the checkpoint being resumed where there is one (its KL
-        controller too). The data is read first: a bad line stops the run before anything is written."""
+    def build(cls, cfg: PPOConfig, reward_fn: RewardFn | None = None, hooks: Hooks | None = None,
+              launch: Launch | None = None) -> PPO:
+        """Steps 1-4: the run's folder, models and optimisers, from the checkpoint being resumed where there is one
+        (its KL controller too). The data is read first: a bad line stops the run before anything is written.
+
+        `reward_fn(prompts, responses) -> scores` replaces the reward model where the reward is a program (e.g. a
+        verifiable constraint); the value model then starts from the policy. `hooks.evaluate(policy, tokenizer) ->
+        metrics` runs every `hooks.eval_every` iterations and after the last; its metrics are logged with the
+        iteration's (name them eval_*). `hooks.on_step(iteration, metrics)` follows every iteration."""
         if cfg.engine.kind == "vllm":
             require_vllm()
         if cfg.prompts is None:
@@ -377,18 +382,24 @@ class PPO:
         prompts = read_prompts(cfg.prompts).records
         if cfg.ptx and not cfg.ptx.data.endswith(".txt"):
             read_demonstrations(cfg.ptx.data)  # a bad line stops the run here, before its folder is made
-        loop = TrainLoop(cfg, "ppo")
+        loop = TrainLoop(cfg, "ppo", launch)
         torch.manual_seed(cfg.seed)
         total_updates = cfg.iterations * cfg.ppo_epochs * math.ceil(cfg.rollout_batch / cfg.minibatch_size)
-        ppo = cls(cfg, loop, load_models(cfg, loop, reward_fn is None, total_updates), prompts, reward_fn)
-        checkpoint, export = model_writers(ppo.models, loop, cfg.merge_lora)
-        if info := loop.start(Writers(checkpoint, export, lambda: {"kl_controller": ppo.kl_controller.state_dict()})):
-            ppo.kl_controller.load_state_dict(info["kl_controller"])
+        ppo = cls(cfg, loop, load_models(cfg, loop, reward_fn is None, total_updates), prompts, reward_fn, hooks)
+        loop.start(ppo)
         return ppo
 
-    def train(self, hooks: Hooks | None = None) -> PPOResult:
-        """Every iteration left, then the published policy."""
-        return run_iterations(self, hooks)
+    def checkpoint(self, folder: Path) -> None:
+        write_models(self.models, self.loop, folder, False, self.cfg.merge_lora)
+
+    def export(self, folder: Path) -> None:
+        write_models(self.models, self.loop, folder, True, self.cfg.merge_lora)
+
+    def state(self) -> dict:
+        return {"kl_controller": self.kl_controller.state_dict()}
+
+    def load_state(self, info: dict) -> None:
+        self.kl_controller.load_state_dict(info["kl_controller"])
 
     def prompts_for(self, iteration: int) -> list:
         """This process's prompts of `iteration`: a fresh permutation of the prompt file each epoch."""
@@ -396,15 +407,44 @@ class PPO:
         idx = step_items(len(self.prompts), n * self.loop.world, self.cfg.seed, iteration)
         return [self.prompts[i] for i in idx[self.loop.rank * n : (self.loop.rank + 1) * n]]
 
-    def step(self, prompts: list, iteration: int) -> dict:
-        """One iteration on this process's `prompts`; its metrics, means over all processes."""
+    def step(self, iteration: int, prompts: list | None = None) -> dict:
+        """One iteration on this process's `prompts` (by default its share of the iteration's, `prompts_for`); its
+        metrics, means over all processes. Every --samples-every iterations its samples go to samples/."""
+        prompts = self.prompts_for(iteration) if prompts is None else prompts
         exp = self.last_experience = self.experience(prompts)                # 1-4. rollout, score, rewards, advantages
         t0 = time.perf_counter()
         stats = self.update(exp, iteration)                                  # 5. update
         metrics = self.metrics(exp, stats)
         self.kl_controller.update(metrics["kl"], int(metrics.pop("rollouts")))  # 6. the KL controller moves β
+        if self.loop.acc.is_main_process and ((iteration + 1) % self.cfg.samples_every == 0
+                                              or iteration + 1 == self.cfg.iterations):
+            write_samples(self.loop.run_dir, iteration + 1, exp)
         return metrics | {"lr": self.models.policy.scheduler.get_last_lr()[0],
                           "seconds_train": time.perf_counter() - t0}
+
+    def evaluate(self) -> dict | None:
+        """The caller's `hooks.evaluate` on the current policy (None without one)."""
+        if self.hooks.evaluate is None:
+            return None
+        loop, models = self.loop, self.models
+        policy = models.plain_policy.model
+        policy.eval()
+        # the hook may sample and seed as it likes: training's random stream goes on as if it had not run
+        with torch.no_grad(), torch.random.fork_rng(devices=[loop.device] if loop.device.type == "cuda" else []), \
+                loop.gathered(models.plain_policy):
+            metrics = self.hooks.evaluate(policy, models.tokenizer)
+        policy.train()
+        return metrics
+
+    def describe(self, m: dict) -> str:
+        return f"score {m['score']:.3f}  kl {m['kl']:.3f}  β {m['beta']:.3f}  len {m['response_length']:.0f}"
+
+    def train(self) -> PPOResult:
+        """Steps 5-6: every iteration left, then the published policy."""
+        self.models.plain_policy.train()
+        self.fit(self.hooks.on_step, eval_every=self.hooks.eval_every)
+        console.print(f"ppo: done, {self.loop.step} iterations; policy in {self.loop.run_dir}")
+        return PPOResult(self.loop.run_dir, self.loop.step, self.loop.history, self.models.plain_policy.model)
 
     def experience(self, prompts: list) -> Experience:
         """Steps 1-4 on `prompts` with the current β: the batch the update learns from."""
@@ -624,44 +664,10 @@ class PPOResult:
     policy: nn.Module
 
 
-def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, hooks: Hooks | None = None) -> PPOResult:
-    """PPO-ptx as configured. `reward_fn(prompts, responses) -> scores` replaces the reward model where the
-    reward is a program (e.g. a verifiable constraint); the value model then starts from the policy.
-    `hooks.evaluate(policy, tokenizer) -> metrics` runs every `hooks.eval_every` iterations and after the last;
-    its metrics are logged with the iteration's (name them eval_*). `hooks.on_step(iteration, metrics)` follows
-    every iteration."""
-    return PPO.build(cfg, reward_fn).train(hooks)
-
-
-def run_iterations(ppo: PPO, hooks: Hooks | None = None) -> PPOResult:
-    """The rest of the run from where `ppo` stands (a resumed run: its checkpoint), then the published policy."""
-    hooks = (hooks or Hooks()).only("ppo", "evaluate")
-    evaluate = hooks.evaluate
-    cfg, loop, models = ppo.cfg, ppo.loop, ppo.models
-
-    def iteration(it: int) -> dict:
-        metrics = ppo.step(ppo.prompts_for(it), it)
-        if loop.acc.is_main_process and ((it + 1) % cfg.samples_every == 0 or it + 1 == cfg.iterations):
-            write_samples(loop.run_dir, it + 1, ppo.last_experience)
-        return metrics
-
-    def run_evaluation() -> dict:
-        policy = models.plain_policy.model
-        policy.eval()
-        # the hook may sample and seed as it likes: training's random stream goes on as if it had not run
-        with torch.no_grad(), torch.random.fork_rng(devices=[loop.device] if loop.device.type == "cuda" else []), \
-                loop.gathered(models.plain_policy):
-            metrics = evaluate(policy, models.tokenizer)
-        policy.train()
-        return metrics
-
-    models.plain_policy.train()
-    loop.run(cfg.iterations, iteration, run_evaluation if evaluate is not None else None, on_step=hooks.on_step,
-             describe=lambda m: f"score {m['score']:.3f}  kl {m['kl']:.3f}  β {m['beta']:.3f}  "
-                                f"len {m['response_length']:.0f}", eval_every=hooks.eval_every)
-    loop.publish()
-    console.print(f"ppo: done, {loop.step} iterations; policy in {loop.run_dir}")
-    return PPOResult(loop.run_dir, loop.step, loop.history, models.plain_policy.model)
+def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, hooks: Hooks | None = None,
+              launch: Launch | None = None) -> PPOResult:
+    """PPO-ptx as configured (reward_fn, hooks: `PPO.build`)."""
+    return PPO.build(cfg, reward_fn, hooks, launch).train()
 
 
 def write_samples(run_dir: Path, iteration: int, exp: Experience) -> None:

@@ -37,7 +37,7 @@ from rlhfkit.models.reward import (
     score,
     score_groups,
 )
-from rlhfkit.train.common import Hooks, Schedule, TrainLoop, Writers, read_splits, step_items
+from rlhfkit.train.common import Hooks, Launch, Schedule, Trainer, TrainLoop, read_splits, step_items
 from rlhfkit.train.reward_metrics import ranking_pairs, reward_metrics
 
 
@@ -106,91 +106,120 @@ class RMResult:
     model: nn.Module  # the model as it ended training, before normalisation
 
 
-def train_reward(cfg: RMConfig, hooks: Hooks | None = None) -> RMResult:
-    hooks = (hooks or Hooks()).only("rm")
-    train_rankings, eval_rankings = read_splits(read_rankings, cfg, key=ranked_prompt)
-    demos = read_demonstrations(cfg.demos).records if cfg.demos else []  # fail on bad demos before training
-    loop = TrainLoop(cfg, "rm")
-    torch.manual_seed(cfg.seed)
-    if loop.resume_from is not None:
-        rm, tokenizer = load_reward_model(loop.resume_from / "model")
-    elif cfg.init_from:  # PMP: fine-tune a preference-pretrained RM on this task's rankings
-        rm, tokenizer = load_reward_model(cfg.init_from)
-    else:
-        rm, tokenizer = reward_model_from_causal_lm(cfg.model)
-    # A pairwise loss sees only r_w − r_l, so the head's bias has gradient 0 but for float noise, which Adam
-    # would turn into steps of up to lr: it stays as it is, moved only by the normalisation shift after training.
-    rm.head.bias.requires_grad_(False)
-    if cfg.lora_r:
-        rm.backbone = apply_lora(rm.backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
-                                 task_type=None)
-    if cfg.gradient_checkpointing:
-        rm.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+class RewardTraining(Trainer):
+    """Step 2 as a `Trainer` (train/common.py): `RewardTraining.build(cfg).train()`."""
 
-    train, truncated = encode_rankings(tokenizer, train_rankings, cfg.max_length)
-    evals, _ = encode_rankings(tokenizer, eval_rankings, cfg.max_length)
-    if not train:
-        raise UsageError(f"{cfg.data}: no ranking with two differently ranked responses")
-    plan = Schedule.of(len(train), cfg, loop.world)
-    ks = sorted({len(r.group.response_ids) for r in train})
-    console.print(
-        f"rm: {sum(len(r.ranks) for r in train)} rankings of {len(train)} prompts' responses (K in {ks}, "
-        f"{sum(math.comb(len(r.group.response_ids), 2) * len(r.ranks) for r in train)} pairs, {truncated} responses "
-        f"cut to --max-length {cfg.max_length}), {sum(len(r.ranks) for r in evals)} eval rankings of "
-        f"{len({ranked_prompt(r) for r in eval_rankings})} held-out prompts; {plan.total_steps} steps of "
-        f"{plan.items_per_step} prompts on {loop.world} process(es), mixed precision: {loop.acc.mixed_precision}"
-    )
+    name = "rm"
 
-    part = loop.prepare("rm", rm, total_steps=plan.total_steps)
-    plain: RewardModel = loop.acc.unwrap_model(part.module)
-    def write(ckpt: Path) -> None:
-        plain.save(ckpt / "model", tokenizer, loop.weights("rm"))
+    def __init__(self, cfg: RMConfig, loop: TrainLoop, rm: RewardModel, tokenizer, train: list[EncodedRanking],
+                 evals: list[EncodedRanking], demos: list, plan: Schedule, hooks: Hooks):
+        self.cfg, self.loop, self.tokenizer, self.train_items, self.evals, self.demos, self.hooks = \
+            cfg, loop, tokenizer, train, evals, demos, hooks
+        self.total_steps, self.steps_per_epoch, self.items_per_step = \
+            plan.total_steps, plan.steps_per_epoch, plan.items_per_step
+        self.part = loop.prepare("rm", rm, total_steps=plan.total_steps)
+        self.plain: RewardModel = loop.acc.unwrap_model(self.part.module)
 
-    loop.start(Writers(checkpoint=write, export=write))
+    @classmethod
+    def build(cls, cfg: RMConfig, hooks: Hooks | None = None, launch: Launch | None = None) -> RewardTraining:
+        """Steps 1-4: the rankings (and --demos) read and encoded, the RM (or the resumed run's) prepared."""
+        hooks = (hooks or Hooks()).only("rm")
+        train_rankings, eval_rankings = read_splits(read_rankings, cfg, key=ranked_prompt)
+        demos = read_demonstrations(cfg.demos).records if cfg.demos else []  # fail on bad demos before training
+        loop = TrainLoop(cfg, "rm", launch)
+        torch.manual_seed(cfg.seed)
+        if loop.resume_from is not None:
+            rm, tokenizer = load_reward_model(loop.resume_from / "model")
+        elif cfg.init_from:  # PMP: fine-tune a preference-pretrained RM on this task's rankings
+            rm, tokenizer = load_reward_model(cfg.init_from)
+        else:
+            rm, tokenizer = reward_model_from_causal_lm(cfg.model)
+        # A pairwise loss sees only r_w − r_l, so the head's bias has gradient 0 but for float noise, which Adam
+        # would turn into steps of up to lr: it stays as it is, moved only by the normalisation shift after training.
+        rm.head.bias.requires_grad_(False)
+        if cfg.lora_r:
+            rm.backbone = apply_lora(rm.backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                                     task_type=None)
+        if cfg.gradient_checkpointing:
+            rm.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-    def step_fn(step: int) -> dict:
-        items = step_items(len(train), plan.items_per_step, cfg.seed, step)
+        train, truncated = encode_rankings(tokenizer, train_rankings, cfg.max_length)
+        evals, _ = encode_rankings(tokenizer, eval_rankings, cfg.max_length)
+        if not train:
+            raise UsageError(f"{cfg.data}: no ranking with two differently ranked responses")
+        plan = Schedule.of(len(train), cfg, loop.world)
+        ks = sorted({len(r.group.response_ids) for r in train})
+        console.print(
+            f"rm: {sum(len(r.ranks) for r in train)} rankings of {len(train)} prompts' responses (K in {ks}, "
+            f"{sum(math.comb(len(r.group.response_ids), 2) * len(r.ranks) for r in train)} pairs, {truncated} "
+            f"responses cut to --max-length {cfg.max_length}), {sum(len(r.ranks) for r in evals)} eval rankings of "
+            f"{len({ranked_prompt(r) for r in eval_rankings})} held-out prompts; {plan.total_steps} steps of "
+            f"{plan.items_per_step} prompts on {loop.world} process(es), mixed precision: {loop.acc.mixed_precision}"
+        )
+        trainer = cls(cfg, loop, rm, tokenizer, train, evals, demos, plan, hooks)
+        loop.start(trainer)
+        return trainer
+
+    def checkpoint(self, folder: Path) -> None:
+        self.plain.save(folder / "model", self.tokenizer, self.loop.weights("rm"))
+
+    def step(self, step: int) -> dict:
+        cfg, loop, train = self.cfg, self.loop, self.train_items
+        items = step_items(len(train), self.items_per_step, cfg.seed, step)
         normalizer = sum(len(train[i].ranks) for i in items) / loop.world  # the mean over rankings; DDP averages
 
         def loss_fn(micro: int) -> tuple[torch.Tensor, dict]:
             batch = [train[i] for i in loop.micro_batch(items, micro, cfg.batch_size)]
-            rewards, ranks = forward_rankings(part.module, batch, tokenizer.pad_token_id)
+            rewards, ranks = forward_rankings(self.part.module, batch, self.tokenizer.pad_token_id)
             loss = ranking_loss(rewards.float(), ranks) * len(ranks) / normalizer
             return loss, {"tokens": sum(len(r.group) for r in batch)}
 
-        return loop.supervised_step(part, cfg.grad_accum, loss_fn, plan.steps_per_epoch)
+        return loop.supervised_step(self.part, cfg.grad_accum, loss_fn, self.steps_per_epoch)
 
-    def held_out_pairs(model: nn.Module, items: list[EncodedRanking], batches: int | None = None) -> list:
+    def held_out_pairs(self, model: nn.Module, items: list[EncodedRanking], batches: int | None = None) -> list:
         """Each held-out ranking's scored pairs; each prompt's responses forwarded once for all its rankings.
         `batches`: run that many (a sharded model's forward needs every process: one out of items repeats its
         first, not counted)."""
+        size, pad_id = self.cfg.batch_size, self.tokenizer.pad_token_id
         pairs = []
-        batches = math.ceil(len(items) / cfg.batch_size) if batches is None else batches
-        with torch.no_grad(), loop.acc.autocast():
-            for i in range(0, batches * cfg.batch_size, cfg.batch_size):
-                if not items[i : i + cfg.batch_size]:
-                    forward_rankings(model, evals[:1], tokenizer.pad_token_id)
+        batches = math.ceil(len(items) / size) if batches is None else batches
+        with torch.no_grad(), self.loop.acc.autocast():
+            for i in range(0, batches * size, size):
+                if not items[i : i + size]:
+                    forward_rankings(model, self.evals[:1], pad_id)
                     continue
-                rewards, ranks = forward_rankings(model, items[i : i + cfg.batch_size], tokenizer.pad_token_id)
+                rewards, ranks = forward_rankings(model, items[i : i + size], pad_id)
                 for row, rk in zip(rewards.float().tolist(), ranks.tolist(), strict=True):
                     k = sum(x >= 0 for x in rk)
                     pairs.append(ranking_pairs(row[:k], rk[:k]))
         return pairs
 
-    def evaluate() -> dict:
+    def evaluate(self) -> dict | None:
+        if not self.evals:
+            return None
+        loop, plain = self.loop, self.plain
         plain.eval()
-        batches = math.ceil(math.ceil(len(evals) / loop.world) / cfg.batch_size) if loop.fsdp else None
-        pairs = held_out_pairs(plain, evals[loop.rank :: loop.world], batches)
+        batches = math.ceil(math.ceil(len(self.evals) / loop.world) / self.cfg.batch_size) if loop.fsdp else None
+        pairs = self.held_out_pairs(plain, self.evals[loop.rank :: loop.world], batches)
         plain.train()
         m = reward_metrics(gather_object(pairs) if loop.world > 1 else pairs)
         return {"eval_accuracy": m.get("accuracy", float("nan")), "eval_loss": m.get("loss", float("nan")),
                 "eval_top_bottom_accuracy": m.get("top_bottom_accuracy") or float("nan")}
 
-    plain.train()
-    loop.run(plan.total_steps, step_fn, evaluate if evals else None, lambda m: m["eval_accuracy"], hooks.on_step)
-    loop.publish()
-    shift, report = normalise_and_report(loop, cfg, demos, evals, held_out_pairs)
-    return RMResult(loop.run_dir, loop.step, report, shift, plain)
+    def selection_score(self, metrics: dict) -> float:
+        return metrics["eval_accuracy"]
+
+    def train(self) -> RMResult:
+        """Steps 5-6, then the published RM shifted so the demonstrations score 0, and its held-out report."""
+        self.plain.train()
+        self.fit(self.hooks.on_step)
+        shift, report = normalise_and_report(self.loop, self.cfg, self.demos, self.evals, self.held_out_pairs)
+        return RMResult(self.loop.run_dir, self.loop.step, report, shift, self.plain)
+
+
+def train_reward(cfg: RMConfig, hooks: Hooks | None = None, launch: Launch | None = None) -> RMResult:
+    """Train a reward model as configured."""
+    return RewardTraining.build(cfg, hooks, launch).train()
 
 
 def normalise_and_report(loop: TrainLoop, cfg: RMConfig, demos: list, evals: list[EncodedRanking], held_out_pairs

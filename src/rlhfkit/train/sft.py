@@ -31,7 +31,16 @@ from rlhfkit.data import (
 from rlhfkit.errors import UsageError
 from rlhfkit.losses import sft_loss
 from rlhfkit.models.lm import scored_logits
-from rlhfkit.train.common import Hooks, Schedule, TrainLoop, lm_writers, load_trainable_lm, read_splits, step_items
+from rlhfkit.train.common import (
+    CausalLMTrainer,
+    Hooks,
+    Launch,
+    Schedule,
+    TrainLoop,
+    load_trainable_lm,
+    read_splits,
+    step_items,
+)
 
 
 class ResponseNLL(nn.Module):
@@ -70,59 +79,77 @@ class SFTResult:
     model: nn.Module  # the model as it ended training (not necessarily the published best)
 
 
-def train_sft(cfg: SFTConfig, hooks: Hooks | None = None) -> SFTResult:
-    """Run SFT as configured.
+class SFT(CausalLMTrainer):
+    """Step 1 as a `Trainer` (train/common.py): `SFT.build(cfg, hooks).train()`."""
 
-    hooks.select(model, tokenizer) -> score (higher is better) picks the final model among evaluations;
-    by default the score is -eval_loss. InstructGPT picked its SFT model by reward-model score on a
-    validation set: pass a function that samples and scores with an RM to do the same.
-    hooks.on_step(step, metrics) is called after every optimiser step (and its checkpoint, if any).
-    """
-    hooks = (hooks or Hooks()).only("sft", "select")
-    select = hooks.select
-    train_demos, eval_demos = read_splits(read_demonstrations, cfg)  # a bad line stops the run before model work
-    loop = TrainLoop(cfg, "sft")
-    if loop.fsdp and select is not None:
-        raise UsageError("--fsdp with a select hook: sampling from a sharded model is not supported yet")
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_trainable_lm(loop.resume_from / "model" if loop.resume_from else cfg.model, cfg)
+    name = "sft"
 
-    train_examples, stats = encode_demonstrations(tokenizer, train_demos, cfg.max_length, cfg.truncation)
-    eval_examples, _ = encode_demonstrations(tokenizer, eval_demos, cfg.max_length, cfg.truncation)
-    if not train_examples:
-        raise UsageError(f"{cfg.data}: no demonstration fits in --max-length {cfg.max_length}")
-    train = Rows.build(train_examples, cfg.max_length)
-    evals = Rows.build(eval_examples, cfg.max_length) if eval_examples else None
-    plan = Schedule.of(len(train.rows), cfg, loop.world)
-    padding = 1 - sum(len(e.input_ids) for e in train_examples) / (len(train.rows) * cfg.max_length)
-    console.print(
-        f"sft: {len(train_examples)} examples ({stats.truncated} truncated, {stats.dropped} dropped) in "
-        f"{len(train.rows)} rows of {cfg.max_length} tokens ({padding:.1%} padding before trimming), "
-        f"{len(eval_examples)} eval; {plan.total_steps} steps of {plan.items_per_step} rows on {loop.world} "
-        f"process(es), mixed precision: {loop.acc.mixed_precision}"
-    )
+    def __init__(self, cfg: SFTConfig, loop: TrainLoop, model: nn.Module, tokenizer, train: Rows, evals: Rows | None,
+                 plan: Schedule, hooks: Hooks):
+        self.cfg, self.loop, self.tokenizer, self.train_rows, self.evals, self.hooks = \
+            cfg, loop, tokenizer, train, evals, hooks
+        self.total_steps, self.steps_per_epoch, self.items_per_step = \
+            plan.total_steps, plan.steps_per_epoch, plan.items_per_step
+        self.part = loop.prepare("model", ResponseNLL(model), total_steps=plan.total_steps)
+        self.plain = loop.acc.unwrap_model(self.part.module)
+        self.lm, self.merge_lora = self.plain.model, cfg.merge_lora
 
-    part = loop.prepare("model", ResponseNLL(model), total_steps=plan.total_steps)
-    plain = loop.acc.unwrap_model(part.module)
-    loop.start(lm_writers(loop, plain.model, tokenizer, cfg.merge_lora))
+    @classmethod
+    def build(cls, cfg: SFTConfig, hooks: Hooks | None = None, launch: Launch | None = None) -> SFT:
+        """Steps 1-4: the demonstrations read and encoded, the model (or the resumed run's) prepared.
 
-    def step_fn(step: int) -> dict:
-        rows = step_items(len(train.rows), plan.items_per_step, cfg.seed, step)
+        hooks.select(model, tokenizer) -> score (higher is better) picks the final model among evaluations;
+        by default the score is -eval_loss. InstructGPT picked its SFT model by reward-model score on a
+        validation set: pass a function that samples and scores with an RM to do the same.
+        hooks.on_step(step, metrics) is called after every optimiser step (and its checkpoint, if any).
+        """
+        hooks = (hooks or Hooks()).only("sft", "select")
+        train_demos, eval_demos = read_splits(read_demonstrations, cfg)  # a bad line stops the run before model work
+        loop = TrainLoop(cfg, "sft", launch)
+        if loop.fsdp and hooks.select is not None:
+            raise UsageError("--fsdp with a select hook: sampling from a sharded model is not supported yet")
+        torch.manual_seed(cfg.seed)
+        model, tokenizer = load_trainable_lm(loop.resume_from / "model" if loop.resume_from else cfg.model, cfg)
+
+        train_examples, stats = encode_demonstrations(tokenizer, train_demos, cfg.max_length, cfg.truncation)
+        eval_examples, _ = encode_demonstrations(tokenizer, eval_demos, cfg.max_length, cfg.truncation)
+        if not train_examples:
+            raise UsageError(f"{cfg.data}: no demonstration fits in --max-length {cfg.max_length}")
+        train = Rows.build(train_examples, cfg.max_length)
+        evals = Rows.build(eval_examples, cfg.max_length) if eval_examples else None
+        plan = Schedule.of(len(train.rows), cfg, loop.world)
+        padding = 1 - sum(len(e.input_ids) for e in train_examples) / (len(train.rows) * cfg.max_length)
+        console.print(
+            f"sft: {len(train_examples)} examples ({stats.truncated} truncated, {stats.dropped} dropped) in "
+            f"{len(train.rows)} rows of {cfg.max_length} tokens ({padding:.1%} padding before trimming), "
+            f"{len(eval_examples)} eval; {plan.total_steps} steps of {plan.items_per_step} rows on {loop.world} "
+            f"process(es), mixed precision: {loop.acc.mixed_precision}"
+        )
+        sft = cls(cfg, loop, model, tokenizer, train, evals, plan, hooks)
+        loop.start(sft)
+        return sft
+
+    def step(self, step: int) -> dict:
+        cfg, loop, train = self.cfg, self.loop, self.train_rows
+        rows = step_items(len(train.rows), self.items_per_step, cfg.seed, step)
         normalizer = sum(train.targets[r] for r in rows) / loop.world  # DDP averages gradients over processes
 
         def loss_fn(micro: int) -> tuple[torch.Tensor, dict]:
             batch = collate_packed([train.rows[r] for r in loop.micro_batch(rows, micro, cfg.batch_size)],
-                                   tokenizer.pad_token_id).to(loop.device)
-            loss, _ = part.module(batch.input_ids, batch.position_ids, shifted_targets(batch.labels), normalizer)
+                                   self.tokenizer.pad_token_id).to(loop.device)
+            loss, _ = self.part.module(batch.input_ids, batch.position_ids, shifted_targets(batch.labels), normalizer)
             return loss, {"tokens": batch.n_tokens, "padding_tokens": batch.n_padding}
 
-        return loop.supervised_step(part, cfg.grad_accum, loss_fn, plan.steps_per_epoch)
+        return loop.supervised_step(self.part, cfg.grad_accum, loss_fn, self.steps_per_epoch)
 
-    def evaluate() -> dict:
+    def evaluate(self) -> dict | None:
         # The bare module, not the DDP wrapper: processes may run different numbers of eval batches,
         # and DDP's forward would wait on collectives that never come. FSDP's forward gathers each layer from
         # every process, so there all run the same number of batches (a process out of rows repeats one, not
         # counted).
+        if self.evals is None:
+            return None
+        cfg, loop, plain, evals = self.cfg, self.loop, self.plain, self.evals
         plain.eval()
         nll = torch.zeros((), device=loop.device)
         count = torch.zeros((), device=loop.device)
@@ -132,7 +159,7 @@ def train_sft(cfg: SFTConfig, hooks: Hooks | None = None) -> SFTResult:
         with torch.no_grad(), loop.acc.autocast():
             for i in range(0, batches * cfg.batch_size, cfg.batch_size):
                 rows = mine[i : i + cfg.batch_size]
-                batch = collate_packed(rows or evals.rows[:1], tokenizer.pad_token_id).to(loop.device)
+                batch = collate_packed(rows or evals.rows[:1], self.tokenizer.pad_token_id).to(loop.device)
                 loss, n = plain(batch.input_ids, batch.position_ids, shifted_targets(batch.labels), 1.0)
                 if rows:
                     nll += loss.float()
@@ -140,15 +167,21 @@ def train_sft(cfg: SFTConfig, hooks: Hooks | None = None) -> SFTResult:
         plain.train()
         totals = loop.sum_over_processes({"nll": nll, "count": count})
         metrics = {"eval_loss": totals["nll"] / max(1.0, totals["count"])}
-        if select is not None:
-            metrics["eval_select"] = select(plain.model, tokenizer)
+        if self.hooks.select is not None:
+            metrics["eval_select"] = self.hooks.select(plain.model, self.tokenizer)
         return metrics
 
-    def score(metrics: dict) -> float:
-        return metrics["eval_select"] if select is not None else -metrics["eval_loss"]
+    def selection_score(self, metrics: dict) -> float:
+        return metrics["eval_select"] if self.hooks.select is not None else -metrics["eval_loss"]
 
-    plain.train()
-    last = loop.run(plan.total_steps, step_fn, evaluate if evals is not None else None, score, hooks.on_step)
-    chosen = loop.publish()
-    console.print(f"sft: done, {loop.step} steps; model in {loop.run_dir} (from {chosen.name})")
-    return SFTResult(loop.run_dir, loop.step, loop.best, last.get("loss"), plain.model)
+    def train(self) -> SFTResult:
+        """Steps 5-6: every step left, then the published model."""
+        self.plain.train()
+        last, chosen = self.fit(self.hooks.on_step)
+        console.print(f"sft: done, {self.loop.step} steps; model in {self.loop.run_dir} (from {chosen.name})")
+        return SFTResult(self.loop.run_dir, self.loop.step, self.loop.best, last.get("loss"), self.plain.model)
+
+
+def train_sft(cfg: SFTConfig, hooks: Hooks | None = None, launch: Launch | None = None) -> SFTResult:
+    """Run SFT as configured (hooks: `SFT.build`)."""
+    return SFT.build(cfg, hooks, launch).train()
