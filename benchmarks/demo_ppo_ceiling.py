@@ -16,20 +16,15 @@ numbers to hold these against (the judges' best of n SFT samples, at KL log n - 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import yaml
+from harness import DemoRun, save_result, timed  # the script beside this one
 
-from rlhfkit.data import prompt_key, read_prompts
-from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.evaluate import GoldProxy
-from rlhfkit.demo.headroom import gold
 from rlhfkit.train.common import Hooks
-from rlhfkit.train.ppo import train_ppo
+from rlhfkit.train.ppo import PPO
 
 
 def main() -> None:
@@ -40,43 +35,46 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE", help="PPO options to change")
     p.add_argument("--oracle-scale", type=float, default=5.0, help="the gold score (0-1) times this is the reward")
     p.add_argument("--gold-every", type=int, default=5)
+    p.add_argument("--json", type=Path, help="where the JSON result goes (default runs/bench/demo_ppo_ceiling.json)")
     args = p.parse_args()
 
-    cfg = DemoConfig.of_run(args.run)
+    run = DemoRun(args.run)
+    cfg = run.config
     changes = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.set)}
     ppo = cfg.ppo.updated(**changes)
-    rm_dir = args.rm or args.run / "round1" / "rm"
-    judges = cfg.judges()
-    check = GoldProxy(args.run, cfg.model_copy(update={"ppo": ppo}), rm_dir, judges)
-    by_key = {prompt_key(x.prompt): x for x in read_prompts(args.run / "data" / "ppo_prompts.jsonl").records}
+    rm_dir = args.rm or run.rm(1)
+    check = run.gold_proxy(rm_dir, cfg.model_copy(update={"ppo": ppo}))
 
     def oracle(prompts: list, responses: list[str]) -> torch.Tensor:
-        return torch.tensor([args.oracle_scale * gold(judges, by_key[prompt_key(q)], r, True)
-                             for q, r in zip(prompts, responses, strict=True)])
+        return torch.tensor([args.oracle_scale * run.gold(q, r) for q, r in zip(prompts, responses, strict=True)])
 
-    headroom = json.loads((args.run / "stages.json").read_text()).get("headroom", {}).get("result", {})
+    headroom = run.stage("headroom")
     best = headroom.get("best_of_n", {})
     print(f"SFT gold {headroom.get('sft_gold', float('nan')):.3f}; the judges' best of n SFT samples: " +
           ", ".join(f"n={n} gold {v['gold']:.3f} at KL {v['kl']:.2f}" for n, v in best.items()))
     print(f"PPO: {changes or 'the run settings'}")
+    curves = {}
     for reward in args.reward:
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            result = train_ppo(ppo.updated(**{
-                "policy": str(args.run / "sft"), "reference": str(args.run / "sft"), "reward_model": str(rm_dir),
-                "prompts": str(args.run / "data" / "ppo_prompts.jsonl"),
-                **({"ptx": {"data": str(args.run / "data" / "ptx.txt")}} if ppo.ptx else {}),
+        with tempfile.TemporaryDirectory() as tmp, timed() as seconds:
+            result = PPO.build(ppo.updated(**{
+                "policy": str(run.sft), "reference": str(run.sft), "reward_model": str(rm_dir),
+                "prompts": str(run.data("ppo_prompts.jsonl")),
+                **({"ptx": {"data": str(run.data("ptx.txt"))}} if ppo.ptx else {}),
                 "output_dir": tmp, "seed": cfg.seed, "progress": False, "save_every": 0}),
                 reward_fn=oracle if reward == "oracle" else None,
-                hooks=Hooks(evaluate=check, eval_every=args.gold_every))
-            seconds = time.perf_counter() - t0
+                hooks=Hooks(evaluate=check, eval_every=args.gold_every)).train()
         episodes = ppo.iterations * ppo.rollout_batch
-        print(f"\nreward {reward}: {ppo.iterations} iterations, {episodes} episodes, {seconds:.0f} s")
+        print(f"\nreward {reward}: {ppo.iterations} iterations, {episodes} episodes, {seconds.value:.0f} s")
         print(f"{'iteration':>9} {'gold':>6} {'proxy':>7} {'KL':>6} {'all met':>8}")
+        curves[reward] = {"seconds": seconds.value, "episodes": episodes, "checks": []}
         for step, m in enumerate(result.history, start=1):
             if "eval_gold" in m:
                 print(f"{step:>9} {m['eval_gold']:>6.3f} {m['eval_proxy']:>7.3f} {m['eval_kl']:>6.2f} "
                       f"{m['eval_all_met']:>8.3f}")
+                curves[reward]["checks"].append({"iteration": step, **{k.removeprefix("eval_"): v for k, v in m.items()
+                                                                       if k.startswith("eval_")}})
+    save_result("demo_ppo_ceiling", {"run": str(args.run), "changes": changes, "headroom": headroom,
+                                     "rewards": curves}, args.json)
 
 
 if __name__ == "__main__":

@@ -15,24 +15,19 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
-import time
-from importlib.resources import files
 from pathlib import Path
 
-from rlhfkit.data import Ranking, read_prompts, write_jsonl
+from harness import DemoRun, save_result, timed  # the script beside this one
+
+from rlhfkit.data import Ranking, write_jsonl
 from rlhfkit.data.rankings import read_rankings
-from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.headroom import gold, read_sft_samples
-from rlhfkit.demo.pipeline import spread
 from rlhfkit.models.reward import load_reward_model, score
-from rlhfkit.sampling import sample_rankings
-from rlhfkit.train.reward import train_reward
+from rlhfkit.stages import STAGES
 
 
-def gold_accuracy(run: Path, rm_dir: Path, judges) -> tuple[float, int]:
-    prompts = read_prompts(run / "data/headroom_prompts.jsonl").records
-    samples = read_sft_samples(run)
-    quality = [[gold(judges, p, s["text"], s["ended"]) for s in ss] for p, ss in zip(prompts, samples, strict=True)]
+def gold_accuracy(run: DemoRun, rm_dir: Path) -> tuple[float, int]:
+    prompts, samples = run.headroom_samples()
+    quality = [[run.gold(p, s["text"], s["ended"]) for s in ss] for p, ss in zip(prompts, samples, strict=True)]
     rm, tok = load_reward_model(rm_dir)
     flat = [(p, s) for p, ss in zip(prompts, samples, strict=True) for s in ss]
     rewards = score(rm, tok, [p.prompt for p, _ in flat], [s["text"] for _, s in flat], autocast=True,
@@ -71,40 +66,40 @@ def main() -> None:
     p.add_argument("run", type=Path, help="a demo run folder (runs/<name>)")
     p.add_argument("--ks", type=int, nargs="+", default=[4, 8])
     p.add_argument("--prompts", type=int, nargs="+", default=[80, 130])
+    p.add_argument("--json", type=Path, help="where the JSON result goes (default runs/bench/demo_rm_choice.json)")
     args = p.parse_args()
-    cfg = DemoConfig.of_run(args.run)
-    judges = cfg.judges()
-    panel = cfg.panel()
-    rm_split = [x for x in read_prompts(files("rlhfkit.demo") / "data" / "prompts.jsonl").records
-                if x.meta["split"] == "rm"]
+    run = DemoRun(args.run)
+    cfg = run.config
+    rm_split = run.bundled_prompts("rm")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_jsonl(work / "prompts.jsonl", rm_split)
-        t0 = time.perf_counter()
-        sample_rankings(cfg.sample.model_copy(update={
-            "model": str(args.run / "sft"), "prompts": str(work / "prompts.jsonl"), "output": str(work / "s.jsonl"),
-            "k": max(args.ks), "seed": cfg.seed + 1, "progress": False}))
-        sample_seconds = time.perf_counter() - t0
+        with timed() as sampling:
+            STAGES["sample"].run(cfg.sample.model_copy(update={
+                "model": str(run.sft), "prompts": str(work / "prompts.jsonl"), "output": str(work / "s.jsonl"),
+                "k": max(args.ks), "seed": cfg.seed + 1, "progress": False}))
         records = read_rankings(work / "s.jsonl", require_ranks=False).records
-        ranked = rank_all(records, {x.id: x for x in rm_split}, panel, args.ks)
+        ranked = rank_all(records, {x.id: x for x in rm_split}, run.panel, args.ks)
         rows = []
         for n in args.prompts:
-            keep = {x.id for x in spread(rm_split, n)}
+            keep = {x.id for x in run.bundled_prompts("rm", n)}
             for k in args.ks:
                 data = work / f"k{k}-p{n}.jsonl"
                 write_jsonl(data, [x for x in ranked[k] if x.id in keep])
-                t0 = time.perf_counter()
-                train_reward(cfg.rm.model_copy(update={
-                    "model": str(args.run / "sft"), "data": str(data), "output_dir": str(work / f"rm-k{k}-p{n}"),
-                    "eval_fraction": 0.0, "save_every": 0, "progress": False, "seed": cfg.seed}))
-                train = time.perf_counter() - t0
-                acc, pairs = gold_accuracy(args.run, work / f"rm-k{k}-p{n}", judges)
-                sampled = sample_seconds * (k / max(args.ks)) * (len(keep) / len(rm_split))
-                rows.append((k, len(keep), acc, pairs, sampled, train))
+                with timed() as training:
+                    STAGES["rm"].run(cfg.rm.model_copy(update={
+                        "model": str(run.sft), "data": str(data), "output_dir": str(work / f"rm-k{k}-p{n}"),
+                        "eval_fraction": 0.0, "save_every": 0, "progress": False, "seed": cfg.seed}))
+                acc, pairs = gold_accuracy(run, work / f"rm-k{k}-p{n}")
+                sampled = sampling.value * (k / max(args.ks)) * (len(keep) / len(rm_split))
+                rows.append({"k": k, "prompts": len(keep), "accuracy_vs_gold": acc, "pairs": pairs,
+                             "sample_s": sampled, "train_s": training.value,
+                             "points_per_min": 100 * (acc - 0.5) / ((sampled + training.value) / 60)})
     print(f"\n{'K':>2} {'prompts':>7} {'acc vs gold':>11} {'pairs':>6} {'sample s':>8} {'train s':>8} {'pts/min':>8}")
-    for k, n, acc, pairs, sampled, train in rows:
-        per_min = 100 * (acc - 0.5) / ((sampled + train) / 60)
-        print(f"{k:>2} {n:>7} {acc:>11.3f} {pairs:>6} {sampled:>8.0f} {train:>8.0f} {per_min:>8.2f}")
+    for r in rows:
+        print(f"{r['k']:>2} {r['prompts']:>7} {r['accuracy_vs_gold']:>11.3f} {r['pairs']:>6} {r['sample_s']:>8.0f} "
+              f"{r['train_s']:>8.0f} {r['points_per_min']:>8.2f}")
+    save_result("demo_rm_choice", {"run": str(args.run), "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from harness import DemoRun, save_result, timed  # the script beside this one
 
-from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.evaluate import best_of_n_curve
-from rlhfkit.train.reward import train_reward
+from rlhfkit.stages import STAGES
 
 CHECKS = ("all", "constraints", "correct", "content", "refusal: harmful", "refusal: harmless")
 
@@ -40,26 +38,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a finished demo run folder (runs/<name>)")
     p.add_argument("variants", nargs="+", help="name:key=value,... over the demo's rm settings")
-    p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--json", type=Path, help="where the JSON result goes (default runs/bench/demo_rm_training.json)")
     args = p.parse_args()
-    cfg = DemoConfig.of_run(args.run)
-    judges = cfg.judges()
+    run = DemoRun(args.run)
+    cfg = run.config
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.variants:
             name, update = variant(text)
             out = Path(tmp) / name
-            t0 = time.perf_counter()
-            # validated, so "1e-4" is a float and a misspelt setting is an error
-            result = train_reward(type(cfg.rm).model_validate({
-                **cfg.rm.model_dump(), "model": str(args.run / "sft"), "data": str(args.run / "round1/rankings.jsonl"),
-                "demos": str(args.run / "data/demonstrations.jsonl"), "output_dir": str(out), "save_every": 0,
-                "progress": False, **update}))
-            seconds = time.perf_counter() - t0
-            curve = best_of_n_curve(args.run, cfg, 1, judges, rm_dir=out)
+            with timed() as seconds:
+                # validated, so "1e-4" is a float and a misspelt setting is an error
+                result = STAGES["rm"].run(type(cfg.rm).model_validate({
+                    **cfg.rm.model_dump(), "model": str(run.sft), "data": str(run.rankings(1)),
+                    "demos": str(run.data("demonstrations.jsonl")), "output_dir": str(out), "save_every": 0,
+                    "progress": False, **update}))
+            curve = run.best_of_n(out)
             gold = {b["n"]: b["gold"] for b in curve["best_of_n"]}
-            rows.append({"variant": name, "settings": update, "train_s": seconds,
-                         "heldout": result.eval_metrics.get("accuracy"), "gold_bo4": gold.get(4),
+            rows.append({"variant": name, "settings": update, "train_s": seconds.value,
+                         "heldout": result.metrics.get("accuracy"), "gold_bo4": gold.get(4),
                          "gold_bo16": gold.get(16), "vs_gold": curve["rm_vs_gold"]})
             print(json.dumps(rows[-1]), flush=True)
     head = " ".join(f"{c[:12]:>12}" for c in CHECKS)
@@ -71,8 +68,7 @@ def main() -> None:
               f"{r['gold_bo16']:>9.3f} {agree}")
     pairs = " ".join(f"{rows[0]['vs_gold'].get(c, {}).get('pairs', 0):>12}" for c in CHECKS)
     print(f"{'pairs':<47} {pairs}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    save_result("demo_rm_training", {"run": str(args.run), "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import yaml
+from harness import save_result  # the script beside this one
 
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.demo.evaluate import evaluate_outside
 from rlhfkit.demo.pipeline import Run, measure_headroom, prepare_data, trainer_run
-from rlhfkit.train.sft import train_sft
+from rlhfkit.stages import STAGES
 
 
 def main() -> None:
@@ -28,6 +30,7 @@ def main() -> None:
     p.add_argument("--name", default="sft-habits")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE", help="demo options, e.g. sft.epochs=2")
+    p.add_argument("--json", type=Path, help="where the JSON result goes (default runs/bench/demo_sft_habits.json)")
     args = p.parse_args()
     options: dict = {}
     for item in args.set:
@@ -43,7 +46,7 @@ def main() -> None:
     sft = cfg.sft.model_copy(update={"model": cfg.model, "data": str(run.dir / "data/demonstrations.jsonl"),
                                      "output_dir": str(run.dir / "sft"), **trainer_run(cfg)})
     start = time.perf_counter()
-    run.stage("sft", lambda: str(train_sft(sft).output_dir), trainer_dir=run.dir / "sft")
+    run.stage("sft", lambda: str(STAGES["sft"].run(sft).output), trainer_dir=run.dir / "sft")
     sft_seconds = time.perf_counter() - start
     judges = cfg.judges()
     room = run.stage("headroom", lambda: measure_headroom(run, cfg, judges))
@@ -57,6 +60,8 @@ def main() -> None:
     print(f"{'policy':8} {'refusals':>9} {'words':>6} {'no EOS':>7}")
     for name, h in habits["policies"].items():
         print(f"{name:8} {h['refusals']:9.1%} {h['words']:6.1f} {h['no_eos']:7.1%}")
+    save_result("demo_sft_habits", {"options": options, "sft_seconds": sft_seconds, "headroom": room,
+                                    "outside": habits}, args.json)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import yaml
+from harness import lm_eval_model, save_result  # the script beside this one
 
 from rlhfkit.evaluation.bias import crows_items, evaluate_crows_pairs, read_crows_pairs
 from rlhfkit.evaluation.loglik import Choices, encode_item, shared_prefix
@@ -110,6 +111,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=200, help="items of each task (0: all)")
     p.add_argument("--batch-tokens", type=int, default=8192, help="rlhfkit: tokens packed per forward")
     p.add_argument("--lm-eval-batch", type=int, default=16, help="lm-eval: sequences per forward")
+    p.add_argument("--json", type=Path, help="the JSON result (default runs/bench/eval_speed.json)")
     args = p.parse_args()
     crows_path = args.crows / "crows_pairs_anonymized.csv" if args.crows.is_dir() else args.crows
     path = str(resolve_model_path(args.model))
@@ -127,10 +129,9 @@ def main() -> None:
     del model
 
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=path, dtype="float32", batch_size=args.lm_eval_batch, device="cpu")
+    lm = lm_eval_model(path, args.lm_eval_batch)
     with tempfile.TemporaryDirectory() as tmp:
         names = write_tasks(Path(tmp), questions, limit, crows_path, limit)
         manager = TaskManager(include_path=tmp)
@@ -159,6 +160,9 @@ def main() -> None:
         ours_t, theirs_t = tokens[key]
         print(f"{task:<22} {n / mine:>16.2f} {n / theirs:>16.2f} {theirs / mine:>6.2f}x {theirs_t / ours_t:>11.2f}x")
     print("token ratio: tokens lm-eval runs through the model over rlhfkit's, padding aside (the compute floor)")
+    save_result("eval_speed", {"model": args.model, "questions": len(questions), "pairs": len(pairs), "rlhfkit": ours,
+                               "lm_eval": ref, "seconds": {"rlhfkit": {"truthfulqa": t_tqa, "crows_pairs": t_crows},
+                                                           "lm_eval": seconds}, "tokens": tokens}, args.json)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import os
 import random
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from harness import LabelServer, save_result
 
 from rlhfkit.feedback.client import LabelingClient
 from rlhfkit.feedback.store import Store
@@ -43,37 +42,6 @@ def postgres_database(server: str):
     finally:
         with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-class Server:
-    """`rlhfkit label serve` in a subprocess on a fixed port and secret: it can be SIGKILLed and started again
-    where its clients (signed in with server-side sessions) expect it."""
-
-    def __init__(self, db_url: str, port: int):
-        self.db_url, self.port, self.secret = db_url, port, secrets.token_hex(32)
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> str:
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "label", "serve", "--db", self.db_url,
-                                      "--port", str(self.port), "--log-level", "warning"],
-                                     env={**os.environ, "RLHFKIT_SECRET": self.secret})
-        for _ in range(300):
-            try:
-                httpx.get(self.url + "/login", timeout=1)
-                return self.url
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not start in 30 s")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 def retrying(call):
@@ -124,7 +92,7 @@ def run(db_url: str, args, think: float) -> dict:
         except Exception as e:  # noqa: BLE001 - counted and reported
             errors.append(e)
 
-    srv = Server(db_url, args.port)
+    srv = LabelServer(db_url, args.port)
     base = srv.start()
     try:
         threads = [threading.Thread(target=labeler, args=(i, base)) for i in range(args.labelers)]
@@ -171,7 +139,9 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--kill", type=int, default=0, help="SIGKILL and restart the server this many times mid-load "
                    "(labelers retry as their page would; latencies then include the downtime)")
+    p.add_argument("--json", type=Path, help="where the JSON result goes (default runs/bench/feedback_load.json)")
     args = p.parse_args()
+    rows = []
     print(f"{args.labelers} labelers, {args.tasks} tasks x {args.overlap} judgements, K = {args.k}, "
           f"server and clients on {os.cpu_count()} cores", flush=True)
     print(f"{'database':10} {'think s':>7} {'subm/s':>7} {'take p50':>8} {'take p99':>8} {'subm p50':>8} "
@@ -187,6 +157,9 @@ def main() -> None:
             print(f"{kind:10} {think:7.1f} {r['per_s']:7.1f} {r['lease_p50']:8.1f} {r['lease_p99']:8.1f} "
                   f"{r['submit_p50']:8.1f} {r['submit_p99']:8.1f} {r['lost']:4d} {r['duplicated']:4d} "
                   f"{r['errors']:6d}  {r['first_error']}", flush=True)
+            rows.append({"database": kind, "think": think, **r})
+    save_result("feedback_load", {"labelers": args.labelers, "tasks": args.tasks, "overlap": args.overlap, "k": args.k,
+                                  "kills": args.kill, "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

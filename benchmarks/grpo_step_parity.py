@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from rl_efficiency import task_reward  # the benchmark's reward, from the script beside this one
+from harness import DemoRun, save_result  # the scripts beside this one
+from rl_efficiency import task_reward
 
 from rlhfkit.demo.config import DemoConfig
 from rlhfkit.losses import group_normalized
@@ -43,8 +44,8 @@ def rlhfkit_step(args, cfg: DemoConfig, reward, overrides: dict, seed: int) -> t
     returns (its Experience, its gradient before clipping)."""
     with tempfile.TemporaryDirectory() as tmp:
         ppo_cfg = cfg.ppo.updated(**{
-            "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
-            "prompts": str(args.run / "data" / "ppo_prompts.jsonl"), "ptx": None,
+            "policy": str(DemoRun(args.run).sft), "reference": str(DemoRun(args.run).sft),
+            "prompts": str(DemoRun(args.run).data("ppo_prompts.jsonl")), "ptx": None,
             "output_dir": tmp, "seed": seed, "progress": False, "save_every": 0, "samples_every": 10**6,
             "iterations": 1, "missing_eos_penalty": None, "rollout_batch": PROMPTS * SAMPLES,
             "samples_per_prompt": SAMPLES, "minibatch_size": PROMPTS * SAMPLES, "ppo_epochs": 1,
@@ -65,7 +66,7 @@ def trl_gradient(args, cfg: DemoConfig, exp) -> tuple[torch.Tensor, dict]:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    policy = str(args.run / "sft")
+    policy = str(DemoRun(args.run).sft)
     tok = AutoTokenizer.from_pretrained(policy)
     batch = exp.rollouts
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,22 +129,32 @@ def main() -> None:
     p.add_argument("--skip-trl", action="store_true", help="only rlhfkit's gradients (with --noise: the signal share)")
     p.add_argument("--rlhfkit-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="PPO options for rlhfkit, e.g. frozen_dtype=fp32")
+    p.add_argument("--json", type=Path, help="the JSON result (default runs/bench/grpo_step_parity.json)")
     args = p.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.rlhfkit_set)
+    result = measure(args, overrides)
+    save_result("grpo_step_parity", {"run": str(args.run), "reward": args.reward, "overrides": overrides, **result},
+                args.json)
 
-    cfg = DemoConfig.of_run(args.run)
-    judges = cfg.judges()
-    reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
+
+def measure(args, overrides: dict) -> dict:
+    """Prints and returns the comparison's figures."""
+
+    run = DemoRun(args.run)
+    cfg = run.config
+    reward = task_reward(run, args.reward, args.reward_scale)
 
     exp, g_rlhfkit = rlhfkit_step(args, cfg, reward, overrides, cfg.seed)
     mask, scores, groups = exp.rollouts.mask.cpu(), exp.scores.cpu(), exp.rollouts.prompt_of.cpu()
     within = torch.stack([scores[groups == g].std() for g in groups.unique()]).mean()
     print(f"rollouts: {len(scores)}, response tokens {int(mask.sum())}, ended {exp.rollouts.ended.float().mean():.0%}, "
           f"reward mean {scores.mean():.3f}, std {scores.std():.3f}, within a prompt {within:.3f}")
+    out = {"rollouts": len(scores), "response_tokens": int(mask.sum()), "reward_mean": scores.mean().item(),
+           "reward_std": scores.std().item(), "reward_std_within_prompt": within.item()}
     if args.skip_trl:
         if args.noise:
-            gradient_noise(args, cfg, reward, overrides, g_rlhfkit.float())
-        return
+            out["noise"] = gradient_noise(args, cfg, reward, overrides, g_rlhfkit.float())
+        return out
     g_trl, trl = trl_gradient(args, cfg, exp)
     ours_adv = group_normalized(scores, groups)
     print(f"advantages: rlhfkit |A| mean {ours_adv.abs().mean():.4f}, TRL {trl['advantages'].abs().mean():.4f}, "
@@ -156,7 +167,7 @@ def main() -> None:
           f"rms {((d**2).sum() / mask.sum()).sqrt():.5f} per token")
     if g_rlhfkit.shape != g_trl.shape:
         print(f"gradients differ in size: rlhfkit {g_rlhfkit.numel()}, TRL {g_trl.numel()}")
-        return
+        return out
     g_rlhfkit, g_trl = g_rlhfkit.double(), g_trl.double()  # fp32 sums over 135M entries drift
     cos = (g_rlhfkit @ g_trl / (g_rlhfkit.norm() * g_trl.norm())).item()
     print(f"gradient: cosine {cos:.4f}, norm rlhfkit {g_rlhfkit.norm():.4f}, TRL {g_trl.norm():.4f}, "
@@ -166,11 +177,15 @@ def main() -> None:
     big = g_trl.abs() > g_trl.abs().median()
     agree = (torch.sign(g_rlhfkit[big]) == torch.sign(g_trl[big])).float().mean().item()
     print(f"sign agreement on the larger half of TRL's gradient entries: {agree:.1%}")
+    out |= {"advantage_ratio": (ours_adv.abs().mean() / trl["advantages"].abs().mean()).item(),
+            "gradient_cosine": cos, "gradient_norm_ratio": (g_rlhfkit.norm() / g_trl.norm()).item(),
+            "sign_agreement": agree}
     if args.noise:
-        gradient_noise(args, cfg, reward, overrides, g_rlhfkit.float())
+        out["noise"] = gradient_noise(args, cfg, reward, overrides, g_rlhfkit.float())
+    return out
 
 
-def gradient_noise(args, cfg: DemoConfig, reward, overrides: dict, first: torch.Tensor) -> None:
+def gradient_noise(args, cfg: DemoConfig, reward, overrides: dict, first: torch.Tensor) -> dict:
     """How much of one update's gradient is signal: gradients g_i from independent batches (other prompts, other
     samples) at the same SFT weights are g_i = s + n_i, so mean_{i≠j} g_i·g_j estimates |s|² and mean |g_i|²
     estimates |s|² + |n|²/1 batch; their ratio is the signal's share of a batch's squared gradient norm."""
@@ -195,6 +210,8 @@ def gradient_noise(args, cfg: DemoConfig, reward, overrides: dict, first: torch.
     print(f"signal share of one batch's squared gradient norm: {share:+.3f} ± {se:.3f} (standard error); "
           + (f"signal equals noise at a batch of at least {batch * (1 - high) / high:.0f} episodes" if high > 0
              else "no signal measurable"))
+    return {"batches": n, "episodes_per_batch": batch, "cosines": cosines, "signal_share": share,
+            "standard_error": se}
 
 
 if __name__ == "__main__":

@@ -23,12 +23,15 @@ import statistics
 import time
 from pathlib import Path
 
+from harness import save_result  # the script beside this one
+
 from rlhfkit.config import RMConfig
 from rlhfkit.data import write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.demo.config import STAGE_DEFAULTS
+from rlhfkit.stages import STAGES
 from rlhfkit.train.common import split_holdout
-from rlhfkit.train.reward import ranked_prompt, train_reward
+from rlhfkit.train.reward import ranked_prompt
 
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # two-sided, by df
 
@@ -70,6 +73,7 @@ def main() -> None:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("runs/pmp-benchmark"))
+    p.add_argument("--json", type=Path, help="the JSON result (default runs/bench/pmp_sample_efficiency.json)")
     args = p.parse_args()
     args.hh_limit = args.hh_limit or None
     args.out.mkdir(parents=True, exist_ok=True)
@@ -80,8 +84,8 @@ def main() -> None:
     if pmp is None:
         pmp = str(args.out / "pmp")
         if not (Path(pmp) / "config.json").exists():  # published when PMP finished
-            train_reward(rm_config(model=sft, data=str(pmp_data(args, args.out)), output_dir=pmp,
-                                   epochs=args.pmp_epochs, eval_fraction=0.05, max_length=384))
+            STAGES["rm"].run(rm_config(model=sft, data=str(pmp_data(args, args.out)), output_dir=pmp,
+                                       epochs=args.pmp_epochs, eval_fraction=0.05, max_length=384))
     pmp_seconds = time.perf_counter() - started
 
     task = read_rankings(args.run / "rm-round1.jsonl").records
@@ -109,7 +113,7 @@ def main() -> None:
                 out = args.out / f"rm-{init}-{fraction}-{seed}"
                 cfg = rm_config(model=sft, init_from=pmp if init == "pmp" else None, data=str(data),
                                 eval_data=str(args.out / "task-held-out.jsonl"), output_dir=str(out), seed=seed)
-                report = train_reward(cfg).eval_metrics
+                report = STAGES["rm"].run(cfg).metrics
                 results.append({"init": init, "fraction": fraction, "seed": seed, "prompts": len(chosen),
                                 "rankings": len(subset), "accuracy": report["accuracy"],
                                 "pairs": report["pairs"], "seconds": time.perf_counter() - t0})
@@ -152,6 +156,10 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.out / "pmp_sample_efficiency.png", dpi=120)
     print(f"\nplot: {args.out / 'pmp_sample_efficiency.png'}; results: {results_path}")
+    save_result("pmp_sample_efficiency", {"run": str(args.run), "pmp_seconds": pmp_seconds, "runs": results,
+                                          "curve": {init: [dict(zip(("fraction", "mean", "low", "high"), row,
+                                                                    strict=True)) for row in rows]
+                                                    for init, rows in curve.items()}}, args.json)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 import torch
-from harness import save_result  # the script beside this one
+from harness import StepTimes, save_result, trl_config  # the script beside this one
 
 from rlhfkit.config import PPOConfig
 from rlhfkit.data import write_jsonl
 from rlhfkit.models import load_causal_lm, resolve_model_path
 from rlhfkit.models.reward import reward_model_from_causal_lm
 from rlhfkit.rollout import sample
-from rlhfkit.train.ppo import train_ppo
+from rlhfkit.train.ppo import PPO
 
 
 def read_seed_prompts(path: Path, n: int) -> list[str]:
@@ -119,7 +119,7 @@ def run_rlhfkit_ppo(prompts: list[str], rm_dir: Path, work: Path, args) -> dict:
                     samples_per_prompt=args.samples_per_prompt, minibatch_size=8, ppo_epochs=1,
                     max_new_tokens=args.new_tokens, dtype="bf16", save_every=0, progress=False,
                     samples_every=1000, rollout_engine=args.rollout_engine)
-    history = train_ppo(cfg).history[args.warmup:]
+    history = PPO.build(cfg).train().history[args.warmup:]
     phases = {k: sum(h[f"seconds_{k}"] for h in history) / len(history) for k in ("generate", "score", "train")}
     total = sum(phases.values())
     return {"seconds": phases, "seconds_total": total, "samples_per_s": len(prompts) / total,
@@ -129,7 +129,7 @@ def run_rlhfkit_ppo(prompts: list[str], rm_dir: Path, work: Path, args) -> dict:
 def run_trl_rloo(prompts: list[str], rm_dir: Path, work: Path, args) -> dict:
     from datasets import Dataset
     from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RLOOConfig, RLOOTrainer
 
     policy = str(resolve_model_path(args.model))
@@ -142,29 +142,18 @@ def run_trl_rloo(prompts: list[str], rm_dir: Path, work: Path, args) -> dict:
     seq.save_pretrained(work / "trl-rm")
     tok.save_pretrained(work / "trl-rm")
 
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, a, state, control, **kw):
-            sync()
-            times.append(time.perf_counter() - self.t)
-
+    times = StepTimes(on_end=sync)
     steps_per_round = 4
-    cfg = RLOOConfig(
-        output_dir=str(work / "trl"), use_cpu=not torch.cuda.is_available(), bf16=True,
-        per_device_train_batch_size=8, gradient_accumulation_steps=1, steps_per_generation=steps_per_round,
-        num_generations=args.samples_per_prompt, max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0,
-        max_steps=(args.warmup + args.rounds) * steps_per_round, logging_steps=1000, save_strategy="no",
-        report_to="none", gradient_checkpointing=False, disable_tqdm=True, seed=0, learning_rate=3e-6,
-    )
+    cfg = trl_config(RLOOConfig, work / "trl", "bf16", per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                     steps_per_generation=steps_per_round, num_generations=args.samples_per_prompt,
+                     max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0,
+                     max_steps=(args.warmup + args.rounds) * steps_per_round, logging_steps=1000,
+                     gradient_checkpointing=False, learning_rate=3e-6)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     trainer = RLOOTrainer(model=policy, reward_funcs=str(work / "trl-rm"), args=cfg, train_dataset=dataset,
-                          processing_class=tok, callbacks=[Timer()])
+                          processing_class=tok, callbacks=[times])
     trainer.train()
-    per_round = sum(times[args.warmup * steps_per_round:]) / args.rounds
+    per_round = sum(times.seconds[args.warmup * steps_per_round:]) / args.rounds
     samples = 8 * steps_per_round
     return {"seconds_per_round": per_round, "samples_per_s": samples / per_round}
 

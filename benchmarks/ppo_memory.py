@@ -96,24 +96,22 @@ def worker(args: argparse.Namespace) -> None:
     import torch  # noqa: F401  (imported before the baseline is read)
 
     from rlhfkit.config import PPOConfig, SFTConfig
+    from rlhfkit.stages import STAGES
 
     work = Path(args.work)
     baseline = peak_bytes(args.device)
     if args.mode.startswith("ppo"):
-        from rlhfkit.train.ppo import train_ppo
-
-        train_ppo(PPOConfig(policy=str(work / "model"), reward_model=str(work / "rm"), prompts=str(work / "p.jsonl"),
-                            output_dir=str(work / f"run-{args.mode}"), iterations=1, rollout_batch=8, minibatch_size=8,
-                            ppo_epochs=1, max_new_tokens=32, save_every=0, progress=False, dtype="bf16",
-                            frozen_dtype="fp32" if args.mode == "ppo-frozen-fp32" else "bf16",
-                            fsdp=args.mode == "ppo-fsdp2", report_to=["none"]))
+        STAGES["ppo"].run(PPOConfig(
+            policy=str(work / "model"), reward_model=str(work / "rm"), prompts=str(work / "p.jsonl"),
+            output_dir=str(work / f"run-{args.mode}"), iterations=1, rollout_batch=8, minibatch_size=8, ppo_epochs=1,
+            max_new_tokens=32, save_every=0, progress=False, dtype="bf16",
+            frozen_dtype="fp32" if args.mode == "ppo-frozen-fp32" else "bf16", fsdp=args.mode == "ppo-fsdp2",
+            report_to=["none"]))
     else:
-        from rlhfkit.train.sft import train_sft
-
-        train_sft(SFTConfig(model=str(work / "model"), data=str(work / "d.jsonl"),
-                            output_dir=str(work / f"run-{args.mode}"), max_steps=1, batch_size=1, max_length=256,
-                            eval_fraction=0, save_every=0, progress=False, dtype="bf16",
-                            fsdp=args.mode == "sft-fsdp2", report_to=["none"]))
+        STAGES["sft"].run(SFTConfig(
+            model=str(work / "model"), data=str(work / "d.jsonl"), output_dir=str(work / f"run-{args.mode}"),
+            max_steps=1, batch_size=1, max_length=256, eval_fraction=0, save_every=0, progress=False, dtype="bf16",
+            fsdp=args.mode == "sft-fsdp2", report_to=["none"]))
     rank = int(os.environ.get("RANK", 0))
     print(json.dumps({"rank": rank, "peak": peak_bytes(args.device), "baseline": baseline}), flush=True)
 
@@ -138,6 +136,7 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", choices=list(RUNS), help="measure only these (default: all)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, help="the JSON result (default runs/bench/ppo_memory.json)")
     args = p.parse_args()
     if args.worker:
         args.mode = args.worker
@@ -160,12 +159,17 @@ def main() -> None:
         print(f"\n## Measured on {args.device}: a random-init {args.shape} shape "
               f"({parameters(args.shape) / 1e6:.0f}M parameters), peak memory per process\n")
         print("| run | processes | peak per process | above the process's start |\n|---|---|---|---|")
+        rows = []
         for mode, procs in RUNS.items():
             if args.runs and mode not in args.runs:
                 continue
             for r in measure(args, work, mode, procs):
                 print(f"| {mode} (rank {r['rank']}) | {procs} | {r['peak'] / GB:.2f} GB | "
                       f"{(r['peak'] - r['baseline']) / GB:.2f} GB |", flush=True)
+                rows.append({"run": mode, "processes": procs, **r})
+    from harness import save_result  # the script beside this one (imported here: workers do not need it)
+
+    save_result("ppo_memory", {"shape": args.shape, "device": args.device, "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from harness import save_result  # the script beside this one
+from harness import save_result, trl_config, trl_preference_pairs  # the script beside this one
 
 from rlhfkit.config import RMConfig
 from rlhfkit.data import write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.models import resolve_model_path
-from rlhfkit.train.reward import train_reward
+from rlhfkit.stages import STAGES
 
 
 def rlhfkit_accuracy(train, held_out, work: Path, args, name: str) -> dict:
@@ -32,7 +32,7 @@ def rlhfkit_accuracy(train, held_out, work: Path, args, name: str) -> dict:
                    output_dir=str(work / f"rlhfkit-{name}"), max_length=args.max_length, batch_size=args.batch,
                    epochs=args.epochs, lr=args.lr, dtype=args.dtype, eval_every=0, save_every=0, progress=True,
                    warmup_ratio=0.03)
-    return train_reward(cfg).eval_metrics
+    return STAGES["rm"].run(cfg).metrics
 
 
 def trl_accuracy(train, held_out, work: Path, args) -> float:
@@ -40,20 +40,14 @@ def trl_accuracy(train, held_out, work: Path, args) -> float:
     from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    def rows(rankings):
-        return [{"prompt": [m.model_dump() for m in r.prompt],
-                 "chosen": [{"role": "assistant", "content": r.responses[0]}],
-                 "rejected": [{"role": "assistant", "content": r.responses[1]}]} for r in rankings]
-
     path = str(resolve_model_path(args.model))
     tok = AutoTokenizer.from_pretrained(path)
-    cfg = RewardConfig(
-        output_dir=str(work / "trl"), use_cpu=not torch.cuda.is_available(), bf16=args.dtype == "bf16",
-        per_device_train_batch_size=args.batch, num_train_epochs=args.epochs, learning_rate=args.lr,
-        max_length=args.max_length, lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=50,
-        save_strategy="no", report_to="none", gradient_checkpointing=False, seed=0,
-    )
-    trainer = RewardTrainer(model=path, args=cfg, train_dataset=Dataset.from_list(rows(train)), processing_class=tok)
+    cfg = trl_config(RewardConfig, work / "trl", args.dtype, per_device_train_batch_size=args.batch,
+                     num_train_epochs=args.epochs, learning_rate=args.lr, max_length=args.max_length,
+                     lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=50, gradient_checkpointing=False,
+                     disable_tqdm=False)
+    trainer = RewardTrainer(model=path, args=cfg, train_dataset=Dataset.from_list(trl_preference_pairs(train)),
+                            processing_class=tok)
     trainer.train()
     # Score held-out pairs with TRL's model and template; TRL drops pairs longer than max_length, so we
     # truncate from the left to score every pair.

@@ -16,16 +16,15 @@ import json
 import math
 import random
 import tempfile
-import time
 from pathlib import Path
 
-import torch
+from harness import StepTimes, save_result, trl_config, trl_preference_pairs  # the script beside this one
 
 from rlhfkit.config import RMConfig
 from rlhfkit.data import Ranking, write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.models import resolve_model_path
-from rlhfkit.train.reward import train_reward
+from rlhfkit.stages import STAGES
 
 
 def clip_words(text: str, n: int) -> str:
@@ -57,7 +56,7 @@ def run_rlhfkit(rankings: list[Ranking], work: Path, args, per_step: int) -> flo
     cfg = RMConfig(model="smollm2-135m", data=str(data), output_dir=str(work / "rlhfkit"), max_length=args.max_length,
                    batch_size=per_step, max_steps=args.warmup + args.steps, dtype=args.dtype, eval_fraction=0.0,
                    eval_every=0, save_every=0, progress=False)
-    train_reward(cfg)
+    STAGES["rm"].run(cfg)
     rows = [json.loads(x) for x in (work / "rlhfkit" / "logs" / "metrics.jsonl").read_text().splitlines()]
     seconds = sum(r["step_seconds"] for r in rows[args.warmup:])
     return per_step * args.steps / seconds
@@ -65,40 +64,23 @@ def run_rlhfkit(rankings: list[Ranking], work: Path, args, per_step: int) -> flo
 
 def run_trl(rankings: list[Ranking], work: Path, args, per_step: int, checkpointing: bool) -> float:
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    pairs = []
-    for r in rankings:
-        for i in range(len(r.responses)):
-            for j in range(len(r.responses)):
-                if r.ranks[i] < r.ranks[j]:
-                    pairs.append({"prompt": [{"role": "user", "content": r.prompt}],
-                                  "chosen": [{"role": "assistant", "content": r.responses[i]}],
-                                  "rejected": [{"role": "assistant", "content": r.responses[j]}]})
+    pairs = trl_preference_pairs(rankings)
     k = len(rankings[0].responses)
     pairs_per_step = per_step * math.comb(k, 2)
     micro = min(args.trl_micro, pairs_per_step)
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, a, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
-
+    times = StepTimes()
     path = str(resolve_model_path("smollm2-135m"))
-    cfg = RewardConfig(
-        output_dir=str(work / f"trl-{checkpointing}"), use_cpu=not torch.cuda.is_available(), bf16=args.dtype == "bf16",
-        per_device_train_batch_size=micro, gradient_accumulation_steps=pairs_per_step // micro,
-        max_length=args.max_length, max_steps=args.warmup + args.steps, logging_steps=1000, save_strategy="no",
-        report_to="none", gradient_checkpointing=checkpointing, disable_tqdm=True, seed=0, learning_rate=1e-5,
-    )
+    cfg = trl_config(RewardConfig, work / f"trl-{checkpointing}", args.dtype, per_device_train_batch_size=micro,
+                     gradient_accumulation_steps=pairs_per_step // micro, max_length=args.max_length,
+                     max_steps=args.warmup + args.steps, logging_steps=1000, gradient_checkpointing=checkpointing,
+                     learning_rate=1e-5)
     trainer = RewardTrainer(model=path, args=cfg, train_dataset=Dataset.from_list(pairs),
-                            processing_class=AutoTokenizer.from_pretrained(path), callbacks=[Timer()])
+                            processing_class=AutoTokenizer.from_pretrained(path), callbacks=[times])
     trainer.train()
-    return pairs_per_step * args.steps / sum(times[args.warmup:]) / math.comb(k, 2)
+    return pairs_per_step * args.steps / sum(times.seconds[args.warmup:]) / math.comb(k, 2)
 
 
 def main() -> None:
@@ -113,8 +95,10 @@ def main() -> None:
     p.add_argument("--trl-micro", type=int, default=8, help="TRL: pairs per micro-batch")
     p.add_argument("--trl-defaults", action="store_true", help="also run TRL with its defaults (grad ckpt on)")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--json", type=Path, help="where the JSON result goes (default runs/bench/reward_throughput.json)")
     args = p.parse_args()
 
+    by_k = {}
     print(f"{'K':>2} {'trainer':28} {'rankings/s':>10} {'pairs/s':>8}")
     for k, per_step in zip(args.ks, args.rankings_per_step, strict=True):
         rankings = k_way_rankings(args.oasst, k, per_step * (args.warmup + args.steps), seed=k)
@@ -127,8 +111,10 @@ def main() -> None:
         for name, rate in results.items():
             print(f"{k:2d} {name:28} {rate:10.3f} {rate * math.comb(k, 2):8.2f}", flush=True)
         trl = [v for n, v in results.items() if n.startswith("trl")]
+        by_k[k] = {"rankings_per_s": results, "ratio": results["rlhfkit"] / max(trl) if trl else None}
         if trl:
             print(f"{k:2d} rlhfkit / fastest TRL: {results['rlhfkit'] / max(trl):.2f}x", flush=True)
+    save_result("reward_throughput", {"dtype": args.dtype, "steps": args.steps, "by_k": by_k}, args.json)
 
 
 if __name__ == "__main__":

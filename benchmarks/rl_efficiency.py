@@ -37,16 +37,14 @@ import time
 from pathlib import Path
 
 import torch
+from harness import DemoRun, save_result, trl_config  # the script beside this one
 
-from rlhfkit.data import prompt_key, read_prompts
 from rlhfkit.data.records import as_messages
 from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.evaluate import GoldProxy
-from rlhfkit.demo.headroom import gold
 from rlhfkit.models import default_device, mixed_precision
 from rlhfkit.models.reward import load_reward_model, score
 from rlhfkit.train.common import Hooks
-from rlhfkit.train.ppo import train_ppo
+from rlhfkit.train.ppo import PPO
 
 METHODS = ("trl-grpo", "rlhfkit-grpo", "rlhfkit-rloo", "rlhfkit-gae", "trl-rloo")
 PROMPTS_PER_ROUND, SAMPLES, PASSES = 8, 8, 2
@@ -59,7 +57,7 @@ class BudgetSpent(Exception):
 class Clock:
     """Training time since the method was built, evaluations excluded; evaluates every `every` seconds of it."""
 
-    def __init__(self, budget: float, every: float, check: GoldProxy | None):
+    def __init__(self, budget: float, every: float, check):
         self.budget, self.every, self.check = budget, every, check
         self.start, self.eval_seconds, self.next_eval = time.perf_counter(), 0.0, 0.0
         self.episodes, self.curve, self.rounds = 0, [], []
@@ -101,7 +99,7 @@ class Clock:
         return m
 
 
-def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clock:
+def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check) -> Clock:
     options = {"rlhfkit-gae": {"advantage": "gae"}, "rlhfkit-rloo": {"advantage": "rloo"},
                "rlhfkit-grpo": {"advantage": "grpo", "kl_in": "loss", "kl_estimator": "k3"}}[method]
     clock = Clock(args.budget, args.eval_every, check)
@@ -118,10 +116,11 @@ def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) ->
         if clock.spent(args):
             raise BudgetSpent
 
+    run = DemoRun(args.run)
     with tempfile.TemporaryDirectory() as tmp:  # validated: --rlhfkit-set gives strings
         ppo = cfg.ppo.updated(**{
-            "policy": str(args.run / "sft"), "reference": str(args.run / "sft"),
-            "reward_model": str(args.run / "round1" / "rm"), "prompts": str(args.run / "data" / "ppo_prompts.jsonl"),
+            "policy": str(run.sft), "reference": str(run.sft),
+            "reward_model": str(run.rm(1)), "prompts": str(run.data("ppo_prompts.jsonl")),
             "ptx": None, "output_dir": tmp, "seed": args.seed, "progress": False,
             "save_every": 0, "samples_every": 10**6, "iterations": 10**6, "missing_eos_penalty": None,
             "rollout_batch": PROMPTS_PER_ROUND * SAMPLES, "samples_per_prompt": SAMPLES,
@@ -130,20 +129,20 @@ def run_rlhfkit(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) ->
             **({"adam_beta2": args.adam_beta2} if args.adam_beta2 is not None else {}), **args.rlhfkit_set})
         clock.start = time.perf_counter()
         try:
-            train_ppo(ppo, reward_fn=counted, hooks=Hooks(evaluate=evaluate, eval_every=1, on_step=record))
+            PPO.build(ppo, reward_fn=counted, hooks=Hooks(evaluate=evaluate, eval_every=1, on_step=record)).train()
         except BudgetSpent:
             pass
     return clock
 
 
-def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clock:
+def run_trl(method: str, args, cfg: DemoConfig, reward, check) -> Clock:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     clock = Clock(args.budget, args.eval_every, check)
-    policy = str(args.run / "sft")
-    by_key = {prompt_key(p.prompt): p for p in read_prompts(args.run / "data" / "ppo_prompts.jsonl").records}
+    run = DemoRun(args.run)
+    policy, by_key = str(run.sft), run.ppo_prompts
 
     def trl_reward(prompts, completions, key, **_) -> list[float]:
         clock.episodes += len(completions)
@@ -160,15 +159,14 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
     with tempfile.TemporaryDirectory() as tmp:
         clock.start = time.perf_counter()
         tok = AutoTokenizer.from_pretrained(policy)
-        trl_cfg = Config(
+        trl_cfg = trl_config(
             # the precision rlhfkit picks on this machine (bf16 where the hardware has it, else fp32): bf16 on a
             # CPU without it is emulated, several times slower
-            output_dir=tmp, use_cpu=not torch.cuda.is_available(), seed=args.seed,
-            bf16=mixed_precision(cfg.ppo.dtype, default_device()) == "bf16",
+            Config, tmp, mixed_precision(cfg.ppo.dtype, default_device()), seed=args.seed,
             per_device_train_batch_size=PROMPTS_PER_ROUND * SAMPLES // 4, gradient_accumulation_steps=4,
             num_generations=SAMPLES, num_iterations=PASSES, max_completion_length=cfg.ppo.max_new_tokens,
             temperature=1.0, top_p=1.0, learning_rate=args.lr, lr_scheduler_type="constant", beta=args.kl_coef,
-            max_steps=10**6, logging_steps=10**6, save_strategy="no", report_to="none", disable_tqdm=True,
+            max_steps=10**6, logging_steps=10**6,
             gradient_checkpointing=False,  # TRL turns it on by default: off is faster for a 135M model
             **({"adam_beta2": args.adam_beta2} if args.adam_beta2 is not None else {}))
         dataset = Dataset.from_list([{"prompt": as_messages(x.prompt), "key": key} for key, x in by_key.items()])
@@ -190,20 +188,19 @@ def run_trl(method: str, args, cfg: DemoConfig, reward, check: GoldProxy) -> Clo
     return clock
 
 
-def task_reward(run: Path, cfg: DemoConfig, judges: list, kind: str, scale: float):
+def task_reward(run: DemoRun, kind: str, scale: float):
     """The reward every method climbs, one callable for both tools: `gold`, the held-out judges' noise-free rubric
     (the demo's gold score) x `scale`; or `rm`, the run's round-1 reward model (the proxy the demo's PPO climbs),
     each response read as a finished answer (both tools pass text, so neither says where a response was cut); or
     `length`, the response's word count, a control any policy gradient climbs (grpo_step_parity.py --noise)."""
     if kind == "length":
         return lambda prompts, responses: torch.tensor([float(len(r.split())) for r in responses])
-    by_key = {prompt_key(x.prompt): x for x in read_prompts(run / "data" / "ppo_prompts.jsonl").records}
     if kind == "gold":
         return lambda prompts, responses: torch.tensor(
-            [scale * gold(judges, by_key[prompt_key(q)], r, True) for q, r in zip(prompts, responses, strict=True)])
-    rm, rm_tok = load_reward_model(run / "round1" / "rm")
+            [scale * run.gold(q, r) for q, r in zip(prompts, responses, strict=True)])
+    rm, rm_tok = load_reward_model(run.rm(1))
     rm.to(default_device()).eval()
-    bf16 = mixed_precision(cfg.ppo.dtype, default_device()) == "bf16"
+    bf16 = mixed_precision(run.config.ppo.dtype, default_device()) == "bf16"
 
     def rm_reward(prompts: list, responses: list[str]) -> torch.Tensor:  # `score` runs without gradients
         return score(rm, rm_tok, prompts, responses, autocast=bf16).float().cpu()
@@ -251,23 +248,24 @@ def main() -> None:
                    help="policy samples per headroom prompt at each evaluation (default: the demo's, 2); the gold "
                         "mean's standard error on the default demo's 50 prompts is 0.011 at 2 and 0.004 at 8")
     p.add_argument("--out", type=Path, default=Path("runs/rl-efficiency"))
+    p.add_argument("--json", type=Path, help="the JSON result (default runs/bench/rl_efficiency.json)")
     args = p.parse_args()
     if args.reward == "length" and args.eval_every:  # the held-out check scores gold and the RM, not length
         p.error("--reward length is measured on the update rounds' own rollouts: give it --eval-every 0")
     args.rlhfkit_set = dict(kv.split("=", 1) for kv in args.rlhfkit_set)  # pydantic converts the strings
     args.out.mkdir(parents=True, exist_ok=True)
 
-    cfg = DemoConfig.of_run(args.run)
+    run = DemoRun(args.run)
+    cfg = run.config
     args.seed = cfg.seed if args.seed is None else args.seed
     if args.max_new_tokens:
         cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"max_new_tokens": args.max_new_tokens})})
     if args.gold_samples:
         cfg = cfg.model_copy(update={"gold_samples": args.gold_samples})
-    judges = cfg.judges()
-    check = GoldProxy(args.run, cfg, args.run / "round1" / "rm", judges) if args.eval_every else None
-    reward = task_reward(args.run, cfg, judges, args.reward, args.reward_scale)
+    check = run.gold_proxy(run.rm(1), cfg) if args.eval_every else None
+    reward = task_reward(run, args.reward, args.reward_scale)
 
-    sft_gold = json.loads((args.run / "stages.json").read_text()).get("headroom", {}).get("result", {}).get("sft_gold")
+    sft_gold = run.stage("headroom").get("sft_gold")
     print(f"SFT's gold on the headroom prompts (the demo's headroom stage): {sft_gold}")
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}  # a rerun adds what is missing
@@ -275,8 +273,8 @@ def main() -> None:
         if method in results:
             continue
         print(f"\n{method}: {args.budget:.0f} s of training", flush=True)
-        run = run_rlhfkit if method.startswith("rlhfkit") else run_trl
-        clock = run(method, args, cfg, reward, check)
+        train = run_rlhfkit if method.startswith("rlhfkit") else run_trl
+        clock = train(method, args, cfg, reward, check)
         results[method] = {"curve": clock.curve, "rounds": clock.rounds, "episodes": clock.episodes}
         results_path.write_text(json.dumps(results, indent=1))
 
@@ -346,6 +344,8 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.out / "rl_efficiency.png", dpi=120)
     print(f"\nplot: {args.out / 'rl_efficiency.png'}; results: {results_path}")
+    save_result("rl_efficiency", {"run": str(args.run), "reward": args.reward, "budget_s": args.budget,
+                                  "sft_gold": sft_gold, "methods": results}, args.json)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import json
 import statistics
 from pathlib import Path
 
+from harness import save_result  # the script beside this one
 from rl_efficiency import reached, trailing
 
 REFERENCE = "trl-grpo"
@@ -56,6 +57,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", type=Path, nargs="+", help="rl_efficiency.py --out directories, one seed each")
     p.add_argument("--out", type=Path, default=None, help="where the plot goes (default: the first run's directory)")
+    p.add_argument("--json", type=Path, help="the JSON result (default runs/bench/rl_efficiency_seeds.json)")
     args = p.parse_args()
     results = {d: json.loads((d / "results.json").read_text()) for d in args.runs}
     by_method: dict[str, dict[Path, list[dict]]] = {}
@@ -97,9 +99,13 @@ def main() -> None:
                           for x in rounds))
 
     print("\nreward gained per nat of KL to SFT (each seed's slope through the origin):")
+    slopes = {}
     for method, runs in by_method.items():
-        slopes = [gain_per_nat(rounds) for rounds in runs.values()]
-        print(f"  {method}: mean {statistics.fmean(slopes):.2f} (seeds: {', '.join(f'{x:.2f}' for x in slopes)})")
+        slopes[method] = [gain_per_nat(rounds) for rounds in runs.values()]
+        print(f"  {method}: mean {statistics.fmean(slopes[method]):.2f} "
+              f"(seeds: {', '.join(f'{x:.2f}' for x in slopes[method])})")
+    save_result("rl_efficiency_seeds", {"runs": [str(d) for d in args.runs], "reference": REFERENCE,
+                                        "time_ratios": ratios, "gain_per_nat": slopes}, args.json)
 
     import matplotlib
 

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import torch
-from harness import save_result  # the script beside this one
+from harness import StepTimes, save_result, trl_config, trl_prompt_completion  # the script beside this one
 
 from rlhfkit.config import SFTConfig
 from rlhfkit.data import read_demonstrations
 from rlhfkit.models import load_causal_lm
-from rlhfkit.train.sft import train_sft
+from rlhfkit.stages import STAGES
 
 
 def matmul_peak(dtype: torch.dtype) -> float:
@@ -57,7 +57,7 @@ def run_rlhfkit(data: Path, work: Path, args) -> dict:
         max_steps=args.warmup + args.steps, dtype=args.dtype, eval_fraction=0.0, eval_every=0, save_every=0,
         lr=2e-5, progress=False,
     )
-    train_sft(cfg)
+    STAGES["sft"].run(cfg)
     rows = [json.loads(x) for x in (work / "rlhfkit" / "logs" / "metrics.jsonl").read_text().splitlines()]
     measured = rows[args.warmup:]
     seconds = sum(r["tokens"] / r["tokens_per_s"] for r in measured)
@@ -69,42 +69,27 @@ def run_rlhfkit(data: Path, work: Path, args) -> dict:
 
 def run_trl(data: Path, work: Path, args, checkpointing: bool) -> dict:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
-    demos = read_demonstrations(data).records
     # TRL's prompt-completion form: chat template applied, loss on the completion only, like ours.
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": d.prompt}],
-                                  "completion": [{"role": "assistant", "content": d.response}]} for d in demos])
+    dataset = Dataset.from_list(trl_prompt_completion(read_demonstrations(data).records))
     model, tok = load_causal_lm("smollm2-135m")
-    steps: list[tuple[float, int]] = []
+    tokens: list[int] = []
 
     class Counting(SFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
-            self._tokens = getattr(self, "_tokens", 0) + int(inputs["attention_mask"].sum())
+            tokens[-1] += int(inputs["attention_mask"].sum())
             return super().training_step(model, inputs, num_items_in_batch)
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            self.t = time.perf_counter()
-            trainer._tokens = 0
-
-        def on_step_end(self, a, state, control, **kw):
-            steps.append((time.perf_counter() - self.t, trainer._tokens))
-
-    cfg = TRLConfig(
-        output_dir=str(work / f"trl-{checkpointing}"), use_cpu=not torch.cuda.is_available(),
-        bf16=args.dtype == "bf16", per_device_train_batch_size=args.trl_batch,
-        gradient_accumulation_steps=args.trl_accum, max_length=args.max_length,
-        max_steps=args.warmup + args.steps, learning_rate=2e-5, logging_steps=1000, save_strategy="no",
-        report_to="none", gradient_checkpointing=checkpointing, disable_tqdm=True, seed=0,
-    )
-    trainer = Counting(model=model, args=cfg, train_dataset=dataset, processing_class=tok, callbacks=[Timer()])
-    trainer.train()
-    measured = steps[args.warmup:]
-    seconds, tokens = sum(s for s, _ in measured), sum(n for _, n in measured)
-    return {"tokens_per_s": tokens / seconds, "tokens_per_step": tokens / len(measured)}
+    times = StepTimes(on_begin=lambda: tokens.append(0))
+    cfg = trl_config(TRLConfig, work / f"trl-{checkpointing}", args.dtype, per_device_train_batch_size=args.trl_batch,
+                     gradient_accumulation_steps=args.trl_accum, max_length=args.max_length,
+                     max_steps=args.warmup + args.steps, learning_rate=2e-5, logging_steps=1000,
+                     gradient_checkpointing=checkpointing)
+    Counting(model=model, args=cfg, train_dataset=dataset, processing_class=tok, callbacks=[times]).train()
+    seconds, n = sum(times.seconds[args.warmup:]), sum(tokens[args.warmup:])
+    return {"tokens_per_s": n / seconds, "tokens_per_step": n / len(tokens[args.warmup:])}
 
 
 def main() -> None:
