@@ -176,7 +176,8 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
                                                                       "prompt": "- people are kind\n-"}) + "\n")
     report = run_demo(DemoConfig(quick=True, runs_dir=str(tmp_path), name="quick", outside_prompts=str(outside),
                                  compare=["no-ptx", "dpo", "gae", "grpo"], rounds=2, eval_data=str(public))).read_text()
-    for heading in ("## Outside the demo's prompts", "## Truthfulness, bias, toxicity, hallucination", "## Stages",
+    for heading in ("## Outside the demo's prompts", "## Instructions outside the demo's",
+                    "## Truthfulness, bias, toxicity, hallucination", "## Stages",
                     "## Data", "## Headroom above SFT",
                     "## Comparisons and reward model", "## PPO",
                     "## Evaluation after round 1", "## Evaluation after round 2", "## Targets"):
@@ -191,11 +192,14 @@ def test_quick_demo_end_to_end(tmp_path, smollm2):
                 "dpo r1 vs sft", "ppo-ptx gae r1 vs sft", "grpo-ptx r1 vs sft", "| best-of-4 by RM |"):
         assert row in report
     assert "training seconds" in report and "The training steps alone: ppo-ptx r1 " in report
+    # the outside instruction check: every trained policy, SFT against the start and each policy against SFT
+    for row in ("| grpo-ptx r1 vs sft |", "| sft vs base |", "| ppo-ptx r2 vs sft |", "outside instructions followed"):
+        assert row in report
     run = tmp_path / "quick"
     for artefact in ("ppo_curves.png", "win_rates.png", "agreement.png", "gold_vs_proxy.png", "sft/config.json",
                      "round2/rm", "round1/ppo-no-ptx", "round1/dpo/model.safetensors", "round1/grpo/model.safetensors",
                      "round1/ppo-gae/value", "rm-round1.jsonl", "stages.json", "evals/sft_samples.json",
-                     "evals/suite/all.png"):
+                     "evals/suite/all.png", "evals/instructions/instructions.json"):
         assert (run / artefact).exists(), artefact
     # a rerun with --resume finds every stage done and only rewrites nothing
     before = (run / "stages.json").read_text()

@@ -15,9 +15,9 @@ from rlhfkit.stages import STAGES, Result
 def test_every_command_is_a_stage_with_a_config_file():
     runner = CliRunner()
     expected = {"sft", "sample", "rm", "ppo", "dpo", "demo", "generate", "eval truthfulqa", "eval bias",
-                "eval hallucination", "eval toxicity", "eval tax", "eval all", "eval elo", "label serve",
-                "label add-labeler", "label deactivate", "label rotate-token", "label add-project", "label import",
-                "label export", "label report"}
+                "eval hallucination", "eval instructions", "eval toxicity", "eval tax", "eval all", "eval elo",
+                "label serve", "label add-labeler", "label deactivate", "label rotate-token", "label add-project",
+                "label import", "label export", "label report"}
     assert set(STAGES) == expected
     for name in STAGES:
         out = runner.invoke(app, [*name.split(), "--help"], terminal_width=200)

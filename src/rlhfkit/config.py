@@ -627,6 +627,8 @@ WINOGENDER_HELP = ("Winogender: all_sentences.tsv or its folder (occupations-sta
                    "occupations' share of women).")
 
 
+INSTRUCTIONS_HELP = ("Real user prompts (any prompt JSONL), never trained on: 1-3 verifiable instructions are attached "
+                     "to each (rlhfkit.evaluation.instructions) and the answers checked strictly and loosely.")
 BATCH_TOKENS = Field(8192, ge=16, description="Log-likelihood scoring: tokens packed into one forward pass.")
 
 
@@ -646,7 +648,7 @@ class EvalConfig(StageConfig):
         return {part: getattr(self, part) for part in type(self).model_fields if part in PART_FIELDS}
 
 
-PART_FIELDS = ("truthfulqa", "crows", "winogender", "toxicity", "hallucination", "prose", "mc")
+PART_FIELDS = ("truthfulqa", "crows", "winogender", "toxicity", "hallucination", "instructions", "prose", "mc")
 
 
 class SingleDataEval(EvalConfig):
@@ -678,6 +680,12 @@ class HallucinationEvalConfig(SingleDataEval):
     max_new_tokens: int = Field(128, ge=1, description="Longest answer (greedy).")
 
 
+class InstructionsEvalConfig(SingleDataEval):
+    EVAL: ClassVar[str] = "instructions"
+    data: str = Field(description=INSTRUCTIONS_HELP)
+    max_new_tokens: int = Field(512, ge=1, description="Longest answer (greedy).")
+
+
 class ToxicityEvalConfig(SingleDataEval):
     EVAL: ClassVar[str] = "toxicity"
     data: str = Field(description="Prompts: any prompt JSONL (a 'group' field, and 'label', group the "
@@ -705,6 +713,7 @@ class AllEvalConfig(EvalConfig):
     winogender: str | None = Field(None, description=WINOGENDER_HELP)
     toxicity: str | None = Field(None, description="Toxicity prompts (JSONL, or HH-RLHF transcripts).")
     hallucination: str | None = Field(None, description="Closed-domain prompts with a 'passage'.")
+    instructions: str | None = Field(None, description=INSTRUCTIONS_HELP)
     prose: str | None = Field(None, description=PROSE_HELP)
     mc: str | None = Field(None, description=MC_HELP)
     shots: int = Field(0, ge=0, description="Multiple choice: the first N items become worked examples.")

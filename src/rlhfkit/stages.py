@@ -29,6 +29,7 @@ from rlhfkit.config import (
     EvalConfig,
     GenerateConfig,
     HallucinationEvalConfig,
+    InstructionsEvalConfig,
     PPOConfig,
     RMConfig,
     SampleConfig,
@@ -168,6 +169,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "Closed-domain hallucination: the share of answers to passage prompts (summarise, extract, answer from "
           "it) that name what the passage does not hold (content words, names and numbers absent from passage and "
           "prompt)."),
+    Stage("eval instructions", InstructionsEvalConfig, _eval,
+          "Outside instruction following: 1-3 verifiable instructions (lengths, lists, sections, words, case, "
+          "openings and closings, JSON, ...) attached to each of a file's real user prompts, in phrasings of their "
+          "own; greedy answers scored strictly and loosely, by prompt and by instruction, with answer length, the "
+          "share cut off and refusals; each model after the first compared with it, paired by prompt."),
     Stage("eval toxicity", ToxicityEvalConfig, _eval,
           "Toxicity of generations under the paper's three instructions (none, 'respectful', 'biased and "
           "offensive'): mean toxicity, share above 0.5 and expected maximum toxicity over the samples of a prompt, "

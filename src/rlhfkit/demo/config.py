@@ -62,7 +62,7 @@ ALTERNATIVES = {
 # --quick: a smoke test of every stage in a few minutes
 QUICK = {"demonstrations": 32, "rm_prompts": 10, "eval_prompts": 10, "prose_lines": 8, "panel_size": 4,
          "headroom_prompts": 6, "headroom_samples": 4, "gold_samples": 1, "outside_limit": 4, "eval_data_limit": 3,
-         "outside_max_new_tokens": 16,
+         "outside_max_new_tokens": 16, "instructions_limit": 4, "instructions_max_new_tokens": 16,
          "held_out_labelers": 2, "sft": {"epochs": 1.0}, "sample": {"max_new_tokens": 16}, "rm": {"epochs": 1.0},
          "ppo": {"iterations": 2, "rollout_batch": 8, "minibatch_size": 8, "ppo_epochs": 1, "max_new_tokens": 16},
          "dpo": {"epochs": 1.0},
@@ -106,6 +106,11 @@ class DemoConfig(StageConfig):
                                         "SFT and final policies on them. Unset: skipped.")
     outside_limit: int = Field(60, ge=1, description="How many of --outside-prompts to answer.")
     outside_max_new_tokens: int = Field(160, ge=8, description="Longest answer to an outside prompt (greedy).")
+    instructions_limit: int = Field(100, ge=1, description="How many of --outside-prompts the outside instruction "
+                                    "check (`rlhfkit eval instructions`) answers, each with 1-3 verifiable "
+                                    "instructions attached, for the base model, SFT and every trained policy.")
+    instructions_max_new_tokens: int = Field(320, ge=8, description="Longest answer in the outside instruction "
+                                             "check (greedy).")
     eval_data: str | None = Field(None, description="A folder laid out as ../shared/data (truthfulqa/, crows-pairs/, "
                                   "winogender/, toxigen/): the paper's public evaluations (`rlhfkit eval all`) on "
                                   "the base, SFT and PPO policies, beside hallucination on the held-out passage "

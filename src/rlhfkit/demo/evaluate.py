@@ -20,6 +20,7 @@ from rlhfkit.demo.headroom import BEST_OF, best_of_n_by_rm, read_sft_samples, rm
 from rlhfkit.demo.headroom import gold as gold_quality
 from rlhfkit.demo.labelers import SimulatedLabeler
 from rlhfkit.evaluation.constraints import is_refusal, satisfaction
+from rlhfkit.evaluation.instructions import paired_difference
 from rlhfkit.evaluation.policy_eval import generate, load, perplexity, sequence_logprobs
 from rlhfkit.evaluation.suite import Options, run_evaluation
 from rlhfkit.models import default_device, mixed_precision
@@ -172,6 +173,27 @@ def evaluate_outside(run_dir: Path, cfg: DemoConfig, policies: dict[str, str] | 
                      "no_eos": sum(not e for e in answers["ended"]) / n}
     return {"prompts": len(prompts), "max_new_tokens": cfg.outside_max_new_tokens, "source": str(cfg.outside_prompts),
             "policies": out}
+
+
+def evaluate_instructions_outside(run_dir: Path, cfg: DemoConfig) -> dict:
+    """The outside instruction check (`rlhfkit eval instructions`) on the first `instructions_limit` outside prompts,
+    for the starting model, SFT and every policy the run trained: does what RLHF taught carry over to instructions
+    and requests it never saw? Written to evals/instructions/; SFT is compared with the start, and each policy with
+    SFT, paired by prompt."""
+    policies = {"base": cfg.model, "sft": str(run_dir / "sft")}
+    policies |= {f"ppo-ptx r{r}": str(run_dir / f"round{r}/ppo") for r in range(1, cfg.rounds + 1)}
+    policies |= {ALTERNATIVE_NAMES[k]: str(run_dir / "round1" / ALTERNATIVE_DIRS[k]) for k in cfg.compare}
+    options = Options(instructions_max_new_tokens=cfg.instructions_max_new_tokens, progress=True)
+    results = run_evaluation("instructions", list(policies.values()), {"instructions": Path(cfg.outside_prompts)},
+                             run_dir / "evals/instructions", cfg.instructions_limit, options, labels=list(policies))
+    scored = {name: r["instructions"] for name, r in results.items()}
+    paired = {"sft vs base": paired_difference(scored["base"], scored["sft"])}
+    paired |= {f"{name} vs sft": paired_difference(scored["sft"], s) for name, s in scored.items()
+               if name not in ("base", "sft")}
+    return {"prompts": scored["base"]["prompts"], "instructions": scored["base"]["instructions"],
+            "max_new_tokens": cfg.instructions_max_new_tokens, "source": str(cfg.outside_prompts),
+            "policies": {name: {k: v for k, v in s.items() if k != "answers"} for name, s in scored.items()},
+            "paired": paired}
 
 
 def evaluate_suite(run_dir: Path, cfg: DemoConfig) -> dict:

@@ -28,7 +28,14 @@ from rlhfkit.console import console, make_progress
 from rlhfkit.data import Prompt, read_demonstrations, read_prompts, write_jsonl
 from rlhfkit.data.rankings import read_rankings
 from rlhfkit.demo.config import DemoConfig
-from rlhfkit.demo.evaluate import ALTERNATIVE_DIRS, GoldProxy, evaluate_outside, evaluate_round, evaluate_suite
+from rlhfkit.demo.evaluate import (
+    ALTERNATIVE_DIRS,
+    GoldProxy,
+    evaluate_instructions_outside,
+    evaluate_outside,
+    evaluate_round,
+    evaluate_suite,
+)
 from rlhfkit.demo.headroom import headroom, sft_samples
 from rlhfkit.demo.labelers import SimulatedLabeler
 from rlhfkit.demo.report import write_report
@@ -208,6 +215,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         policy = run_round(run, cfg, r, policy, panel, judges)
     if cfg.outside_prompts:
         run.stage("outside", lambda: evaluate_outside(run.dir, cfg))
+        run.stage("instructions", lambda: evaluate_instructions_outside(run.dir, cfg))
     run.stage("suite", lambda: evaluate_suite(run.dir, cfg))
     report = run.stage("report", lambda: str(write_report(run.dir, cfg, run.state)))
     console.print(f"demo: done in {run._elapsed()}; report in {report}")

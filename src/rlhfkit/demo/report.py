@@ -182,8 +182,9 @@ def write_report(run_dir: Path, cfg: DemoConfig, state: dict) -> Path:
     if "win_rates.png" in plots:
         lines += ["![win rates](win_rates.png)", ""]
     lines += _outside(res("outside"))
+    lines += _instructions(res("instructions"))
     lines += _suite(run_dir / "evals/suite/all.md", res("suite"))
-    lines += _targets(res(f"round{cfg.rounds}/eval"), cfg.rounds, res("outside"))
+    lines += _targets(res(f"round{cfg.rounds}/eval"), cfg.rounds, res("outside"), res("instructions"))
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -278,6 +279,26 @@ def _outside(o: dict) -> list[str]:
     return lines + [""]
 
 
+def _instructions(o: dict) -> list[str]:
+    if not o:
+        return []
+    lines = ["## Instructions outside the demo's", "",
+             f"Real user prompts (`{Path(o['source']).name}`, the first {o['prompts']}), each with 1-3 "
+             f"verifiable instructions attached ({o['instructions']} in all: lengths, lists, sections, words, case, "
+             "openings and closings, JSON), phrased unlike the demo's own constraints; greedy, at most "
+             f"{o['max_new_tokens']} tokens (`rlhfkit eval instructions`; answers in evals/instructions/).", "",
+             "| policy | prompts, every instruction followed | instructions followed | (loose) | mean words | cut off "
+             "| refusals |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {_pct(m['prompt_strict'])} | {_pct(m['instruction_strict'])} | "
+              f"{_pct(m['instruction_loose'])} | {m['words']:.0f} | {_pct(m['cut_off'])} | {_pct(m['refusals'])} |"
+              for name, m in o["policies"].items()]
+    lines += ["", "| paired by prompt | instructions followed (points) | 95% interval | prompts better / worse |",
+              "|---|---|---|---|"]
+    lines += [f"| {k} | {v['points']:+.1f} | {v['low']:+.1f} – {v['high']:+.1f} | {v['better']} / {v['worse']} |"
+              for k, v in o["paired"].items()]
+    return lines + [""]
+
+
 def _suite(table: Path, suite: dict | None) -> list[str]:
     """`rlhfkit eval all`'s table on the run's policies (hallucination; with --eval-data, the public sets)."""
     if not suite or not table.exists():
@@ -293,7 +314,7 @@ def _suite(table: Path, suite: dict | None) -> list[str]:
             "", body.rstrip(), ""]
 
 
-def _targets(ev: dict, r: int, outside: dict | None = None) -> list[str]:
+def _targets(ev: dict, r: int, outside: dict | None = None, instructions: dict | None = None) -> list[str]:
     if not ev:
         return []
     ppo, sft = ev["policies"][f"ppo-ptx r{r}"], ev["policies"]["sft"]
@@ -310,5 +331,12 @@ def _targets(ev: dict, r: int, outside: dict | None = None) -> list[str]:
         base, final = outside["policies"]["base"], outside["policies"][f"ppo-ptx r{r}"]
         checks.append((f"refuses no more real user prompts than the starting model: {_pct(final['refusals'])} vs "
                        f"{_pct(base['refusals'])}", final["refusals"] <= base["refusals"]))
+    if instructions:
+        follow = {k: m["instruction_strict"] for k, m in instructions["policies"].items()}
+        gain = instructions["paired"][f"ppo-ptx r{r} vs sft"]
+        checks.append((f"outside instructions followed, PPO-ptx > SFT > start: {_pct(follow[f'ppo-ptx r{r}'])}, "
+                       f"{_pct(follow['sft'])}, {_pct(follow['base'])}; PPO-ptx − SFT {gain['points']:+.1f} points "
+                       f"({gain['low']:+.1f} to {gain['high']:+.1f})",
+                       follow[f"ppo-ptx r{r}"] > follow["sft"] > follow["base"] and gain["low"] > 0))
     return ["## Targets (final round vs SFT)", ""] + [f"- {'met' if ok else '**not met**'}: {text}"
                                                        for text, ok in checks] + [""]

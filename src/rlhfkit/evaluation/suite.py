@@ -22,6 +22,7 @@ from rlhfkit.console import console
 from rlhfkit.errors import UsageError
 from rlhfkit.evaluation.bias import evaluate_crows_pairs, evaluate_winogender, read_crows_pairs, read_winogender
 from rlhfkit.evaluation.hallucination import evaluate_hallucination, read_passage_prompts
+from rlhfkit.evaluation.instructions import evaluate_instructions, paired_difference, read_instruction_prompts
 from rlhfkit.evaluation.policy_eval import load
 from rlhfkit.evaluation.tax import evaluate_multiple_choice, evaluate_prose, read_multiple_choice, read_prose
 from rlhfkit.evaluation.toxicity import evaluate_toxicity, load_classifier, read_toxicity_prompts
@@ -37,6 +38,7 @@ class Options:
     toxicity_max_new_tokens: int = 32  # toxicity: the longest sample (RealToxicityPrompts continues with 20)
     shots: int = 0  # multiple choice: the first items become examples before every question
     classifier: str | None = None  # toxicity: a HF sequence-classification folder; None: the offline default
+    instructions_max_new_tokens: int = 512  # outside instruction following: the longest answer (greedy)
 
 
 @dataclass
@@ -83,6 +85,15 @@ PARTS: dict[str, Part] = {
             ("hallucinated (share of answers)", lambda r: r["hallucination_rate"], "pct"),
             ("unsupported content words", lambda r: r["unsupported_share"], "pct"),
             ("refused or empty", lambda r: r["refused_or_empty"], "pct")]),
+    "instructions": Part(
+        read_instruction_prompts,
+        lambda model, tok, items, o: evaluate_instructions(model, tok, items, o.instructions_max_new_tokens), [
+            ("instructions: prompts followed (strict)", lambda r: r["prompt_strict"], "pct"),
+            ("instructions followed (strict)", lambda r: r["instruction_strict"], "pct"),
+            ("instructions followed (loose)", lambda r: r["instruction_loose"], "pct"),
+            ("mean words", lambda r: r["words"], "num"),
+            ("cut off", lambda r: r["cut_off"], "pct"),
+            ("refusals", lambda r: r["refusals"], "pct")]),
     "prose": Part(read_prose, lambda model, tok, items, o: evaluate_prose(model, tok, items), [
         ("prose perplexity", lambda r: r["perplexity"], "num")]),
     "mc": Part(read_multiple_choice,
@@ -94,7 +105,8 @@ PARTS: dict[str, Part] = {
 # Each command's data sets; `eval all` runs every part given data.
 EVALUATIONS: dict[str, list[str]] = {
     "truthfulqa": ["truthfulqa"], "bias": ["crows", "winogender"], "toxicity": ["toxicity"],
-    "hallucination": ["hallucination"], "tax": ["prose", "truthfulqa", "mc"], "all": list(PARTS),
+    "hallucination": ["hallucination"], "instructions": ["instructions"], "tax": ["prose", "truthfulqa", "mc"],
+    "all": list(PARTS),
 }
 
 
@@ -129,8 +141,9 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path | None], o
                                  "seconds": round(time.perf_counter() - t0, 1)}
     output.mkdir(parents=True, exist_ok=True)
     sizes = {k: len(v) for k, v in items.items()}
+    paired = _paired(results) if "instructions" in parts and len(results) > 1 else {}
     (output / f"{name}.json").write_text(json.dumps({"data": {k: str(data[k]) for k in parts}, "items": sizes,
-                                                     "results": results}, indent=2))
+                                                     "results": results, "paired": paired}, indent=2))
     columns = [(header, k, fn, kind) for k, part in parts.items() for header, fn, kind in part.columns]
     header = ["model"] + [c[0] for c in columns]
     rows = [[label] + [_format(fn(r[k]), kind) for _, k, fn, kind in columns] for label, r in results.items()]
@@ -140,6 +153,9 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path | None], o
 
     lines = [cells(header), "|" + "---|" * len(header)] + [cells(row) for row in rows]
     title = f"{name}: " + ", ".join(f"{sizes[k]} items of `{data[k]}`" for k in parts)
+    lines += [f"\n{k}: {v['points']:+.1f} points of instructions followed (strict; 95% interval "
+              f"{v['low']:+.1f} to {v['high']:+.1f}), better on {v['better']} prompts, worse on {v['worse']}"
+              for k, v in paired.items()]
     (output / f"{name}.md").write_text(f"# {title}\n\n" + "\n".join(lines) + f"\n\n![{name}]({name}.png)\n")
     _figure(output / f"{name}.png", title, [(h, [fn(r[k]) for r in results.values()], kind)
                                             for h, k, fn, kind in columns], list(results))
@@ -152,7 +168,16 @@ def run_evaluation(name: str, models: list[str], data: dict[str, Path | None], o
         for j, h in enumerate(header[1:], start=1):
             table.add_row(escape(h), *(escape(row[j]) for row in rows))
     console.print(table)
+    for k, v in paired.items():
+        console.print(f"{escape(k)}: {v['points']:+.1f} points of instructions followed (strict; 95% interval "
+                      f"{v['low']:+.1f} to {v['high']:+.1f}), better on {v['better']} prompts, worse on {v['worse']}")
     return results
+
+
+def _paired(results: dict) -> dict:
+    """Each model after the first against the first, on the outside instruction check (the same prompts)."""
+    (first, base), *others = results.items()
+    return {f"{label} vs {first}": paired_difference(base["instructions"], r["instructions"]) for label, r in others}
 
 
 def _format(x: float | None, kind: str) -> str:
@@ -194,6 +219,7 @@ def run_config(cfg: EvalConfig) -> dict:
     generation = fields.get("max_new_tokens", 128)
     options = Options(batch_tokens=fields.get("batch_tokens", 8192), progress=cfg.progress,
                       max_new_tokens=generation if cfg.EVAL == "hallucination" else 128,
+                      instructions_max_new_tokens=generation if cfg.EVAL == "instructions" else 512,
                       toxicity_max_new_tokens=generation if cfg.EVAL == "toxicity" else 32,
                       samples=fields.get("samples", 4), shots=fields.get("shots", 0),
                       classifier=fields.get("classifier"))
