@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from harness import LabelServer, save_result
+from harness import save_result
 
-from rlhfkit.feedback.client import LabelingClient
+from rlhfkit.feedback.client import LabelingClient, ServerProcess
 from rlhfkit.feedback.store import Store
 
 
@@ -92,7 +92,7 @@ def run(db_url: str, args, think: float) -> dict:
         except Exception as e:  # noqa: BLE001 - counted and reported
             errors.append(e)
 
-    srv = LabelServer(db_url, args.port)
+    srv = ServerProcess(db_url, args.port)
     base = srv.start()
     try:
         threads = [threading.Thread(target=labeler, args=(i, base)) for i in range(args.labelers)]

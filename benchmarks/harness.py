@@ -9,7 +9,6 @@
     trl_prompt_completion(...),     precision, no reports, checkpoints or progress bars, seed 0; its per-step wall
     trl_preference_pairs(...)       times; rlhfkit's records in TRL's dataset shapes
     lm_eval_model(...)              lm-evaluation-harness, the peer for the evaluations, on this machine
-    LabelServer(db_url, port)       `rlhfkit label serve` in a subprocess that can be killed and started again
 
 The peers are optional (`pip install -e '.[bench]'`); they are imported when a script asks for them.
 """
@@ -20,8 +19,6 @@ import datetime
 import json
 import os
 import platform
-import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -232,38 +229,3 @@ def lm_eval_model(path: str | Path, batch_size: int, dtype: str = "float32"):
 
     return HFLM(pretrained=str(path), dtype=dtype, batch_size=batch_size,
                 device="cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ---- the labeling server -------------------------------------------------------------------------------
-
-class LabelServer:
-    """`rlhfkit label serve` in a subprocess on a fixed port and secret: it can be SIGKILLed and started again
-    where its clients (signed in with server-side sessions) expect it."""
-
-    def __init__(self, db_url: str, port: int):
-        self.db_url, self.port, self.secret = db_url, port, secrets.token_hex(32)
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> str:
-        import httpx
-
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "label", "serve", "--db", self.db_url,
-                                      "--port", str(self.port), "--log-level", "warning"],
-                                     env={**os.environ, "RLHFKIT_SECRET": self.secret})
-        for _ in range(300):
-            try:
-                httpx.get(self.url + "/login", timeout=1)
-                return self.url
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not start in 30 s")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)

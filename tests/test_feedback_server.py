@@ -90,7 +90,7 @@ def test_server_killed_mid_load_and_restarted_loses_and_duplicates_nothing(kind,
         store.import_tasks("crash", [{"prompt": f"prompt {i}", "responses": [f"answer {i}.{j}" for j in range(K)]}
                                      for i in range(tasks)])
         tokens = [store.add_labeler(f"lab{i}")[1] for i in range(labelers)]
-        server = LabelServer(url, tmp_path / "server.log")
+        server = LabelServer(url, log_path=tmp_path / "server.log")
         errors, killed_at = [], []
         answers = {}  # submission key -> judgement id, from every submit that got an answer
 
