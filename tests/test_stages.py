@@ -56,14 +56,15 @@ def test_eval_elo_from_a_config_file_and_from_code(tmp_path):
 def test_a_trainer_refuses_a_hook_it_has_no_use_for(tmp_path):
     import pytest
 
-    from rlhfkit.config import DPOConfig, RMConfig, SFTConfig
+    from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
     from rlhfkit.errors import UsageError
     from rlhfkit.train.common import Hooks
 
     def probe(model, tokenizer):
         return {}
 
-    for name, cfg, hooks in (("rm", RMConfig(output_dir=str(tmp_path / "rm")), Hooks(evaluate=probe)),
+    for name, cfg, hooks in (("ppo", PPOConfig(output_dir=str(tmp_path / "ppo")), Hooks(select=probe)),
+                             ("rm", RMConfig(output_dir=str(tmp_path / "rm")), Hooks(evaluate=probe)),
                              ("dpo", DPOConfig(output_dir=str(tmp_path / "dpo")), Hooks(select=probe)),
                              ("sft", SFTConfig(output_dir=str(tmp_path / "sft")), Hooks(evaluate=probe))):
         with pytest.raises(UsageError, match="takes no (evaluate|select) hook"):

@@ -358,7 +358,7 @@ class PPO(Trainer):
     def __init__(self, cfg: PPOConfig, loop: TrainLoop, models: PPOModels, prompts: list,
                  reward_fn: RewardFn | None = None, hooks: Hooks | None = None):
         self.cfg, self.loop, self.models, self.prompts, self.reward_fn = cfg, loop, models, prompts, reward_fn
-        self.hooks = (hooks or Hooks()).only("ppo", "evaluate")
+        self.hooks = hooks or Hooks()
         self.total_steps = cfg.iterations
         adaptive = cfg.kl.adaptive
         self.kl_controller = AdaptiveKLController(cfg.kl.coef, adaptive and adaptive.target,
@@ -375,6 +375,7 @@ class PPO(Trainer):
         verifiable constraint); the value model then starts from the policy. `hooks.evaluate(policy, tokenizer) ->
         metrics` runs every `hooks.eval_every` iterations and after the last; its metrics are logged with the
         iteration's (name them eval_*). `hooks.on_step(iteration, metrics)` follows every iteration."""
+        hooks = (hooks or Hooks()).only("ppo", "evaluate")
         if cfg.engine.kind == "vllm":
             require_vllm()
         if cfg.prompts is None:
