@@ -275,7 +275,7 @@ def score_answers(items: list[InstructionPrompt], texts: list[str], ended: list[
     }
 
 
-def evaluate_instructions(model, tok, items: list[InstructionPrompt], max_new_tokens: int = 512) -> dict:
+def evaluate_instructions(model, tok, items: list[InstructionPrompt], max_new_tokens: int) -> dict:
     """Greedy answers to every prompt with its instructions, scored strictly and loosely."""
     roll = generate(model, tok, [Prompt(prompt=item.text) for item in items], max_new_tokens, 0.0, 1.0, seed=0)
     return {**score_answers(items, roll.texts, roll.ended), "max_new_tokens": max_new_tokens}

@@ -120,8 +120,7 @@ class DPO(CausalLMTrainer):
         self.cfg, self.loop, self.tokenizer, self.train_items, self.evals, self.hooks = \
             cfg, loop, tokenizer, train, evals, hooks
         self.ref_train, self.ref_evals = reference
-        self.total_steps, self.steps_per_epoch, self.items_per_step = \
-            plan.total_steps, plan.steps_per_epoch, plan.items_per_step
+        self.plan, self.total_steps = plan, plan.total_steps
         self.part = loop.prepare("model", SequenceLogprobs(model), total_steps=plan.total_steps)
         self.plain = loop.acc.unwrap_model(self.part.module)
         self.lm, self.merge_lora = self.plain.model, cfg.merge_lora
@@ -155,7 +154,7 @@ class DPO(CausalLMTrainer):
 
     def step(self, step: int) -> dict:
         cfg, loop, train, pad_id = self.cfg, self.loop, self.train_items, self.tokenizer.pad_token_id
-        items = step_items(len(train), self.items_per_step, cfg.seed, step)
+        items = step_items(len(train), self.plan.items_per_step, cfg.seed, step)
         normalizer = sum(len(train[i].ranks) for i in items) / loop.world  # the mean over rankings; DDP averages
 
         def loss_fn(micro: int) -> tuple[torch.Tensor, dict]:
@@ -172,7 +171,7 @@ class DPO(CausalLMTrainer):
                                                     "margin_sum": margin[better].sum(),
                                                     "tokens": sum(len(r.group) for r in batch)}
 
-        m = loop.supervised_step(self.part, cfg.grad_accum, loss_fn, self.steps_per_epoch)
+        m = loop.supervised_step(self.part, cfg.grad_accum, loss_fn, self.plan.steps_per_epoch)
         pairs = max(1.0, m.pop("pairs"))
         m["reward_accuracy"], m["reward_margin"] = m.pop("pairs_right") / pairs, m.pop("margin_sum") / pairs
         return m

@@ -115,8 +115,7 @@ class RewardTraining(Trainer):
                  evals: list[EncodedRanking], demos: list, plan: Schedule, hooks: Hooks):
         self.cfg, self.loop, self.tokenizer, self.train_items, self.evals, self.demos, self.hooks = \
             cfg, loop, tokenizer, train, evals, demos, hooks
-        self.total_steps, self.steps_per_epoch, self.items_per_step = \
-            plan.total_steps, plan.steps_per_epoch, plan.items_per_step
+        self.plan, self.total_steps = plan, plan.total_steps
         self.part = loop.prepare("rm", rm, total_steps=plan.total_steps)
         self.plain: RewardModel = loop.acc.unwrap_model(self.part.module)
 
@@ -165,7 +164,7 @@ class RewardTraining(Trainer):
 
     def step(self, step: int) -> dict:
         cfg, loop, train = self.cfg, self.loop, self.train_items
-        items = step_items(len(train), self.items_per_step, cfg.seed, step)
+        items = step_items(len(train), self.plan.items_per_step, cfg.seed, step)
         normalizer = sum(len(train[i].ranks) for i in items) / loop.world  # the mean over rankings; DDP averages
 
         def loss_fn(micro: int) -> tuple[torch.Tensor, dict]:
@@ -174,7 +173,7 @@ class RewardTraining(Trainer):
             loss = ranking_loss(rewards.float(), ranks) * len(ranks) / normalizer
             return loss, {"tokens": sum(len(r.group) for r in batch)}
 
-        return loop.supervised_step(self.part, cfg.grad_accum, loss_fn, self.steps_per_epoch)
+        return loop.supervised_step(self.part, cfg.grad_accum, loss_fn, self.plan.steps_per_epoch)
 
     def held_out_pairs(self, model: nn.Module, items: list[EncodedRanking], batches: int | None = None) -> list:
         """Each held-out ranking's scored pairs; each prompt's responses forwarded once for all its rankings.

@@ -88,8 +88,7 @@ class SFT(CausalLMTrainer):
                  plan: Schedule, hooks: Hooks):
         self.cfg, self.loop, self.tokenizer, self.train_rows, self.evals, self.hooks = \
             cfg, loop, tokenizer, train, evals, hooks
-        self.total_steps, self.steps_per_epoch, self.items_per_step = \
-            plan.total_steps, plan.steps_per_epoch, plan.items_per_step
+        self.plan, self.total_steps = plan, plan.total_steps
         self.part = loop.prepare("model", ResponseNLL(model), total_steps=plan.total_steps)
         self.plain = loop.acc.unwrap_model(self.part.module)
         self.lm, self.merge_lora = self.plain.model, cfg.merge_lora
@@ -131,7 +130,7 @@ class SFT(CausalLMTrainer):
 
     def step(self, step: int) -> dict:
         cfg, loop, train = self.cfg, self.loop, self.train_rows
-        rows = step_items(len(train.rows), self.items_per_step, cfg.seed, step)
+        rows = step_items(len(train.rows), self.plan.items_per_step, cfg.seed, step)
         normalizer = sum(train.targets[r] for r in rows) / loop.world  # DDP averages gradients over processes
 
         def loss_fn(micro: int) -> tuple[torch.Tensor, dict]:
@@ -140,7 +139,7 @@ class SFT(CausalLMTrainer):
             loss, _ = self.part.module(batch.input_ids, batch.position_ids, shifted_targets(batch.labels), normalizer)
             return loss, {"tokens": batch.n_tokens, "padding_tokens": batch.n_padding}
 
-        return loop.supervised_step(self.part, cfg.grad_accum, loss_fn, self.steps_per_epoch)
+        return loop.supervised_step(self.part, cfg.grad_accum, loss_fn, self.plan.steps_per_epoch)
 
     def evaluate(self) -> dict | None:
         # The bare module, not the DDP wrapper: processes may run different numbers of eval batches,
